@@ -1,0 +1,49 @@
+# portlife. `make run` traces with text output (as root); `make test` runs
+# every test, the kernel ones included (as root).
+GO       ?= go
+BIN      := bin/portlife
+ARGS     ?=
+# The eBPF objects are committed; regenerating needs clang, llvm and
+# libbpf-dev, which `make generate` installs from Debian's packages.
+BPF_DEPS := clang llvm-strip
+BPF_PKGS := clang llvm libbpf-dev
+
+.PHONY: build run test generate check-generated bench bench-go clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/portlife
+
+run: build
+	./$(BIN) --output text $(ARGS)
+
+# -p 1: the kernel tests share one kernel; running packages at once would
+# only make them slower, not wrong, but their numbers noisier.
+test:
+	$(GO) vet ./...
+	$(GO) test -count=1 -p 1 ./...
+
+generate:
+	@for t in $(BPF_DEPS); do command -v $$t >/dev/null || missing=1; done; \
+	 [ -f /usr/include/bpf/bpf_helpers.h ] || missing=1; \
+	 if [ -n "$$missing" ]; then \
+	   echo "installing $(BPF_PKGS)"; \
+	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BPF_PKGS) >/dev/null; \
+	 fi
+	$(GO) generate ./tracer
+
+# The committed bpf2go outputs must be what their sources generate.
+check-generated: generate
+	@git diff --exit-code -- tracer/ || { echo "generated files are not up to date: run make generate and commit"; exit 1; }
+
+bench: build
+	@command -v tcplife >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libbpf-tools >/dev/null; }
+	$(GO) build -o bin/churn ./bench/churn
+	$(GO) build -o bin/bench ./bench/runner
+	./bin/bench --portlife ./$(BIN) --churn ./bin/churn $(ARGS)
+	$(GO) test -run '^$$' -bench . -benchmem ./output ./tracer
+
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchmem ./output ./tracer
+
+clean:
+	rm -rf bin

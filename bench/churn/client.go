@@ -1,0 +1,197 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/portlife/portlife/bench/internal/truth"
+)
+
+// workerResult is owned by one worker until the run ends, so the hot path
+// appends without locks.
+type workerResult struct {
+	index  int
+	ports  []uint16
+	errors map[string]int
+}
+
+type clientResult struct {
+	workers []*workerResult
+	seconds float64
+}
+
+func (r *clientResult) conns() int {
+	n := 0
+	for _, w := range r.workers {
+		n += len(w.ports)
+	}
+	return n
+}
+
+func (r *clientResult) errorKinds() map[string]int {
+	all := map[string]int{}
+	for _, w := range r.workers {
+		for k, v := range w.errors {
+			all[k] += v
+		}
+	}
+	return all
+}
+
+func (r *clientResult) errors() int {
+	n := 0
+	for _, v := range r.errorKinds() {
+		n += v
+	}
+	return n
+}
+
+func (r *clientResult) writeTruth(cf clientFlags, target netip.AddrPort) error {
+	ports := make([][]uint16, len(r.workers))
+	for i, w := range r.workers {
+		ports[i] = w.ports
+	}
+	h := truth.Header{
+		PID:        os.Getpid(),
+		Proto:      cf.proto,
+		Seconds:    r.seconds,
+		Rate:       cf.rate,
+		Errors:     r.errors(),
+		Workers:    cf.workers,
+		Sources:    cf.sources,
+		Target:     target.String(),
+		ErrorKinds: r.errorKinds(),
+	}
+	return truth.WriteFile(cf.truth, h, ports)
+}
+
+// runClient starts all workers at once and waits until each has finished its
+// last connection after the deadline.
+func runClient(cf clientFlags, target netip.AddrPort) *clientResult {
+	res := &clientResult{workers: make([]*workerResult, cf.workers)}
+	payload := make([]byte, max(1, cf.size))
+	for i := range payload {
+		payload[i] = byte('a' + i%26)
+	}
+	// Sized for full speed on a small box, so appends rarely copy mid-run.
+	expect := int(cf.duration.Seconds()*25000) / cf.workers
+	if cf.rate > 0 {
+		expect = int(cf.duration.Seconds()*cf.rate*1.1)/cf.workers + 16
+	}
+
+	start := time.Now()
+	deadline := start.Add(cf.duration)
+	var interval time.Duration
+	if cf.rate > 0 {
+		interval = time.Duration(float64(time.Second) * float64(cf.workers) / cf.rate)
+	}
+	var wg sync.WaitGroup
+	for i := range res.workers {
+		w := &workerResult{index: i, ports: make([]uint16, 0, expect), errors: map[string]int{}}
+		res.workers[i] = w
+		// Staggering paced workers spreads their connections evenly instead
+		// of in bursts of len(workers).
+		first := start.Add(interval * time.Duration(i) / time.Duration(cf.workers))
+		wg.Go(func() {
+			w.run(cf, target, payload, first, interval, deadline)
+		})
+	}
+	wg.Wait()
+	res.seconds = time.Since(start).Seconds()
+	return res
+}
+
+// run uses an absolute schedule: when a sleep overshoots (Go timers are
+// coarse at sub-millisecond intervals) the following iterations skip their
+// sleep, so the average rate still matches the request.
+func (w *workerResult) run(cf clientFlags, target netip.AddrPort, payload []byte, next time.Time, interval time.Duration, deadline time.Time) {
+	sa, family := sockaddr(target)
+	var src unix.Sockaddr
+	if cf.sources > 0 && family == unix.AF_INET && target.Addr().Unmap().IsLoopback() {
+		src = &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, byte(2 + w.index%cf.sources)}}
+	}
+	echoBuf := make([]byte, len(payload))
+	tv := unix.NsecToTimeval(cf.timeout.Nanoseconds())
+	typ := unix.SOCK_STREAM
+	if cf.proto == "udp" {
+		typ = unix.SOCK_DGRAM
+	}
+	for {
+		now := time.Now()
+		if !now.Before(deadline) {
+			return
+		}
+		if interval > 0 {
+			if d := next.Sub(now); d > 0 {
+				time.Sleep(d)
+			}
+			next = next.Add(interval)
+		}
+		port, err := oneConn(family, typ, src, sa, &tv, payload, echoBuf)
+		if err != nil {
+			w.errors[errName(err)]++
+			if err == unix.EADDRNOTAVAIL {
+				// Every ephemeral port is busy; spinning would only burn
+				// the CPU the server needs to drain TIME_WAIT reuse.
+				time.Sleep(time.Millisecond)
+			}
+			continue
+		}
+		w.ports = append(w.ports, port)
+	}
+}
+
+// oneConn does one full connection lifetime and returns its local port.
+func oneConn(family, typ int, src, sa unix.Sockaddr, tv *unix.Timeval, payload, echoBuf []byte) (uint16, error) {
+	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, tv); err != nil {
+		return 0, err
+	}
+	if src != nil {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
+			return 0, err
+		}
+		if err := unix.Bind(fd, src); err != nil {
+			return 0, err
+		}
+	}
+	if err := connect(fd, sa); err != nil {
+		return 0, err
+	}
+	port, err := localPort(fd)
+	if err != nil {
+		return 0, err
+	}
+	if err := writeAll(fd, payload); err != nil {
+		return 0, err
+	}
+	if typ == unix.SOCK_DGRAM {
+		return port, readDatagram(fd, echoBuf)
+	}
+	return port, readFull(fd, echoBuf)
+}
+
+func readDatagram(fd int, buf []byte) error {
+	for {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n != len(buf) {
+			return fmt.Errorf("echo of %d bytes, want %d: %w", n, len(buf), errShortEcho)
+		}
+		return nil
+	}
+}

@@ -1,0 +1,321 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/portlife/portlife/bench/internal/truth"
+)
+
+// config is one churn workload.
+type config struct {
+	Name    string  `json:"name"`
+	Proto   string  `json:"proto"`
+	Workers int     `json:"workers"`
+	Rate    float64 `json:"rate"` // total conns/s, 0 = as fast as possible
+}
+
+// Paced configurations get more workers than needed so that the pacing, not
+// per-connection latency, sets the rate.
+var defaultConfigs = []config{
+	{Name: "tcp-w4", Proto: "tcp", Workers: 4},
+	{Name: "tcp-w32", Proto: "tcp", Workers: 32},
+	{Name: "tcp-r5k", Proto: "tcp", Workers: 16, Rate: 5000},
+	{Name: "tcp-r20k", Proto: "tcp", Workers: 16, Rate: 20000},
+	{Name: "udp-w4", Proto: "udp", Workers: 4},
+}
+
+// benchEnv is what every run shares.
+type benchEnv struct {
+	dir      string
+	churn    string
+	duration time.Duration
+	drain    time.Duration
+	size     int
+	sources  int
+	bpfStats bool
+	probe    func()
+}
+
+// runResult is everything measured in one run; it is also the --json record.
+type runResult struct {
+	Config     string `json:"config"`
+	Tracer     string `json:"tracer"`
+	Run        int    `json:"run"`
+	ClientPID  int    `json:"client_pid"`
+	ServerPID  int    `json:"server_pid"`
+	ServerAddr string `json:"server_addr"`
+
+	Conns        int    `json:"conns"`
+	Seconds      float64 `json:"seconds"`
+	ConnRate     metric `json:"conn_rate"`
+	RatioVsNone  metric `json:"ratio_vs_none"`
+	ClientErrors int    `json:"client_errors"`
+
+	TracerCPUSec metric `json:"tracer_cpu_s"`
+	CPUPer100k   metric `json:"tracer_cpu_s_per_100k"`
+	PeakRSSMiB   metric `json:"tracer_peak_rss_mib"`
+
+	BPFProgs     int    `json:"bpf_progs"`
+	BPFRunTimeNs metric `json:"bpf_run_time_ns"`
+	BPFRunCnt    metric `json:"bpf_run_cnt"`
+	BPFUsPerConn metric `json:"bpf_us_per_conn"`
+	BPFNsPerRun  metric `json:"bpf_ns_per_run"`
+
+	// Found counts pair with ground truth (right port and pid); AnyPID
+	// counts ignore the pid, so found < anypid means misattribution.
+	ClientFound    int    `json:"client_found"`
+	ClientAnyPID   int    `json:"client_found_any_pid"`
+	ClientEvents   int    `json:"client_events"`
+	ClientPct      metric `json:"client_completeness_pct"`
+	ServerFound    int    `json:"server_found"`
+	ServerAnyPID   int    `json:"server_found_any_pid"`
+	ServerEvents   int    `json:"server_events"`
+	ServerPct      metric `json:"server_completeness_pct"`
+	BadEventLines  int    `json:"bad_event_lines,omitempty"`
+	Lost           metric `json:"lost"`
+
+	Notes []string `json:"notes,omitempty"`
+	Err   string   `json:"error,omitempty"`
+}
+
+func newResult(cfg config, tr string, run int) *runResult {
+	return &runResult{
+		Config: cfg.Name, Tracer: tr, Run: run,
+		ConnRate: na, RatioVsNone: na, TracerCPUSec: na, CPUPer100k: na, PeakRSSMiB: na,
+		BPFRunTimeNs: na, BPFRunCnt: na, BPFUsPerConn: na, BPFNsPerRun: na,
+		ClientPct: na, ServerPct: na, Lost: na,
+	}
+}
+
+func (r *runResult) note(format string, args ...any) {
+	r.Notes = append(r.Notes, fmt.Sprintf(format, args...))
+}
+
+// runOne runs a single configuration under a single tracer (nil = none):
+// server, tracer, client, drain, stop tracer, stop server, then analysis.
+func runOne(ctx context.Context, env *benchEnv, cfg config, tr *tracer, run int) *runResult {
+	name := "none"
+	if tr != nil {
+		name = tr.name
+	}
+	res := newResult(cfg, name, run)
+	dir := filepath.Join(env.dir, fmt.Sprintf("%s-%s-%d", cfg.Name, name, run))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		res.Err = fmt.Sprintf("create run dir: %v", err)
+		return res
+	}
+	if err := execute(ctx, env, cfg, tr, dir, res); err != nil {
+		res.Err = err.Error()
+	}
+	return res
+}
+
+func execute(ctx context.Context, env *benchEnv, cfg config, tr *tracer, dir string, res *runResult) error {
+	srv, addr, err := startServer(ctx, env, cfg, dir)
+	if err != nil {
+		return err
+	}
+	defer srv.kill()
+	res.ServerPID, res.ServerAddr = srv.pid(), addr.String()
+
+	var tp *tracedProc
+	if tr != nil {
+		if tp, err = startTracer(ctx, env, tr, dir); err != nil {
+			return err
+		}
+		defer tp.c.kill()
+	}
+
+	cli, err := runClient(ctx, env, cfg, addr, dir)
+	if err != nil {
+		return err
+	}
+	res.ClientPID = cli.pid()
+
+	// Let the tracer catch up: server-side closes trail the client's, and
+	// tcplife only polls its perf buffer every 100ms and exits without a
+	// final drain.
+	sleepCtx(ctx, env.drain)
+	if tp != nil {
+		if err := tp.finish(res); err != nil {
+			res.note("%v", err)
+		}
+	}
+	if err := srv.stop(syscall.SIGTERM, 5*time.Second); err != nil {
+		res.note("server: %v", err)
+	}
+	return analyze(env, cfg, tr, dir, addr, res)
+}
+
+func startServer(ctx context.Context, env *benchEnv, cfg config, dir string) (*child, netip.AddrPort, error) {
+	ready := filepath.Join(dir, "server.addr")
+	argv := []string{env.churn, "server", "--proto", cfg.Proto, "--addr", "127.0.0.1:0",
+		"--ready-file", ready, "--bufsize", strconv.Itoa(max(4096, env.size)),
+		"--handlers", strconv.Itoa(max(64, 2*cfg.Workers))}
+	c, err := startChild(ctx, "churn server", argv, filepath.Join(dir, "server.stdout"), filepath.Join(dir, "server.stderr"))
+	if err != nil {
+		return nil, netip.AddrPort{}, err
+	}
+	var addr netip.AddrPort
+	err = c.waitFor(ctx, "ready file", 10*time.Second, func() bool {
+		data, err := os.ReadFile(ready)
+		if err != nil {
+			return false
+		}
+		addr, err = netip.ParseAddrPort(strings.TrimSpace(string(data)))
+		return err == nil
+	})
+	if err != nil {
+		c.kill()
+		return nil, netip.AddrPort{}, err
+	}
+	return c, addr, nil
+}
+
+// runClient runs the churn client to completion.
+func runClient(ctx context.Context, env *benchEnv, cfg config, addr netip.AddrPort, dir string) (*child, error) {
+	argv := []string{env.churn, "client", "--proto", cfg.Proto, "--target", addr.String(),
+		"--workers", strconv.Itoa(cfg.Workers), "--duration", env.duration.String(),
+		"--rate", strconv.FormatFloat(cfg.Rate, 'f', -1, 64), "--size", strconv.Itoa(env.size),
+		"--sources", strconv.Itoa(env.sources), "--truth", filepath.Join(dir, "truth.bin")}
+	c, err := startChild(ctx, "churn client", argv, filepath.Join(dir, "client.stdout"), filepath.Join(dir, "client.stderr"))
+	if err != nil {
+		return nil, err
+	}
+	if err := c.wait(env.duration + 60*time.Second); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// tracedProc is a running tracer plus its counters sampled at readiness.
+type tracedProc struct {
+	tr        *tracer
+	c         *child
+	dir       string
+	progs0    map[uint32]progStat
+	cpu0      float64
+	stdoutPth string
+}
+
+func startTracer(ctx context.Context, env *benchEnv, tr *tracer, dir string) (*tracedProc, error) {
+	stdout := filepath.Join(dir, tr.name+".stdout")
+	c, err := startChild(ctx, tr.name, append([]string{tr.bin}, tr.args...), stdout, filepath.Join(dir, tr.name+".stderr"))
+	if err != nil {
+		return nil, err
+	}
+	if err := tr.waitReady(ctx, c, env); err != nil {
+		c.kill()
+		return nil, err
+	}
+	tp := &tracedProc{tr: tr, c: c, dir: dir, stdoutPth: stdout}
+	tp.progs0, _ = tracerProgs(c.pid())
+	// Startup (BTF parsing, verification) is excluded: the interesting cost
+	// is per connection, and it is amortised over any real run length.
+	tp.cpu0, _ = procCPU(c.pid())
+	return tp, nil
+}
+
+// finish samples the tracer's counters, stops it and fills the tracer
+// columns of res.
+func (tp *tracedProc) finish(res *runResult) error {
+	pid := tp.c.pid()
+	progs1, err := tracerProgs(pid)
+	if err != nil {
+		res.note("bpf stats: %v", err)
+	}
+	hwm, hwmOK := procHWMKiB(pid)
+	res.BPFProgs = len(progs1)
+	if len(progs1) > 0 {
+		rt, rc := progDelta(tp.progs0, progs1)
+		res.BPFRunTimeNs, res.BPFRunCnt = metric(rt), metric(rc)
+	}
+
+	stopErr := tp.c.stop(syscall.SIGINT, 30*time.Second)
+	if ru := tp.c.rusage(); ru != nil {
+		cpu := float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+		res.TracerCPUSec = metric(cpu - tp.cpu0)
+		res.PeakRSSMiB = metric(float64(ru.Maxrss) / 1024) // Maxrss is in KiB
+	} else if hwmOK {
+		res.PeakRSSMiB = metric(float64(hwm) / 1024)
+	}
+	if n, ok := tp.tr.lost(tp.stdoutPth, tp.c.stderr); ok {
+		res.Lost = metric(n)
+	}
+	return stopErr
+}
+
+// analyze reads ground truth and the tracer's output and derives the
+// per-connection figures.
+func analyze(env *benchEnv, cfg config, tr *tracer, dir string, addr netip.AddrPort, res *runResult) error {
+	h, ports, err := truth.ReadFile(filepath.Join(dir, "truth.bin"))
+	if err != nil {
+		return err
+	}
+	if h.PID != res.ClientPID {
+		res.note("truth pid %d differs from client pid %d", h.PID, res.ClientPID)
+	}
+	res.Conns, res.Seconds, res.ClientErrors = h.Conns, h.Seconds, h.Errors
+	if len(h.ErrorKinds) > 0 {
+		res.note("client errors: %v", h.ErrorKinds)
+	}
+	res.ConnRate = ratio(float64(h.Conns), h.Seconds)
+	if tr == nil {
+		return nil
+	}
+	res.CPUPer100k = ratio(float64(res.TracerCPUSec)*1e5, float64(h.Conns))
+	res.BPFUsPerConn = ratio(float64(res.BPFRunTimeNs)/1e3, float64(h.Conns))
+	res.BPFNsPerRun = ratio(float64(res.BPFRunTimeNs), float64(res.BPFRunCnt))
+	if !env.bpfStats {
+		res.BPFUsPerConn, res.BPFNsPerRun = na, na
+	}
+	if !tr.supports(cfg.Proto) {
+		res.note("%s does not trace %s; completeness not applicable", tr.name, cfg.Proto)
+		return nil
+	}
+	spec := matchSpec{proto: cfg.Proto, clientPID: res.ClientPID, serverPID: res.ServerPID, serverPort: addr.Port()}
+	f, err := os.Open(filepath.Join(dir, tr.name+".stdout"))
+	if err != nil {
+		return fmt.Errorf("open tracer output: %w", err)
+	}
+	defer f.Close()
+	ec, err := tr.parse(f, spec)
+	if err != nil {
+		return err
+	}
+	fillCompleteness(res, countPorts(ports), ec, cfg.Proto)
+	return nil
+}
+
+func fillCompleteness(res *runResult, want *portCounts, ec *eventCounts, proto string) {
+	n := float64(res.Conns)
+	res.BadEventLines = ec.badLines
+	res.ClientFound = matchMultiset(want, &ec.client)
+	res.ClientAnyPID = matchMultiset(want, &ec.clientAnyPID)
+	res.ClientEvents = total(&ec.client)
+	res.ClientPct = ratio(100*float64(res.ClientFound), n)
+	// A UDP echo server has one socket for everyone, so there is no
+	// per-connection server side to find.
+	if proto != "tcp" {
+		return
+	}
+	res.ServerFound = matchMultiset(want, &ec.server)
+	res.ServerAnyPID = matchMultiset(want, &ec.serverAnyPID)
+	res.ServerEvents = total(&ec.server)
+	res.ServerPct = ratio(100*float64(res.ServerFound), n)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}

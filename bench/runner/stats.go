@@ -1,0 +1,171 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+)
+
+// metric is a measurement that may be unavailable (NaN), e.g. BPF time for
+// the "none" tracer. It encodes as null in JSON because JSON has no NaN.
+type metric float64
+
+var na = metric(math.NaN())
+
+func (m metric) valid() bool { return !math.IsNaN(float64(m)) }
+
+func (m metric) MarshalJSON() ([]byte, error) {
+	if !m.valid() || math.IsInf(float64(m), 0) {
+		return []byte("null"), nil
+	}
+	return strconv.AppendFloat(nil, float64(m), 'g', -1, 64), nil
+}
+
+func (m *metric) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*m = na
+		return nil
+	}
+	f, err := strconv.ParseFloat(string(b), 64)
+	*m = metric(f)
+	return err
+}
+
+func ratio(num, den float64) metric {
+	if den == 0 || math.IsNaN(num) || math.IsNaN(den) {
+		return na
+	}
+	return metric(num / den)
+}
+
+// summary is min, median and max over the valid values of several runs.
+type summary struct {
+	min, med, max float64
+	n             int
+}
+
+func summarize(vals []metric) summary {
+	var v []float64
+	for _, m := range vals {
+		if m.valid() {
+			v = append(v, float64(m))
+		}
+	}
+	if len(v) == 0 {
+		return summary{}
+	}
+	slices.Sort(v)
+	return summary{min: v[0], med: median(v), max: v[len(v)-1], n: len(v)}
+}
+
+// median of sorted values; the mean of the middle two for even counts.
+func median(sorted []float64) float64 {
+	n := len(sorted)
+	if n == 0 {
+		return math.NaN()
+	}
+	if n%2 == 1 {
+		return sorted[n/2]
+	}
+	return (sorted[n/2-1] + sorted[n/2]) / 2
+}
+
+// format prints "med" for a single value or identical values, and
+// "min/med/max" otherwise. Missing data prints as "-".
+func (s summary) format(prec int) string {
+	if s.n == 0 {
+		return "-"
+	}
+	f := func(x float64) string { return strconv.FormatFloat(x, 'f', prec, 64) }
+	if s.n == 1 || f(s.min) == f(s.max) {
+		return f(s.med)
+	}
+	return f(s.min) + "/" + f(s.med) + "/" + f(s.max)
+}
+
+// column is one table column: a heading, a value getter and its precision.
+type column struct {
+	head string
+	get  func(*runResult) metric
+	prec int
+}
+
+var columns = []column{
+	{"conn/s", func(r *runResult) metric { return r.ConnRate }, 0},
+	{"vs none", func(r *runResult) metric { return r.RatioVsNone }, 3},
+	{"CPU s/100k", func(r *runResult) metric { return r.CPUPer100k }, 2},
+	{"RSS MiB", func(r *runResult) metric { return r.PeakRSSMiB }, 1},
+	{"BPF µs/conn", func(r *runResult) metric { return r.BPFUsPerConn }, 2},
+	{"ns/run", func(r *runResult) metric { return r.BPFNsPerRun }, 0},
+	{"client %", func(r *runResult) metric { return r.ClientPct }, 2},
+	{"server %", func(r *runResult) metric { return r.ServerPct }, 2},
+	{"lost", func(r *runResult) metric { return r.Lost }, 0},
+	{"errors", func(r *runResult) metric { return metric(r.ClientErrors) }, 0},
+}
+
+// printTable writes one row per configuration × tracer, in the order the
+// combinations were first run.
+func printTable(w io.Writer, results []*runResult) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	heads := []string{"config", "tracer", "runs"}
+	for _, c := range columns {
+		heads = append(heads, c.head)
+	}
+	fmt.Fprintln(tw, strings.Join(heads, "\t")+"\t")
+	for _, g := range groupResults(results) {
+		cells := []string{g.config, g.tracer, strconv.Itoa(len(g.runs))}
+		for _, c := range columns {
+			vals := make([]metric, 0, len(g.runs))
+			for _, r := range g.runs {
+				vals = append(vals, c.get(r))
+			}
+			cells = append(cells, summarize(vals).format(c.prec))
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
+	}
+	tw.Flush()
+}
+
+type resultGroup struct {
+	config, tracer string
+	runs           []*runResult
+}
+
+func groupResults(results []*runResult) []*resultGroup {
+	var groups []*resultGroup
+	index := map[[2]string]*resultGroup{}
+	for _, r := range results {
+		k := [2]string{r.Config, r.Tracer}
+		g := index[k]
+		if g == nil {
+			g = &resultGroup{config: r.Config, tracer: r.Tracer}
+			index[k] = g
+			groups = append(groups, g)
+		}
+		g.runs = append(g.runs, r)
+	}
+	return groups
+}
+
+// fillRatios sets each run's rate relative to the median rate of the
+// "none" runs of its configuration, once all runs are in.
+func fillRatios(results []*runResult) {
+	base := map[string][]metric{}
+	for _, r := range results {
+		if r.Tracer == "none" && r.Err == "" {
+			base[r.Config] = append(base[r.Config], r.ConnRate)
+		}
+	}
+	for _, r := range results {
+		s := summarize(base[r.Config])
+		if s.n == 0 || !r.ConnRate.valid() {
+			r.RatioVsNone = na
+			continue
+		}
+		r.RatioVsNone = ratio(float64(r.ConnRate), s.med)
+	}
+}

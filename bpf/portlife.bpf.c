@@ -1,0 +1,537 @@
+//go:build ignore
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+/*
+ * portlife's kernel side: follows every TCP socket through its states and
+ * sends one event when a connection opens, when it closes, and when a
+ * connect fails. State that must survive between hooks lives in socket-local
+ * storage, which the kernel frees with the socket: no table to leak or evict,
+ * and no confusion with a later socket at the same address.
+ */
+#include "kernel.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "portlife.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* Emit the enums to BTF, so bpf2go generates their Go constants. */
+const enum event_kind *unused_event_kind __attribute__((unused));
+const enum direction *unused_direction __attribute__((unused));
+const enum pid_source *unused_pid_source __attribute__((unused));
+const enum closed_by *unused_closed_by __attribute__((unused));
+const enum event_flag *unused_event_flag __attribute__((unused));
+const enum drop_reason *unused_drop_reason __attribute__((unused));
+
+/* Set by user space before load; the verifier prunes what they disable. */
+const volatile struct config cfg = {};
+
+/* Every event, in order, for user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20); /* resized by user space before load */
+	__type(value, struct event); /* emits the type to BTF for bpf2go */
+} events SEC(".maps");
+
+/* What the kernel side could not deliver or track, per enum drop_reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_REASON_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+/* --raddr networks. Keys are IPv6; IPv4 networks are stored v4-mapped. */
+struct raddr_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAX_RADDR_NETS);
+	__type(key, struct raddr_key);
+	__type(value, __u8);
+} raddr_nets SEC(".maps");
+
+enum phase {
+	PHASE_LISTENER = 1,   /* a listening socket: holds the owner for its children */
+	PHASE_CONNECTING = 2, /* SYN_SENT */
+	PHASE_HANDSHAKE = 3,  /* an accepted child in SYN_RECV */
+	PHASE_OPEN = 4,       /* established; the close event is being built */
+	PHASE_CLOSED = 5,     /* the port was released; the close event waits for the socket's destruction */
+	PHASE_DONE = 6,
+};
+
+struct conn {
+	struct event e; /* the event under construction */
+	__u8 phase;
+};
+
+/*
+ * Per-socket state of every tracked TCP socket.
+ * Created at SYN_SENT (connect), TCP_LISTEN (listen) and by the start-up
+ * iterator for sockets that existed before tracing. BPF_F_CLONE copies a
+ * listener's entry, and so its owner, into each accepted child. The kernel
+ * frees an entry with its socket; a socket without one is not traced.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
+	__type(key, int);
+	__type(value, struct conn);
+} conns SEC(".maps");
+
+static __always_inline void count_drop(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&drops, &reason);
+
+	if (n)
+		(*n)++;
+}
+
+/*
+ * Wake the reader only once a batch has built up: a wakeup per event costs
+ * more than the event. User space also drains on a timer, which bounds the
+ * delay of a quiet ring.
+ */
+static __always_inline __u64 wakeup_flags(void)
+{
+	if (!cfg.wakeup_bytes)
+		return 0;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void emit(const struct event *src, __u8 kind)
+{
+	struct event *e;
+
+	if (!(cfg.events & (1 << kind)))
+		return;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop(DROP_RINGBUF_FULL);
+		return;
+	}
+	__builtin_memcpy(e, src, sizeof(*e));
+	e->kind = kind;
+	bpf_ringbuf_submit(e, wakeup_flags());
+}
+
+/* The current task, as the owner of a socket. */
+static __always_inline void set_owner(struct event *e, __u8 source)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	e->pid = id >> 32;
+	e->tid = (__u32)id;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->pid_source = source;
+}
+
+static __always_inline bool owner_wanted(const struct event *e)
+{
+	if (cfg.pid && e->pid != cfg.pid)
+		return false;
+	if (cfg.match_comm) {
+		for (int i = 0; i < COMM_LEN; i++) {
+			if (e->comm[i] != cfg.comm[i])
+				return false;
+			if (!e->comm[i])
+				break;
+		}
+	}
+	if (cfg.direction && e->direction != cfg.direction)
+		return false;
+	return true;
+}
+
+static __always_inline bool port_in(const volatile struct port_range *r, __u8 n, __u16 port)
+{
+	for (int i = 0; i < MAX_PORT_RANGES; i++) {
+		if (i >= n)
+			break;
+		if (port >= r[i].lo && port <= r[i].hi)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * The ephemeral side is ours when we connected and the peer's when we
+ * accepted. A connect that got no port at all failed to get an ephemeral one,
+ * so it counts. Keep in step with Event.Ephemeral in Go.
+ */
+static __always_inline bool is_ephemeral(const struct event *e)
+{
+	__u16 port = e->direction == DIRECTION_INBOUND ? e->rport : e->lport;
+
+	if (e->direction == DIRECTION_OUTBOUND && !port)
+		return true;
+	return port >= cfg.ephemeral.lo && port <= cfg.ephemeral.hi;
+}
+
+static __always_inline bool tuple_wanted(const struct event *e)
+{
+	if (cfg.family && e->family != cfg.family)
+		return false;
+	if (cfg.n_lports && !port_in(cfg.lports, cfg.n_lports, e->lport))
+		return false;
+	if (cfg.n_rports && !port_in(cfg.rports, cfg.n_rports, e->rport))
+		return false;
+	if (cfg.ephemeral_only && !is_ephemeral(e))
+		return false;
+	if (cfg.match_raddr) {
+		struct raddr_key key = { .prefixlen = 128 };
+
+		__builtin_memcpy(key.addr, e->raddr, sizeof(key.addr));
+		if (!bpf_map_lookup_elem(&raddr_nets, &key))
+			return false;
+	}
+	return true;
+}
+
+static __always_inline void v4_mapped(__u8 *dst, __be32 addr)
+{
+	__builtin_memset(dst, 0, 10);
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	__builtin_memcpy(dst + 12, &addr, 4);
+}
+
+/*
+ * Addresses and ports as they stand now. The local port reads 0 once the
+ * kernel has released it (at TCP_CLOSE), but inet_sport keeps it.
+ */
+static __always_inline void read_tuple(struct sock *sk, struct event *e)
+{
+	struct in6_addr raddr6;
+
+	e->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (!e->lport)
+		e->lport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	e->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	e->family = 4;
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET6) {
+		BPF_CORE_READ_INTO(&raddr6, sk, __sk_common.skc_v6_daddr);
+		/* A v4-mapped peer is IPv4 on the wire, and the v4 fields hold it. */
+		if (raddr6.in6_u.u6_addr32[0] || raddr6.in6_u.u6_addr32[1] ||
+		    raddr6.in6_u.u6_addr32[2] != bpf_htonl(0xffff)) {
+			e->family = 6;
+			__builtin_memcpy(e->raddr, &raddr6, 16);
+			BPF_CORE_READ_INTO(&e->laddr, sk, __sk_common.skc_v6_rcv_saddr);
+			return;
+		}
+	}
+	v4_mapped(e->laddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+	v4_mapped(e->raddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+}
+
+static __always_inline void read_counters(struct sock *sk, struct event *e)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+
+	e->tx_bytes = BPF_CORE_READ(tp, bytes_acked);
+	e->rx_bytes = BPF_CORE_READ(tp, bytes_received);
+	e->tx_packets = BPF_CORE_READ(tp, segs_out);
+	e->rx_packets = BPF_CORE_READ(tp, segs_in);
+	e->retransmits = BPF_CORE_READ(tp, total_retrans);
+}
+
+/* A fresh lifetime for sk, in the storage entry c. */
+static __always_inline void begin(struct conn *c, struct sock *sk, const struct event *owner,
+				  __u8 direction, __u8 phase)
+{
+	__builtin_memcpy(&c->e, owner, sizeof(c->e));
+	c->e.proto = IPPROTO_TCP;
+	c->e.direction = direction;
+	c->e.start_ns = bpf_ktime_get_boot_ns();
+	c->e.cookie = bpf_get_socket_cookie(sk);
+	c->e.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	c->phase = phase;
+}
+
+/* A socket's close event, once both its end and its destruction were seen. */
+static __always_inline void emit_close(struct conn *c)
+{
+	if (cfg.min_duration_ns && c->e.start_ns &&
+	    c->e.end_ns - c->e.start_ns < cfg.min_duration_ns)
+		return;
+	emit(&c->e, EVENT_CLOSE);
+}
+
+/* CLOSE -> SYN_SENT: connect() runs in the caller's context. */
+static __always_inline void on_connect(struct sock *sk)
+{
+	struct event owner = {};
+	struct conn *c;
+
+	set_owner(&owner, PID_SOURCE_CONNECT);
+	owner.direction = DIRECTION_OUTBOUND;
+	if (!owner_wanted(&owner)) {
+		/* A socket reconnected after disconnect may hold a stale lifetime. */
+		c = bpf_sk_storage_get(&conns, sk, 0, 0);
+		if (c && c->phase == PHASE_CLOSED)
+			emit_close(c);
+		if (c)
+			bpf_sk_storage_delete(&conns, sk);
+		return;
+	}
+	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c) {
+		count_drop(DROP_STORAGE_FULL);
+		return;
+	}
+	if (c->phase == PHASE_CLOSED)
+		emit_close(c);
+	begin(c, sk, &owner, DIRECTION_OUTBOUND, PHASE_CONNECTING);
+}
+
+/* -> LISTEN: listen() runs in the owner's context; children inherit it. */
+static __always_inline void on_listen(struct sock *sk)
+{
+	struct event owner = {};
+	struct conn *c;
+
+	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c) {
+		count_drop(DROP_STORAGE_FULL);
+		return;
+	}
+	set_owner(&owner, PID_SOURCE_LISTENER);
+	begin(c, sk, &owner, DIRECTION_INBOUND, PHASE_LISTENER);
+}
+
+/* LISTEN -> SYN_RECV: a child socket, cloned with its listener's entry. */
+static __always_inline void on_child(struct sock *sk)
+{
+	struct event owner = {};
+	struct conn *c;
+
+	c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	if (!c || c->phase != PHASE_LISTENER)
+		return; /* its listener is not traced */
+	__builtin_memcpy(&owner, &c->e, sizeof(owner));
+	if (!owner_wanted(&owner)) {
+		bpf_sk_storage_delete(&conns, sk);
+		return;
+	}
+	begin(c, sk, &owner, DIRECTION_INBOUND, PHASE_HANDSHAKE);
+}
+
+/* SYN_SENT or SYN_RECV -> ESTABLISHED: both ports are known now. */
+static __always_inline void on_established(struct sock *sk)
+{
+	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+
+	if (!c || (c->phase != PHASE_CONNECTING && c->phase != PHASE_HANDSHAKE))
+		return;
+	read_tuple(sk, &c->e);
+	if (!tuple_wanted(&c->e)) {
+		bpf_sk_storage_delete(&conns, sk);
+		return;
+	}
+	c->e.established_ns = bpf_ktime_get_boot_ns();
+	c->e.end_ns = c->e.established_ns;
+	c->phase = PHASE_OPEN;
+	emit(&c->e, EVENT_OPEN);
+}
+
+/* Into FIN_WAIT1, CLOSE_WAIT, LAST_ACK, FIN_WAIT2 or CLOSING. */
+static __always_inline void on_closing(struct sock *sk, int oldstate, int newstate)
+{
+	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+
+	if (!c || c->phase != PHASE_OPEN)
+		return;
+	if (!c->e.closed_by) {
+		if (newstate == TCP_FIN_WAIT1)
+			c->e.closed_by = CLOSED_BY_LOCAL;
+		else if (newstate == TCP_CLOSE_WAIT)
+			c->e.closed_by = CLOSED_BY_REMOTE;
+	}
+	/*
+	 * A socket from before tracing has no owner yet. FIN_WAIT1 and LAST_ACK
+	 * are entered only by close() or shutdown(), in the owner's context.
+	 */
+	if (c->e.pid_source == PID_SOURCE_UNKNOWN &&
+	    (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK))
+		set_owner(&c->e, PID_SOURCE_CLOSE);
+}
+
+/* -> CLOSE: the port is released. */
+static __always_inline void on_close(struct sock *sk, int oldstate)
+{
+	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+
+	if (!c)
+		return;
+	if (c->phase == PHASE_CONNECTING) {
+		read_tuple(sk, &c->e);
+		c->e.error = BPF_CORE_READ(sk, sk_err);
+		c->e.end_ns = bpf_ktime_get_boot_ns();
+		c->e.last_state = oldstate;
+		if (tuple_wanted(&c->e))
+			emit(&c->e, EVENT_CONNECT_FAILED);
+		bpf_sk_storage_delete(&conns, sk);
+		return;
+	}
+	if (c->phase == PHASE_HANDSHAKE) {
+		/* Never established, so never accepted: not a lifetime. */
+		bpf_sk_storage_delete(&conns, sk);
+		return;
+	}
+	if (c->phase != PHASE_OPEN)
+		return;
+	c->e.end_ns = bpf_ktime_get_boot_ns();
+	c->e.last_state = oldstate;
+	read_counters(sk, &c->e);
+	/*
+	 * The kernel moves the connection to a timewait socket just before this,
+	 * unless a reset ended it; a reset sent after this point clears the flag.
+	 */
+	if ((oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING) &&
+	    !(c->e.flags & (EVENT_F_RESET_SENT | EVENT_F_RESET_RECEIVED)))
+		c->e.flags |= EVENT_F_TIME_WAIT;
+	/*
+	 * Resets sent on close (unread data, SO_LINGER 0) come after this
+	 * transition, so the event waits for the socket's destruction.
+	 */
+	c->phase = PHASE_CLOSED;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tcp_state, struct sock *sk, int oldstate, int newstate)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+
+	switch (newstate) {
+	case TCP_SYN_SENT:
+		on_connect(sk);
+		break;
+	case TCP_LISTEN:
+		on_listen(sk);
+		break;
+	case TCP_SYN_RECV:
+		if (oldstate == TCP_LISTEN)
+			on_child(sk);
+		break;
+	case TCP_ESTABLISHED:
+		on_established(sk);
+		break;
+	case TCP_CLOSE:
+		on_close(sk, oldstate);
+		break;
+	default:
+		on_closing(sk, oldstate, newstate);
+	}
+	return 0;
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(tcp_rst_sent, struct sock *sk)
+{
+	struct conn *c;
+
+	if (!sk)
+		return 0; /* a reset for a packet that has no socket */
+	c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	if (!c || (c->phase != PHASE_OPEN && c->phase != PHASE_CLOSED))
+		return 0;
+	c->e.flags |= EVENT_F_RESET_SENT;
+	c->e.flags &= ~EVENT_F_TIME_WAIT;
+	if (!c->e.closed_by)
+		c->e.closed_by = CLOSED_BY_LOCAL;
+	return 0;
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(tcp_rst_recv, struct sock *sk)
+{
+	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+
+	if (!c || c->phase != PHASE_OPEN)
+		return 0;
+	c->e.flags |= EVENT_F_RESET_RECEIVED;
+	if (!c->e.closed_by)
+		c->e.closed_by = CLOSED_BY_REMOTE;
+	return 0;
+}
+
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(tcp_destroy, struct sock *sk)
+{
+	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+
+	if (!c || c->phase != PHASE_CLOSED)
+		return 0;
+	emit_close(c);
+	c->phase = PHASE_DONE;
+	return 0;
+}
+
+/*
+ * Run once at start-up, after the hooks are attached: adopts the sockets
+ * that existed before tracing, so their close is seen too. Their owner is
+ * unknown until they close, so owner filters leave them out.
+ */
+SEC("iter/tcp")
+int tcp_existing(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct event owner = {};
+	struct tcp_sock *tp;
+	struct sock *sk;
+	struct conn *c;
+	__u8 state;
+
+	if (!skc || cfg.pid || cfg.match_comm || cfg.direction)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0; /* timewait and request sockets hold no process */
+	sk = (struct sock *)tp;
+	if (bpf_sk_storage_get(&conns, sk, 0, 0))
+		return 0; /* a hook got to it first */
+
+	state = BPF_CORE_READ(skc, skc_state);
+	switch (state) {
+	case TCP_LISTEN:
+		c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (c)
+			begin(c, sk, &owner, DIRECTION_INBOUND, PHASE_LISTENER);
+		break;
+	case TCP_ESTABLISHED:
+	case TCP_FIN_WAIT1:
+	case TCP_FIN_WAIT2:
+	case TCP_CLOSE_WAIT:
+	case TCP_LAST_ACK:
+	case TCP_CLOSING:
+		read_tuple(sk, &owner);
+		if (!tuple_wanted(&owner))
+			return 0;
+		c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!c)
+			break;
+		begin(c, sk, &owner, DIRECTION_UNKNOWN, PHASE_OPEN);
+		c->e.start_ns = 0;
+		c->e.flags |= EVENT_F_PRE_EXISTING;
+		if (state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 || state == TCP_CLOSING)
+			c->e.closed_by = CLOSED_BY_LOCAL;
+		else if (state == TCP_CLOSE_WAIT || state == TCP_LAST_ACK)
+			c->e.closed_by = CLOSED_BY_REMOTE;
+		return 0;
+	default:
+		return 0;
+	}
+	if (!c)
+		count_drop(DROP_STORAGE_FULL);
+	return 0;
+}

@@ -1,0 +1,144 @@
+// Package output writes tracer Events for people (aligned text columns) and
+// for log pipelines (one JSON object per line). Both encoders append to a
+// reused buffer, so writing an event allocates nothing.
+package output
+
+import (
+	"bufio"
+	"io"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/portlife/portlife/tracer"
+)
+
+// JSON writes one object per line, with the field names of the README's
+// schema table. Fields that do not apply to an event are left out.
+type JSON struct {
+	w   *bufio.Writer
+	buf []byte
+}
+
+func NewJSON(w io.Writer) *JSON {
+	return &JSON{w: bufio.NewWriterSize(w, 256<<10), buf: make([]byte, 0, 1024)}
+}
+
+func (j *JSON) Flush() error { return j.w.Flush() }
+
+func (j *JSON) Write(e *tracer.Event) error {
+	b := j.buf[:0]
+	b = append(b, `{"ts":"`...)
+	b = e.Time.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = appendString(b, `","event":"`, e.Kind.String())
+	b = appendString(b, `","proto":"`, e.Proto.String())
+	if e.Family() == 4 {
+		b = append(b, `","family":"ipv4"`...)
+	} else {
+		b = append(b, `","family":"ipv6"`...)
+	}
+	b = appendUint(b, `,"pid":`, uint64(e.PID))
+	b = appendUint(b, `,"tid":`, uint64(e.TID))
+	b = append(b, `,"comm":`...)
+	b = appendJSONString(b, e.Comm.Bytes())
+	b = appendUint(b, `,"uid":`, uint64(e.UID))
+	b = appendUint(b, `,"cgroup_id":`, e.CgroupID)
+	b = appendUint(b, `,"netns":`, uint64(e.NetNS))
+	b = appendString(b, `,"pid_source":"`, e.PIDSource.String())
+	b = append(b, `","laddr":"`...)
+	b = e.Local.Addr().AppendTo(b)
+	b = appendUint(b, `","lport":`, uint64(e.Local.Port()))
+	b = append(b, `,"raddr":"`...)
+	b = e.Remote.Addr().AppendTo(b)
+	b = appendUint(b, `","rport":`, uint64(e.Remote.Port()))
+	b = appendString(b, `,"direction":"`, e.Direction.String())
+	b = appendBool(b, `","ephemeral":`, e.Ephemeral)
+	b = appendUint(b, `,"sock_cookie":`, e.Cookie)
+	if !e.Start.IsZero() {
+		b = append(b, `,"start":"`...)
+		b = e.Start.UTC().AppendFormat(b, time.RFC3339Nano)
+		b = append(b, '"')
+	}
+
+	switch e.Kind {
+	case tracer.KindOpen:
+		if lat := e.ConnectLatency(); lat > 0 {
+			b = appendMillis(b, `,"connect_latency_ms":`, lat)
+		}
+	case tracer.KindClose:
+		if !e.Start.IsZero() {
+			b = appendMillis(b, `,"duration_ms":`, e.Duration())
+		}
+		b = appendUint(b, `,"tx_bytes":`, e.TxBytes)
+		b = appendUint(b, `,"rx_bytes":`, e.RxBytes)
+		b = appendUint(b, `,"tx_packets":`, uint64(e.TxPackets))
+		b = appendUint(b, `,"rx_packets":`, uint64(e.RxPackets))
+		if e.Proto == tracer.ProtoTCP {
+			b = appendUint(b, `,"retransmits":`, uint64(e.Retransmits))
+			b = appendString(b, `,"closed_by":"`, e.ClosedBy.String())
+			b = appendBool(b, `","reset":`, e.Reset)
+			b = appendBool(b, `,"time_wait":`, e.TimeWait)
+		} else {
+			b = appendUint(b, `,"destinations":`, uint64(e.Destinations))
+			b = appendBool(b, `,"connected":`, e.Connected)
+		}
+		b = appendBool(b, `,"pre_existing":`, e.PreExisting)
+	case tracer.KindConnectFailed:
+		if !e.Start.IsZero() {
+			b = appendMillis(b, `,"duration_ms":`, e.Duration())
+		}
+		b = appendString(b, `,"reason":"`, e.Reason())
+		b = appendUint(b, `","errno":`, uint64(e.Errno))
+	}
+	b = append(b, "}\n"...)
+	j.buf = b
+	_, err := j.w.Write(b)
+	return err
+}
+
+func appendString(b []byte, key, s string) []byte {
+	return append(append(b, key...), s...)
+}
+
+func appendUint(b []byte, key string, n uint64) []byte {
+	return strconv.AppendUint(append(b, key...), n, 10)
+}
+
+func appendBool(b []byte, key string, v bool) []byte {
+	return strconv.AppendBool(append(b, key...), v)
+}
+
+// appendMillis writes a duration in milliseconds with microsecond precision.
+func appendMillis(b []byte, key string, d time.Duration) []byte {
+	return strconv.AppendFloat(append(b, key...), float64(d.Microseconds())/1000, 'f', -1, 64)
+}
+
+// appendJSONString quotes s. A comm is set by the process itself, so it may
+// hold quotes, control bytes or invalid UTF-8.
+func appendJSONString(b, s []byte) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c < 0x20 || c == 0x7f:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}

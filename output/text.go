@@ -1,0 +1,166 @@
+package output
+
+import (
+	"bufio"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/portlife/portlife/tracer"
+)
+
+// Text writes aligned columns for a terminal, like tcplife, with human units.
+type Text struct {
+	w      *bufio.Writer
+	buf    []byte
+	header bool
+}
+
+func NewText(w io.Writer) *Text {
+	return &Text{w: bufio.NewWriterSize(w, 64<<10), buf: make([]byte, 0, 512)}
+}
+
+func (t *Text) Flush() error { return t.w.Flush() }
+
+// column widths, in order: time, event, proto, pid, comm, local, remote,
+// direction, duration, tx, rx; then the notes.
+var widths = [...]int{12, 14, 5, 7, 15, 26, 26, 8, 9, 7, 7}
+
+var header = func() string {
+	var b []byte
+	for i, name := range [...]string{"TIME", "EVENT", "PROTO", "PID", "COMM", "LOCAL", "REMOTE", "DIR", "DURATION", "TX", "RX"} {
+		b = append(b, name...)
+		for j := len(name); j <= widths[i]; j++ {
+			b = append(b, ' ')
+		}
+	}
+	return string(b) + "NOTES\n"
+}()
+
+func (t *Text) Write(e *tracer.Event) error {
+	b := t.buf[:0]
+	if !t.header {
+		b = append(b, header...)
+		t.header = true
+	}
+	col := 0
+	pad := func(start int) {
+		for len(b)-start < widths[col] {
+			b = append(b, ' ')
+		}
+		b = append(b, ' ')
+		col++
+	}
+	s := len(b)
+	b = e.Time.Local().AppendFormat(b, "15:04:05.000")
+	pad(s)
+	s = len(b)
+	b = append(b, e.Kind.String()...)
+	pad(s)
+	s = len(b)
+	b = append(b, e.Proto.String()...)
+	pad(s)
+	s = len(b)
+	if e.PIDSource == tracer.PIDSourceUnknown {
+		b = append(b, '?')
+	} else {
+		b = strconv.AppendUint(b, uint64(e.PID), 10)
+	}
+	pad(s)
+	s = len(b)
+	b = append(b, e.Comm.Bytes()...)
+	pad(s)
+	s = len(b)
+	b = e.Local.AppendTo(b)
+	pad(s)
+	s = len(b)
+	b = e.Remote.AppendTo(b)
+	pad(s)
+	s = len(b)
+	b = append(b, e.Direction.String()...)
+	pad(s)
+	s = len(b)
+	switch e.Kind {
+	case tracer.KindOpen:
+		b = appendHumanDuration(b, e.ConnectLatency())
+	default:
+		b = appendHumanDuration(b, e.Duration())
+	}
+	pad(s)
+	s = len(b)
+	if e.Kind == tracer.KindClose {
+		b = appendHumanBytes(b, e.TxBytes)
+	}
+	pad(s)
+	s = len(b)
+	if e.Kind == tracer.KindClose {
+		b = appendHumanBytes(b, e.RxBytes)
+	}
+	pad(s)
+	b = appendNotes(b, e)
+	b = append(b, '\n')
+	t.buf = b
+	_, err := t.w.Write(b)
+	return err
+}
+
+func appendNotes(b []byte, e *tracer.Event) []byte {
+	switch e.Kind {
+	case tracer.KindConnectFailed:
+		b = append(b, e.Reason()...)
+	case tracer.KindClose:
+		if e.Proto == tracer.ProtoTCP {
+			b = append(b, "closed_by="...)
+			b = append(b, e.ClosedBy.String()...)
+			if e.Reset {
+				b = append(b, " reset"...)
+			}
+			if e.TimeWait {
+				b = append(b, " time_wait"...)
+			}
+		} else {
+			b = append(b, "destinations="...)
+			b = strconv.AppendUint(b, uint64(e.Destinations), 10)
+		}
+		if e.PreExisting {
+			b = append(b, " pre_existing"...)
+		}
+	}
+	if e.PIDSource == tracer.PIDSourceUnknown {
+		b = append(b, " pid_unknown"...)
+	}
+	return b
+}
+
+// appendHumanDuration writes 850µs, 12.3ms, 4.50s or 3m20s; nothing for 0.
+func appendHumanDuration(b []byte, d time.Duration) []byte {
+	switch {
+	case d <= 0:
+		return b
+	case d < time.Millisecond:
+		return append(strconv.AppendInt(b, d.Microseconds(), 10), "µs"...)
+	case d < time.Second:
+		return append(strconv.AppendFloat(b, float64(d)/float64(time.Millisecond), 'f', 1, 64), "ms"...)
+	case d < time.Minute:
+		return append(strconv.AppendFloat(b, d.Seconds(), 'f', 2, 64), 's')
+	}
+	return append(b, d.Round(time.Second).String()...)
+}
+
+// appendHumanBytes writes 512B, 4.0K, 12M, 3.1G (powers of 1024).
+func appendHumanBytes(b []byte, n uint64) []byte {
+	const units = "KMGTPE"
+	if n < 1024 {
+		return append(strconv.AppendUint(b, n, 10), 'B')
+	}
+	v, i := float64(n)/1024, 0
+	for v >= 1024 && i < len(units)-1 {
+		v /= 1024
+		i++
+	}
+	prec := 1
+	if v >= 10 {
+		prec = 0
+	}
+	return append(strconv.AppendFloat(b, v, 'f', prec, 64), units[i])
+}

@@ -1,0 +1,68 @@
+package tracer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// Errors a user can act on. The message says what to do.
+var (
+	ErrPermission = errors.New("portlife needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN: run it with sudo")
+	ErrNoBTF      = errors.New("this kernel has no BTF at /sys/kernel/btf/vmlinux: portlife needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+	ErrOldKernel  = errors.New("this kernel lacks a feature portlife needs: run it on Linux 5.11 or later")
+)
+
+const btfPath = "/sys/kernel/btf/vmlinux"
+
+// checkKernel fails early, before anything is loaded, for the common cases.
+func checkKernel() error {
+	if !hasCapabilities() {
+		return ErrPermission
+	}
+	if _, err := os.Stat(btfPath); err != nil {
+		return ErrNoBTF
+	}
+	return nil
+}
+
+// hasCapabilities reports whether this process may load and attach tracing
+// programs: CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON and CAP_NET_ADMIN.
+func hasCapabilities() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return os.Geteuid() == 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		hex, ok := strings.CutPrefix(line, "CapEff:")
+		if !ok {
+			continue
+		}
+		caps, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+		if err != nil {
+			return os.Geteuid() == 0
+		}
+		has := func(c int) bool { return caps&(1<<c) != 0 }
+		return has(unix.CAP_SYS_ADMIN) || has(unix.CAP_BPF) && has(unix.CAP_PERFMON) && has(unix.CAP_NET_ADMIN)
+	}
+	return os.Geteuid() == 0
+}
+
+// explain turns the kernel's refusals into the errors above, keeping the
+// detail behind them.
+func explain(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ebpf.ErrNotSupported):
+		return fmt.Errorf("%w (%v)", ErrOldKernel, err)
+	case errors.Is(err, os.ErrPermission):
+		return fmt.Errorf("%w (%v)", ErrPermission, err)
+	}
+	return err
+}

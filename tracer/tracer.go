@@ -1,0 +1,340 @@
+// Package tracer loads portlife's eBPF program, attaches it to the kernel's
+// socket hooks, and turns the records it sends through the ring buffer into
+// port lifetime Events for a Sink. It owns everything it attaches: Close
+// leaves nothing behind in the kernel.
+package tracer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"go.uber.org/zap"
+)
+
+// Sink receives decoded events in order. The Event is reused after Write
+// returns, so a Sink that keeps one must copy it.
+type Sink interface {
+	Write(*Event) error
+	Flush() error
+}
+
+// Config is what New needs to start tracing.
+type Config struct {
+	Filter Filter
+	// RingBufferSize is the kernel-to-user buffer in bytes: a power of two
+	// and a multiple of the page size.
+	RingBufferSize int
+	// FlushInterval bounds how long an event waits in the kernel's ring and
+	// the Sink's buffer. 0 wakes the reader for every event.
+	FlushInterval time.Duration
+	// StatsInterval is how often non-zero drop counts are logged.
+	StatsInterval time.Duration
+	// EphemeralRangeFile is net.ipv4.ip_local_port_range, read at start.
+	EphemeralRangeFile string
+}
+
+// DefaultConfig traces everything with the buffer sizes the benchmark chose.
+func DefaultConfig() Config {
+	return Config{
+		RingBufferSize:     8 << 20,
+		FlushInterval:      100 * time.Millisecond,
+		StatsInterval:      10 * time.Second,
+		EphemeralRangeFile: "/proc/sys/net/ipv4/ip_local_port_range",
+	}
+}
+
+// Stats counts what the kernel side could not deliver or track.
+type Stats struct {
+	Events      uint64 // events delivered to the Sink
+	RingbufFull uint64 // events dropped: the ring buffer was full
+	StorageFull uint64 // sockets not tracked: no per-socket state could be allocated
+	TableFull   uint64 // entries a bounded kernel table refused or evicted
+}
+
+// Lost is every event the kernel side could not deliver.
+func (s Stats) Lost() uint64 { return s.RingbufFull + s.StorageFull + s.TableFull }
+
+// Tracer is a loaded and attached portlife program.
+type Tracer struct {
+	log    *zap.Logger
+	cfg    Config
+	dec    decoder
+	objs   portlifeObjects
+	reader *ringbuf.Reader
+
+	mu     sync.Mutex // guards links: Run detaches while Close may run
+	links  []link.Link
+	events uint64
+}
+
+// New loads and attaches the program. On error nothing stays attached.
+func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
+	if err := cfg.Filter.Validate(); err != nil {
+		return nil, err
+	}
+	if err := checkKernel(); err != nil {
+		return nil, err
+	}
+	ephemeral, err := ReadEphemeralRange(cfg.EphemeralRangeFile)
+	if err != nil {
+		return nil, err
+	}
+	dec, err := newDecoder(ephemeral)
+	if err != nil {
+		return nil, err
+	}
+	t := &Tracer{log: log, cfg: cfg, dec: dec}
+	defer func() {
+		if err != nil {
+			t.Close()
+		}
+	}()
+
+	// Kernels from 5.11 account BPF memory to the cgroup; this is a no-op there.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		log.Debug("memlock rlimit not raised", zap.Error(err))
+	}
+	if err := t.load(ephemeral); err != nil {
+		return nil, explain(fmt.Errorf("loading the eBPF program: %w", err))
+	}
+	if t.reader, err = ringbuf.NewReader(t.objs.Events); err != nil {
+		return nil, fmt.Errorf("opening the ring buffer: %w", err)
+	}
+	if err := t.attach(); err != nil {
+		return nil, explain(err)
+	}
+	if err := t.adoptExisting(); err != nil {
+		return nil, explain(err)
+	}
+	return t, nil
+}
+
+func (t *Tracer) load(ephemeral PortRange) error {
+	spec, err := loadPortlife()
+	if err != nil {
+		return err
+	}
+	// Wake the reader once an eighth of the ring is queued, unless every
+	// event must go out at once.
+	var wakeup uint64
+	if t.cfg.FlushInterval > 0 {
+		wakeup = uint64(t.cfg.RingBufferSize / 8)
+	}
+	kcfg := t.cfg.Filter.kernelConfig(ephemeral, wakeup)
+	if err := spec.Variables["cfg"].Set(kcfg); err != nil {
+		return fmt.Errorf("setting the filter: %w", err)
+	}
+	spec.Maps["events"].MaxEntries = uint32(t.cfg.RingBufferSize)
+
+	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			t.log.Debug("verifier log", zap.String("log", fmt.Sprintf("%+v", verr)))
+		}
+		return err
+	}
+	for _, p := range t.cfg.Filter.RemoteNets {
+		key, one := raddrKey(p), uint8(1)
+		if err := t.objs.RaddrNets.Put(&key, &one); err != nil {
+			return fmt.Errorf("adding --raddr %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// hook is one attachment point, named as an error message should name it.
+type hook struct {
+	name  string
+	proto Proto
+	prog  *ebpf.Program
+}
+
+func (t *Tracer) hooks() []hook {
+	p := &t.objs.portlifePrograms
+	return []hook{
+		{"sock:inet_sock_set_state", ProtoTCP, p.TcpState},
+		{"tcp:tcp_send_reset", ProtoTCP, p.TcpRstSent},
+		{"tcp:tcp_receive_reset", ProtoTCP, p.TcpRstRecv},
+		{"tcp:tcp_destroy_sock", ProtoTCP, p.TcpDestroy},
+	}
+}
+
+func (t *Tracer) attach() error {
+	for _, h := range t.hooks() {
+		if !t.cfg.Filter.wantsProto(h.proto) {
+			continue
+		}
+		l, err := link.AttachTracing(link.TracingOptions{Program: h.prog})
+		if err != nil {
+			return fmt.Errorf("attaching to %s: %w", h.name, err)
+		}
+		t.links = append(t.links, l)
+	}
+	return nil
+}
+
+// adoptExisting walks the sockets that existed before the hooks were
+// attached, so that their closes are reported too.
+func (t *Tracer) adoptExisting() error {
+	if !t.cfg.Filter.wantsProto(ProtoTCP) {
+		return nil
+	}
+	it, err := link.AttachIter(link.IterOptions{Program: t.objs.TcpExisting})
+	if err != nil {
+		return fmt.Errorf("attaching the TCP socket iterator: %w", err)
+	}
+	defer it.Close()
+	r, err := it.Open()
+	if err != nil {
+		return fmt.Errorf("walking existing TCP sockets: %w", err)
+	}
+	defer r.Close()
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return fmt.Errorf("walking existing TCP sockets: %w", err)
+	}
+	return nil
+}
+
+// Run delivers events to sink until ctx is done. Then it detaches the hooks,
+// delivers what the ring buffer still holds, and flushes the sink.
+func (t *Tracer) Run(ctx context.Context, sink Sink) error {
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		select {
+		case <-ctx.Done():
+			// Detach first: whatever the hooks sent is then in the ring,
+			// and the reader drains it before it sees ErrFlushed.
+			t.detach()
+			t.reader.Flush()
+		case <-stopped:
+		}
+	}()
+	go t.reportDrops(ctx)
+
+	var (
+		rec      ringbuf.Record
+		ev       Event
+		interval = t.cfg.FlushInterval
+	)
+	if interval <= 0 {
+		interval = 100 * time.Millisecond
+	}
+	t.reader.SetDeadline(time.Now().Add(interval))
+	for {
+		err := t.reader.ReadInto(&rec)
+		switch {
+		case err == nil:
+			if err := t.dec.decode(rec.RawSample, &ev); err != nil {
+				return err
+			}
+			t.events++
+			if err := sink.Write(&ev); err != nil {
+				return fmt.Errorf("writing an event: %w", err)
+			}
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// The ring is empty and the interval is up.
+			if err := sink.Flush(); err != nil {
+				return fmt.Errorf("writing events: %w", err)
+			}
+			t.reader.SetDeadline(time.Now().Add(interval))
+		case errors.Is(err, ringbuf.ErrFlushed):
+			if err := sink.Flush(); err != nil {
+				return fmt.Errorf("writing events: %w", err)
+			}
+			return nil
+		default:
+			return fmt.Errorf("reading the ring buffer: %w", err)
+		}
+	}
+}
+
+// reportDrops warns while the kernel side is losing events.
+func (t *Tracer) reportDrops(ctx context.Context) {
+	if t.cfg.StatsInterval <= 0 {
+		return
+	}
+	tick := time.NewTicker(t.cfg.StatsInterval)
+	defer tick.Stop()
+	var last uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		s, err := t.kernelStats()
+		if err != nil {
+			t.log.Warn("reading drop counters", zap.Error(err))
+			continue
+		}
+		if s.Lost() > last {
+			t.log.Warn("events lost",
+				zap.Uint64("lost", s.Lost()),
+				zap.Uint64("lost_since_last", s.Lost()-last),
+				zap.Uint64("ringbuf_full", s.RingbufFull),
+				zap.Uint64("storage_full", s.StorageFull),
+				zap.Uint64("table_full", s.TableFull))
+			last = s.Lost()
+		}
+	}
+}
+
+// Stats reads the drop counters. Call it after Run returns for the totals.
+func (t *Tracer) Stats() (Stats, error) {
+	s, err := t.kernelStats()
+	s.Events = t.events
+	return s, err
+}
+
+func (t *Tracer) kernelStats() (Stats, error) {
+	var s Stats
+	counters := []*uint64{
+		int(portlifeDropReasonDROP_RINGBUF_FULL): &s.RingbufFull,
+		int(portlifeDropReasonDROP_STORAGE_FULL): &s.StorageFull,
+		int(portlifeDropReasonDROP_TABLE_FULL):   &s.TableFull,
+	}
+	var perCPU []uint64
+	for reason, total := range counters {
+		if err := t.objs.Drops.Lookup(uint32(reason), &perCPU); err != nil {
+			return s, fmt.Errorf("reading drop counter %d: %w", reason, err)
+		}
+		for _, n := range perCPU {
+			*total += n
+		}
+	}
+	return s, nil
+}
+
+func (t *Tracer) detach() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var errs []error
+	for i := len(t.links) - 1; i >= 0; i-- {
+		errs = append(errs, t.links[i].Close())
+	}
+	t.links = nil
+	return errors.Join(errs...)
+}
+
+// Close detaches every hook and frees the program and its maps, in reverse
+// order of creation. It is safe to call more than once.
+func (t *Tracer) Close() error {
+	errs := []error{t.detach()}
+	if t.reader != nil {
+		errs = append(errs, t.reader.Close())
+		t.reader = nil
+	}
+	errs = append(errs, t.objs.Close())
+	t.objs = portlifeObjects{}
+	return errors.Join(errs...)
+}
