@@ -84,6 +84,37 @@ struct {
 	__type(value, struct conn);
 } conns SEC(".maps");
 
+/*
+ * Owners of the sockets that existed at start, by socket inode. User space
+ * fills it from /proc before the start-up iterator runs and empties it after.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAX_FD_OWNERS);
+	__type(key, __u64);
+	__type(value, struct owner);
+} fd_owners SEC(".maps");
+
+struct listen_key {
+	__u32 netns;
+	__u16 port;
+	__u16 pad;
+};
+
+/*
+ * Listening ports the start-up iterator saw. It visits listeners before
+ * connections, so a connection on a listening port was accepted. Emptied
+ * by user space with fd_owners.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAX_FD_OWNERS);
+	__type(key, struct listen_key);
+	__type(value, __u8);
+} listen_ports SEC(".maps");
+
 static __always_inline void count_drop(__u32 reason)
 {
 	__u64 *n = bpf_map_lookup_elem(&drops, &reason);
@@ -477,22 +508,42 @@ int BPF_PROG(tcp_destroy, struct sock *sk)
 	return 0;
 }
 
+/* The owner /proc showed for a socket that existed at start, if any. */
+static __always_inline void fd_owner(struct sock *sk, struct event *e)
+{
+	__u64 ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
+	struct owner *o;
+
+	if (!ino)
+		return;
+	o = bpf_map_lookup_elem(&fd_owners, &ino);
+	if (!o)
+		return;
+	e->pid = o->pid;
+	e->tid = o->pid;
+	e->uid = o->uid;
+	e->cgroup_id = o->cgroup_id;
+	__builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
+	e->pid_source = PID_SOURCE_FD_OWNER;
+}
+
 /*
- * Run once at start-up, after the hooks are attached: adopts the sockets
- * that existed before tracing, so their close is seen too. Their owner is
- * unknown until they close, so owner filters leave them out.
+ * Run at start-up in each network namespace, after the hooks are attached:
+ * adopts the sockets that existed before tracing, so that their children
+ * and their closes are reported too.
  */
 SEC("iter/tcp")
 int tcp_existing(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
+	struct listen_key lk = {};
 	struct event owner = {};
 	struct tcp_sock *tp;
 	struct sock *sk;
 	struct conn *c;
-	__u8 state;
+	__u8 state, one = 1;
 
-	if (!skc || cfg.pid || cfg.match_comm || cfg.direction)
+	if (!skc)
 		return 0;
 	tp = bpf_skc_to_tcp_sock(skc);
 	if (!tp)
@@ -501,37 +552,48 @@ int tcp_existing(struct bpf_iter__tcp *ctx)
 	if (bpf_sk_storage_get(&conns, sk, 0, 0))
 		return 0; /* a hook got to it first */
 
+	fd_owner(sk, &owner);
+	read_tuple(sk, &owner);
+	lk.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	lk.port = owner.lport;
 	state = BPF_CORE_READ(skc, skc_state);
 	switch (state) {
 	case TCP_LISTEN:
+		/* Tracked whatever the filters: its children are filtered. */
+		if (bpf_map_update_elem(&listen_ports, &lk, &one, BPF_ANY))
+			count_drop(DROP_TABLE_FULL);
 		c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (c)
-			begin(c, sk, &owner, DIRECTION_INBOUND, PHASE_LISTENER);
-		break;
+		if (!c) {
+			count_drop(DROP_STORAGE_FULL);
+			return 0;
+		}
+		begin(c, sk, &owner, DIRECTION_INBOUND, PHASE_LISTENER);
+		return 0;
 	case TCP_ESTABLISHED:
 	case TCP_FIN_WAIT1:
 	case TCP_FIN_WAIT2:
 	case TCP_CLOSE_WAIT:
 	case TCP_LAST_ACK:
 	case TCP_CLOSING:
-		read_tuple(sk, &owner);
-		if (!tuple_wanted(&owner))
-			return 0;
-		c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (!c)
-			break;
-		begin(c, sk, &owner, DIRECTION_UNKNOWN, PHASE_OPEN);
-		c->e.start_ns = 0;
-		c->e.flags |= EVENT_F_PRE_EXISTING;
-		if (state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 || state == TCP_CLOSING)
-			c->e.closed_by = CLOSED_BY_LOCAL;
-		else if (state == TCP_CLOSE_WAIT || state == TCP_LAST_ACK)
-			c->e.closed_by = CLOSED_BY_REMOTE;
-		return 0;
+		break;
 	default:
 		return 0;
 	}
-	if (!c)
+
+	owner.direction = bpf_map_lookup_elem(&listen_ports, &lk) ? DIRECTION_INBOUND : DIRECTION_OUTBOUND;
+	if (!owner_wanted(&owner) || !tuple_wanted(&owner))
+		return 0;
+	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c) {
 		count_drop(DROP_STORAGE_FULL);
+		return 0;
+	}
+	begin(c, sk, &owner, owner.direction, PHASE_OPEN);
+	c->e.start_ns = 0;
+	c->e.flags |= EVENT_F_PRE_EXISTING;
+	if (state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 || state == TCP_CLOSING)
+		c->e.closed_by = CLOSED_BY_LOCAL;
+	else if (state == TCP_CLOSE_WAIT || state == TCP_LAST_ACK)
+		c->e.closed_by = CLOSED_BY_REMOTE;
 	return 0;
 }

@@ -29,6 +29,7 @@ enum pid_source {
 	PID_SOURCE_LISTENER = 2, /* the task that called listen() on the parent socket */
 	PID_SOURCE_CLOSE = 3,    /* the task that called close() or shutdown() */
 	PID_SOURCE_SOCKET = 4,   /* UDP: the task that created, bound or first used it */
+	PID_SOURCE_FD_OWNER = 5, /* a process holding the socket's fd when tracing started */
 };
 
 enum closed_by {
@@ -85,6 +86,15 @@ struct event {
 	char comm[COMM_LEN];
 };
 
+/* A process that held a socket when tracing started, found in /proc. */
+struct owner {
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 uid;
+	char comm[COMM_LEN];
+};
+
+#define MAX_FD_OWNERS 65536
 #define MAX_PORT_RANGES 8
 #define MAX_RADDR_NETS 64
 

@@ -75,6 +75,7 @@ const (
 	PIDSourceListener = PIDSource(portlifePidSourcePID_SOURCE_LISTENER)
 	PIDSourceClose    = PIDSource(portlifePidSourcePID_SOURCE_CLOSE)
 	PIDSourceSocket   = PIDSource(portlifePidSourcePID_SOURCE_SOCKET)
+	PIDSourceFDOwner  = PIDSource(portlifePidSourcePID_SOURCE_FD_OWNER)
 )
 
 var pidSourceNames = [...]string{
@@ -83,6 +84,7 @@ var pidSourceNames = [...]string{
 	PIDSourceListener: "listener",
 	PIDSourceClose:    "close",
 	PIDSourceSocket:   "socket",
+	PIDSourceFDOwner:  "fd_owner",
 }
 
 func (s PIDSource) String() string { return name(pidSourceNames[:], int(s)) }
@@ -122,6 +124,9 @@ func (c *Comm) Bytes() []byte {
 
 func (c *Comm) String() string { return string(c.Bytes()) }
 
+// unsafeBytes views a generated C char array as bytes.
+func unsafeBytes(s []int8) []byte { return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s))), len(s)) }
+
 // Event is one port lifetime event, decoded from the kernel's record.
 type Event struct {
 	Kind        Kind
@@ -156,7 +161,7 @@ type Event struct {
 	PreExisting  bool
 	Connected    bool // UDP: the peer was fixed by connect()
 
-	Errno unix.Errno // connect_failed: the socket's error, 0 if none
+	Errno unix.Errno // connect_failed: the error connect() reported, 0 if none
 }
 
 // Duration is how long the port lived (close) or the connect tried
@@ -262,6 +267,11 @@ func (d *decoder) decode(raw []byte, ev *Event) error {
 		PreExisting:  r.Flags&uint8(portlifeEventFlagEVENT_F_PRE_EXISTING) != 0,
 		Connected:    r.Flags&uint8(portlifeEventFlagEVENT_F_CONNECTED) != 0,
 		Errno:        unix.Errno(r.Error),
+	}
+	if ev.Kind == KindConnectFailed && r.Lport == 0 && ev.Errno == 0 {
+		// The port allocation failed inside connect(), which returned this;
+		// the socket itself holds no error.
+		ev.Errno = unix.EADDRNOTAVAIL
 	}
 	ev.Comm = *(*Comm)(unsafe.Pointer(&r.Comm))
 	ev.Ephemeral = isEphemeral(ev, d.ephemeral)

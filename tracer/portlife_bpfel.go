@@ -129,6 +129,21 @@ const (
 	portlifeEventKindEVENT_CONNECT_FAILED portlifeEventKind = 3
 )
 
+type portlifeListenKey struct {
+	_     structs.HostLayout
+	Netns uint32
+	Port  uint16
+	Pad   uint16
+}
+
+type portlifeOwner struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Pid      uint32
+	Uid      uint32
+	Comm     [16]int8
+}
+
 type portlifePidSource uint32
 
 const (
@@ -137,6 +152,7 @@ const (
 	portlifePidSourcePID_SOURCE_LISTENER portlifePidSource = 2
 	portlifePidSourcePID_SOURCE_CLOSE    portlifePidSource = 3
 	portlifePidSourcePID_SOURCE_SOCKET   portlifePidSource = 4
+	portlifePidSourcePID_SOURCE_FD_OWNER portlifePidSource = 5
 )
 
 type portlifeRaddrKey struct {
@@ -152,6 +168,8 @@ const (
 	portlifeMapConns            = "conns"
 	portlifeMapDrops            = "drops"
 	portlifeMapEvents           = "events"
+	portlifeMapFdOwners         = "fd_owners"
+	portlifeMapListenPorts      = "listen_ports"
 	portlifeMapRaddrNets        = "raddr_nets"
 	portlifeProgTcpDestroy      = "tcp_destroy"
 	portlifeProgTcpExisting     = "tcp_existing"
@@ -220,10 +238,12 @@ type portlifeProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type portlifeMapSpecs struct {
-	Conns     *ebpf.MapSpec `ebpf:"conns"`
-	Drops     *ebpf.MapSpec `ebpf:"drops"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	RaddrNets *ebpf.MapSpec `ebpf:"raddr_nets"`
+	Conns       *ebpf.MapSpec `ebpf:"conns"`
+	Drops       *ebpf.MapSpec `ebpf:"drops"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	FdOwners    *ebpf.MapSpec `ebpf:"fd_owners"`
+	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
+	RaddrNets   *ebpf.MapSpec `ebpf:"raddr_nets"`
 }
 
 // portlifeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -259,10 +279,12 @@ func (o *portlifeObjects) Close() error {
 //
 // It can be passed to loadPortlifeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portlifeMaps struct {
-	Conns     *ebpf.Map `ebpf:"conns"`
-	Drops     *ebpf.Map `ebpf:"drops"`
-	Events    *ebpf.Map `ebpf:"events"`
-	RaddrNets *ebpf.Map `ebpf:"raddr_nets"`
+	Conns       *ebpf.Map `ebpf:"conns"`
+	Drops       *ebpf.Map `ebpf:"drops"`
+	Events      *ebpf.Map `ebpf:"events"`
+	FdOwners    *ebpf.Map `ebpf:"fd_owners"`
+	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
+	RaddrNets   *ebpf.Map `ebpf:"raddr_nets"`
 }
 
 func (m *portlifeMaps) Close() error {
@@ -270,6 +292,8 @@ func (m *portlifeMaps) Close() error {
 		m.Conns,
 		m.Drops,
 		m.Events,
+		m.FdOwners,
+		m.ListenPorts,
 		m.RaddrNets,
 	)
 }

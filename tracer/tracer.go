@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"sync"
 	"time"
@@ -68,6 +67,8 @@ type Tracer struct {
 	log    *zap.Logger
 	cfg    Config
 	dec    decoder
+	// cgroupRoot is where cgroup v2 is mounted; "" if it is not.
+	cgroupRoot string
 	objs   portlifeObjects
 	reader *ringbuf.Reader
 
@@ -92,7 +93,11 @@ func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Tracer{log: log, cfg: cfg, dec: dec}
+	cgroupRoot, err := cgroup2Mount("/proc/mounts")
+	if err != nil {
+		return nil, err
+	}
+	t := &Tracer{log: log, cfg: cfg, dec: dec, cgroupRoot: cgroupRoot}
 	defer func() {
 		if err != nil {
 			t.Close()
@@ -178,28 +183,6 @@ func (t *Tracer) attach() error {
 			return fmt.Errorf("attaching to %s: %w", h.name, err)
 		}
 		t.links = append(t.links, l)
-	}
-	return nil
-}
-
-// adoptExisting walks the sockets that existed before the hooks were
-// attached, so that their closes are reported too.
-func (t *Tracer) adoptExisting() error {
-	if !t.cfg.Filter.wantsProto(ProtoTCP) {
-		return nil
-	}
-	it, err := link.AttachIter(link.IterOptions{Program: t.objs.TcpExisting})
-	if err != nil {
-		return fmt.Errorf("attaching the TCP socket iterator: %w", err)
-	}
-	defer it.Close()
-	r, err := it.Open()
-	if err != nil {
-		return fmt.Errorf("walking existing TCP sockets: %w", err)
-	}
-	defer r.Close()
-	if _, err := io.Copy(io.Discard, r); err != nil {
-		return fmt.Errorf("walking existing TCP sockets: %w", err)
 	}
 	return nil
 }

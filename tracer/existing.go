@@ -1,0 +1,111 @@
+package tracer
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// adoptExisting hands the kernel side the TCP sockets that existed before
+// the hooks were attached, with the owners /proc shows for them, so their
+// closes and their listeners' children are reported too. The kernel's TCP
+// iterator sees one network namespace at a time: it runs in each.
+func (t *Tracer) adoptExisting() error {
+	if !t.cfg.Filter.wantsProto(ProtoTCP) {
+		return nil
+	}
+	scan, err := scanProc("/proc", t.cgroupRoot)
+	if err != nil {
+		return err
+	}
+	defer clearMap(t.objs.FdOwners)
+	defer clearMap(t.objs.ListenPorts)
+	unrecorded := 0
+	for ino, p := range scan.owners {
+		o := portlifeOwner{CgroupId: p.cgroupID, Pid: p.pid, Uid: p.uid}
+		copy(unsafeBytes(o.Comm[:]), p.comm)
+		if err := t.objs.FdOwners.Put(ino, &o); err != nil {
+			unrecorded++
+		}
+	}
+	if unrecorded > 0 {
+		t.log.Warn("too many sockets at start: some existing connections are reported without their process",
+			zap.Int("sockets", len(scan.owners)), zap.Int("unrecorded", unrecorded))
+	}
+
+	it, err := link.AttachIter(link.IterOptions{Program: t.objs.TcpExisting})
+	if err != nil {
+		return fmt.Errorf("attaching the TCP socket iterator: %w", err)
+	}
+	defer it.Close()
+	own, _ := nsInode("/proc/self/ns/net")
+	for ns, pid := range scan.netns {
+		path := ""
+		if ns != own {
+			path = fmt.Sprintf("/proc/%d/ns/net", pid)
+		}
+		err := walkIn(path, it)
+		if err != nil && !errors.Is(err, os.ErrNotExist) { // its last process may have exited
+			return fmt.Errorf("walking existing TCP sockets in netns %d: %w", ns, err)
+		}
+	}
+	t.log.Debug("adopted existing sockets", zap.Int("sockets", len(scan.owners)), zap.Int("netns", len(scan.netns)))
+	return nil
+}
+
+// walkIn runs the iterator in the network namespace at netnsPath ("" for
+// our own). The iterator takes its namespace from the thread that opens it.
+func walkIn(netnsPath string, it *link.Iter) error {
+	type opened struct {
+		r   io.ReadCloser
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		if netnsPath != "" {
+			// Never unlocked: the runtime retires a locked thread when its
+			// goroutine ends, so the changed namespace dies with it.
+			runtime.LockOSThread()
+			f, err := os.Open(netnsPath)
+			if err != nil {
+				ch <- opened{err: err}
+				return
+			}
+			defer f.Close()
+			if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+				ch <- opened{err: fmt.Errorf("entering %s: %w", netnsPath, err)}
+				return
+			}
+		}
+		r, err := it.Open()
+		ch <- opened{r, err}
+	}()
+	o := <-ch
+	if o.err != nil {
+		return o.err
+	}
+	defer o.r.Close()
+	_, err := io.Copy(io.Discard, o.r)
+	return err
+}
+
+// clearMap empties a start-up table, so it holds no memory while tracing.
+func clearMap(m *ebpf.Map) {
+	var keys [][]byte
+	var key []byte
+	iter := m.Iterate()
+	var value []byte
+	for iter.Next(&key, &value) {
+		keys = append(keys, append([]byte(nil), key...))
+	}
+	for _, k := range keys {
+		m.Delete(k)
+	}
+}

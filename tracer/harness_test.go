@@ -1,0 +1,147 @@
+package tracer
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+)
+
+// The end-to-end tests load the real program into the running kernel and
+// make real connections on loopback or in network namespaces they create.
+// The tracer sees the whole host, so each test picks out its own events by
+// pid and ports.
+
+// requireRoot skips without root, except in CI, where a skip would hide
+// that the kernel tests did not run.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("kernel tests need root, and CI=true forbids skipping them")
+	}
+	t.Skip("kernel tests need root: run `sudo make test`")
+}
+
+// collector is a Sink that keeps every event, for tests to wait on.
+type collector struct {
+	mu      sync.Mutex
+	events  []Event
+	changed chan struct{}
+}
+
+func newCollector() *collector { return &collector{changed: make(chan struct{}, 1)} }
+
+func (c *collector) Write(e *Event) error {
+	c.mu.Lock()
+	c.events = append(c.events, *e)
+	c.mu.Unlock()
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (c *collector) Flush() error { return nil }
+
+// matching returns the events for which keep is true, in arrival order.
+func (c *collector) matching(keep func(*Event) bool) []Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []Event
+	for i := range c.events {
+		if keep(&c.events[i]) {
+			out = append(out, c.events[i])
+		}
+	}
+	return out
+}
+
+// waitFor waits until at least n events match, and returns them all.
+func (c *collector) waitFor(t *testing.T, n int, keep func(*Event) bool) []Event {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		if got := c.matching(keep); len(got) >= n {
+			return got
+		}
+		select {
+		case <-c.changed:
+		case <-deadline:
+			got := c.matching(keep)
+			t.Fatalf("waited 10s for %d matching events, got %d: %+v", n, len(got), got)
+			return nil
+		}
+	}
+}
+
+// running is a Tracer started by startTracer, with its events.
+type running struct {
+	*Tracer
+	events *collector
+}
+
+// startTracer loads and attaches a tracer with filter f; the test's cleanup
+// stops and closes it.
+func startTracer(t *testing.T, f Filter) *running {
+	t.Helper()
+	requireRoot(t)
+	cfg := DefaultConfig()
+	cfg.Filter = f
+	cfg.FlushInterval = 10 * time.Millisecond
+	cfg.RingBufferSize = 16 << 20
+	tr, err := New(cfg, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatalf("starting the tracer: %v", err)
+	}
+	r := &running{Tracer: tr, events: newCollector()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx, r.events) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if err := tr.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return r
+}
+
+// lost fails the test if the kernel side dropped anything.
+func (r *running) requireNothingLost(t *testing.T) {
+	t.Helper()
+	s, err := r.Stats()
+	if err != nil {
+		t.Fatalf("Stats: %v", err)
+	}
+	if s.Lost() != 0 {
+		t.Fatalf("the kernel side lost events: %+v", s)
+	}
+}
+
+// ofConn selects the events of one TCP connection, seen from either side.
+func ofConn(local, remote netip.AddrPort) func(*Event) bool {
+	return func(e *Event) bool {
+		return e.Proto == ProtoTCP && (e.Local == local && e.Remote == remote || e.Local == remote && e.Remote == local)
+	}
+}
+
+func addrPort(t *testing.T, a net.Addr) netip.AddrPort {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		t.Fatalf("parsing %v: %v", a, err)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}

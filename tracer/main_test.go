@@ -1,0 +1,234 @@
+package tracer
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The test binary doubles as the separate processes some tests need: a
+// server, a client, or a process in its own network namespace. The tracer
+// must tell them apart from the test process by pid.
+const helperEnv = "PORTLIFE_TEST_HELPER"
+
+func TestMain(m *testing.M) {
+	if role := os.Getenv(helperEnv); role != "" {
+		if err := runHelper(role, os.Args[len(os.Args)-1]); err != nil {
+			fmt.Fprintf(os.Stderr, "helper %s: %v\n", role, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// helper is a running helper process and its stdout, one line at a time.
+type helper struct {
+	cmd   *exec.Cmd
+	lines *bufio.Scanner
+	stdin io.WriteCloser
+}
+
+// startHelper runs this test binary as role. The helper exits when its
+// stdin closes, which the test's cleanup does.
+func startHelper(t *testing.T, role, arg string, attr *syscall.SysProcAttr) *helper {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$", arg)
+	cmd.Env = append(os.Environ(), helperEnv+"="+role)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = attr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting helper %s: %v", role, err)
+	}
+	h := &helper{cmd: cmd, lines: bufio.NewScanner(stdout), stdin: stdin}
+	t.Cleanup(func() { h.stop(t) })
+	return h
+}
+
+func (h *helper) pid() uint32 { return uint32(h.cmd.Process.Pid) }
+
+// line reads the helper's next line of output.
+func (h *helper) line(t *testing.T) string {
+	t.Helper()
+	if !h.lines.Scan() {
+		t.Fatalf("helper exited early: %v", h.lines.Err())
+	}
+	return h.lines.Text()
+}
+
+func (h *helper) stop(t *testing.T) {
+	h.stdin.Close()
+	done := make(chan error, 1)
+	go func() { done <- h.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("helper: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		h.cmd.Process.Kill()
+		t.Errorf("helper did not exit")
+	}
+}
+
+func runHelper(role, arg string) error {
+	switch role {
+	case "server":
+		if arg != "" {
+			// A name of its own, for comm filters to tell it apart.
+			if err := unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&append([]byte(arg), 0)[0])), 0, 0, 0); err != nil {
+				return err
+			}
+		}
+		return echoServer()
+	case "client":
+		return echoClients(arg)
+	case "exhaust":
+		return exhaustPorts(arg)
+	}
+	return fmt.Errorf("unknown role %q", role)
+}
+
+// echoServer prints its port, then echoes payload bytes on every connection
+// and closes after the client does, until stdin closes.
+func echoServer() error {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fmt.Println(ln.Addr().(*net.TCPAddr).Port)
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		ln.Close()
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return nil
+		}
+		go func() {
+			defer c.Close()
+			buf := make([]byte, payload)
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			c.Write(buf)
+			c.Read(buf) // EOF: the client closes first
+		}()
+	}
+}
+
+// echoClients makes "count@addr" sequential echo connections and prints
+// the local port of each.
+func echoClients(arg string) error {
+	count, addr, _ := strings.Cut(arg, "@")
+	n, err := strconv.Atoi(count)
+	if err != nil {
+		return err
+	}
+	out := bufio.NewWriter(os.Stdout)
+	buf := make([]byte, payload)
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp4", addr)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(out, c.LocalAddr().(*net.TCPAddr).Port)
+		if _, err := c.Write(buf); err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return err
+		}
+		c.Close()
+	}
+	out.Flush()
+	io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+// exhaustPorts runs in a network namespace of its own, whose ephemeral
+// range is arg ("40000 40001"): it connects to a local listener until a
+// connect fails, prints that error's number, and holds its connections
+// until stdin closes.
+func exhaustPorts(portRange string) error {
+	if err := linkUp("lo"); err != nil {
+		return err
+	}
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte(portRange), 0); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:5000") // outside the range, which connects need
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	// Raw connect(2): Go's net.Dial retries EADDRNOTAVAIL itself, and each
+	// try is a connect the tracer reports.
+	var held []int
+	dst := &unix.SockaddrInet4{Port: 5000, Addr: [4]byte{127, 0, 0, 1}}
+	for {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		if err := unix.Connect(fd, dst); err != nil {
+			var errno syscall.Errno
+			if !errors.As(err, &errno) {
+				return err
+			}
+			fmt.Println(int(errno), len(held))
+			unix.Close(fd)
+			break
+		}
+		held = append(held, fd)
+		if len(held) > 10 {
+			return fmt.Errorf("%d connects succeeded in a range of %s", len(held), portRange)
+		}
+	}
+	io.Copy(io.Discard, os.Stdin)
+	for _, fd := range held {
+		unix.Close(fd)
+	}
+	return nil
+}
+
+func linkUp(name string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("reading %s flags: %w", name, err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bringing %s up: %w", name, err)
+	}
+	return nil
+}

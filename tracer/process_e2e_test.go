@@ -1,0 +1,105 @@
+package tracer
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// 1,000 connections between two other processes: every one is reported
+// exactly once from each side, with that side's pid, and nothing is lost.
+func TestTCPSeparateProcesses(t *testing.T) {
+	const conns = 1000
+	r := startTracer(t, Filter{})
+
+	server := startHelper(t, "server", "pl-server", nil)
+	serverPort, err := strconv.Atoi(server.line(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := startHelper(t, "client", fmt.Sprintf("%d@127.0.0.1:%d", conns, serverPort), nil)
+	truth := map[uint16]int{} // client port -> connections that used it
+	for i := 0; i < conns; i++ {
+		p, err := strconv.Atoi(client.line(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		truth[uint16(p)]++
+	}
+
+	isOurs := func(e *Event) bool {
+		return e.Kind == KindClose && e.Proto == ProtoTCP &&
+			(e.Remote.Port() == uint16(serverPort) && e.PID == client.pid() ||
+				e.Local.Port() == uint16(serverPort) && e.PID == server.pid())
+	}
+	got := r.events.waitFor(t, 2*conns, isOurs)
+	out, in := map[uint16]int{}, map[uint16]int{}
+	for _, e := range got {
+		switch {
+		case e.Direction == DirectionOutbound && e.PID == client.pid() && e.PIDSource == PIDSourceConnect:
+			out[e.Local.Port()]++
+		case e.Direction == DirectionInbound && e.PID == server.pid() && e.PIDSource == PIDSourceListener:
+			in[e.Remote.Port()]++
+		default:
+			t.Errorf("event with the wrong direction or pid: %+v", e)
+		}
+	}
+	for port, n := range truth {
+		if out[port] != n || in[port] != n {
+			t.Errorf("port %d: %d connections, reported %d times by the client side and %d by the server side", port, n, out[port], in[port])
+		}
+	}
+	if len(got) != 2*conns {
+		t.Errorf("%d close events, want %d", len(got), 2*conns)
+	}
+	r.requireNothingLost(t)
+}
+
+// In a namespace whose ephemeral range holds two ports, the third connect
+// to the same destination finds no port: one connect_failed, attributed.
+func TestTCPNoEphemeralPort(t *testing.T) {
+	r := startTracer(t, Filter{})
+	h := startHelper(t, "exhaust", "40000 40001", &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET})
+	f := strings.Fields(h.line(t))
+	if len(f) != 2 || f[0] != strconv.Itoa(int(unix.EADDRNOTAVAIL)) || f[1] != "2" {
+		t.Fatalf("helper reported errno and connections %q, want EADDRNOTAVAIL (%d) after 2", f, unix.EADDRNOTAVAIL)
+	}
+	hostNetns := netnsInode(t, "/proc/self/ns/net")
+
+	dst := netip.MustParseAddrPort("127.0.0.1:5000")
+	isFailure := func(e *Event) bool {
+		return e.Kind == KindConnectFailed && e.PID == h.pid()
+	}
+	// The failure is reported with the two good connects' opens; wait for
+	// those, then there must be exactly one failure.
+	r.events.waitFor(t, 2, func(e *Event) bool {
+		return e.Kind == KindOpen && e.PID == h.pid() && e.Direction == DirectionOutbound
+	})
+	got := r.events.waitFor(t, 1, isFailure)
+	if len(got) != 1 {
+		t.Fatalf("%d connect_failed events, want 1: %+v", len(got), got)
+	}
+	e := got[0]
+	check(t, "connect_failed", "reason", e.Reason(), "no_ephemeral_port")
+	check(t, "connect_failed", "remote", e.Remote, dst)
+	check(t, "connect_failed", "local port", e.Local.Port(), 0)
+	check(t, "connect_failed", "pid source", e.PIDSource, PIDSourceConnect)
+	check(t, "connect_failed", "ephemeral", e.Ephemeral, true)
+	if e.NetNS == hostNetns || e.NetNS == 0 {
+		t.Errorf("netns %d, want the helper's own namespace (the host's is %d)", e.NetNS, hostNetns)
+	}
+}
+
+func netnsInode(t *testing.T, path string) uint32 {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return uint32(st.Ino)
+}
+
