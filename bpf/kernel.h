@@ -171,6 +171,17 @@ struct bpf_iter_meta {
 	__u64 seq_num;
 };
 
+struct udp_sock {
+	struct inet_sock inet;
+};
+
+struct bpf_iter__udp {
+	struct bpf_iter_meta *meta;
+	struct udp_sock *udp_sk;
+	__u32 uid;
+	int bucket;
+};
+
 struct bpf_iter__tcp {
 	struct bpf_iter_meta *meta;
 	struct sock_common *sk_common;

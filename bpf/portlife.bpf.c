@@ -63,19 +63,27 @@ enum phase {
 	PHASE_OPEN = 4,       /* established; the close event is being built */
 	PHASE_CLOSED = 5,     /* the port was released; the close event waits for the socket's destruction */
 	PHASE_DONE = 6,
+	PHASE_PENDING = 7, /* UDP: owned, but the local port is not known yet */
+	PHASE_IGNORED = 8, /* UDP: left out by the filters */
 };
+
+#define UDP_DEST_SLOTS 8
 
 struct conn {
 	struct event e; /* the event under construction */
+	__u32 dests[UDP_DEST_SLOTS]; /* UDP: hashes of the last distinct destinations */
 	__u8 phase;
+	__u8 next_dest;
 };
 
 /*
- * Per-socket state of every tracked TCP socket.
- * Created at SYN_SENT (connect), TCP_LISTEN (listen) and by the start-up
- * iterator for sockets that existed before tracing. BPF_F_CLONE copies a
- * listener's entry, and so its owner, into each accepted child. The kernel
- * frees an entry with its socket; a socket without one is not traced.
+ * Per-socket state of every tracked socket.
+ * TCP: created at SYN_SENT (connect), TCP_LISTEN (listen) and by the
+ * start-up iterator for sockets that existed before tracing. BPF_F_CLONE
+ * copies a listener's entry, and so its owner, into each accepted child.
+ * UDP: created at bind, connect or the first send, and by the iterator.
+ * The kernel frees an entry with its socket; a socket without one is not
+ * traced.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -440,7 +448,7 @@ static __always_inline void on_close(struct sock *sk, int oldstate)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tcp_state, struct sock *sk, int oldstate, int newstate)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 
 	switch (newstate) {
@@ -595,5 +603,325 @@ int tcp_existing(struct bpf_iter__tcp *ctx)
 		c->e.closed_by = CLOSED_BY_LOCAL;
 	else if (state == TCP_CLOSE_WAIT || state == TCP_LAST_ACK)
 		c->e.closed_by = CLOSED_BY_REMOTE;
+	return 0;
+}
+
+/*
+ * UDP. There is no state tracepoint: the cgroup socket hooks on the cgroup
+ * v2 root see bind, connect and unconnected sends with their addresses, and
+ * the release of every socket; the sock_send_length and sock_recv_length
+ * tracepoints count each datagram. Every cgroup program returns 1: portlife
+ * observes and never refuses a syscall.
+ */
+
+/* A small hash of an address and port, to tell destinations apart. */
+static __always_inline __u32 dest_hash(const __u8 *addr, __u16 port)
+{
+	__u32 h = 2166136261u ^ port;
+
+	for (int i = 0; i < 16; i++)
+		h = (h ^ addr[i]) * 16777619u;
+	return h;
+}
+
+/*
+ * Records a destination. The first one, or the connected peer, becomes the
+ * remote end. Distinct ones are counted exactly up to UDP_DEST_SLOTS; past
+ * that a destination revisited after it left the slots counts again.
+ */
+static __always_inline void udp_dest(struct conn *c, const __u8 *addr, __u16 port, bool connected)
+{
+	__u32 h = dest_hash(addr, port);
+	__u8 slot;
+
+	if (connected || !c->e.destinations) {
+		__builtin_memcpy(c->e.raddr, addr, 16);
+		c->e.rport = port;
+		c->e.family = (addr[10] == 0xff && addr[11] == 0xff &&
+			       !((__u64 *)addr)[0] && !addr[8] && !addr[9]) ? 4 : 6;
+	}
+	for (int i = 0; i < UDP_DEST_SLOTS; i++)
+		if (c->dests[i] == h && i < c->e.destinations)
+			return;
+	slot = c->next_dest++ % UDP_DEST_SLOTS;
+	c->dests[slot] = h;
+	if (c->e.destinations < 0xffffffff)
+		c->e.destinations++;
+}
+
+/* A UDP socket seen for the first time, by the current task. */
+static __always_inline void udp_begin(struct conn *c, __u64 cookie, __u8 direction)
+{
+	struct event owner = {};
+
+	set_owner(&owner, PID_SOURCE_SOCKET);
+	owner.proto = IPPROTO_UDP;
+	owner.direction = direction;
+	owner.start_ns = bpf_ktime_get_boot_ns();
+	owner.cookie = cookie;
+	__builtin_memcpy(&c->e, &owner, sizeof(owner));
+	c->phase = owner_wanted(&owner) ? PHASE_PENDING : PHASE_IGNORED;
+}
+
+/* The local end of a UDP socket, once it has a port. */
+static __always_inline void udp_local(struct sock *sk, struct event *e)
+{
+	e->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET6) {
+		BPF_CORE_READ_INTO(&e->laddr, sk, __sk_common.skc_v6_rcv_saddr);
+		if (!e->destinations)
+			e->family = 6;
+	} else {
+		v4_mapped(e->laddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		if (!e->destinations)
+			e->family = 4;
+	}
+}
+
+/* The local port is known now: apply the filters and say so. */
+static __always_inline void udp_open(struct sock *sk, struct conn *c)
+{
+	udp_local(sk, &c->e);
+	if (!c->e.lport)
+		return;
+	if (!tuple_wanted(&c->e)) {
+		c->phase = PHASE_IGNORED;
+		return;
+	}
+	c->phase = PHASE_OPEN;
+	c->e.end_ns = bpf_ktime_get_boot_ns();
+	emit(&c->e, EVENT_OPEN);
+}
+
+static __always_inline bool is_udp(const struct bpf_sock_addr *ctx)
+{
+	return ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP;
+}
+
+/* The entry of the socket behind a sock_addr hook, created if need be. */
+static __always_inline struct conn *udp_conn(struct bpf_sock_addr *ctx, __u8 direction)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct conn *c;
+
+	if (!sk)
+		return 0;
+	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c) {
+		count_drop(DROP_STORAGE_FULL);
+		return 0;
+	}
+	if (!c->phase)
+		udp_begin(c, bpf_get_socket_cookie(ctx), direction);
+	return c->phase == PHASE_IGNORED ? 0 : c;
+}
+
+/* bind(): a port asked for by number makes a server socket. */
+static __always_inline int udp_bind(struct bpf_sock_addr *ctx)
+{
+	if (is_udp(ctx))
+		udp_conn(ctx, ctx->user_port ? DIRECTION_INBOUND : DIRECTION_OUTBOUND);
+	return 1;
+}
+
+SEC("cgroup/bind4")
+int udp_bind4(struct bpf_sock_addr *ctx) { return udp_bind(ctx); }
+
+SEC("cgroup/bind6")
+int udp_bind6(struct bpf_sock_addr *ctx) { return udp_bind(ctx); }
+
+/* After bind() got its port. */
+static __always_inline int udp_bound(struct bpf_sock *ctx)
+{
+	struct conn *c;
+
+	if (ctx->protocol != IPPROTO_UDP)
+		return 1;
+	c = bpf_sk_storage_get(&conns, ctx, 0, 0);
+	if (c && c->phase == PHASE_PENDING)
+		udp_open((struct sock *)ctx, c);
+	return 1;
+}
+
+SEC("cgroup/post_bind4")
+int udp_bound4(struct bpf_sock *ctx) { return udp_bound(ctx); }
+
+SEC("cgroup/post_bind6")
+int udp_bound6(struct bpf_sock *ctx) { return udp_bound(ctx); }
+
+/*
+ * connect() fixes the peer; the port is bound just after this hook, so the
+ * open waits for the first datagram.
+ */
+SEC("cgroup/connect4")
+int udp_connect4(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16];
+	struct conn *c;
+
+	if (!is_udp(ctx) || !(c = udp_conn(ctx, DIRECTION_OUTBOUND)))
+		return 1;
+	v4_mapped(addr, ctx->user_ip4);
+	udp_dest(c, addr, bpf_ntohs(ctx->user_port), true);
+	c->e.flags |= EVENT_F_CONNECTED;
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int udp_connect6(struct bpf_sock_addr *ctx)
+{
+	__u32 addr[4];
+	struct conn *c;
+
+	if (!is_udp(ctx) || !(c = udp_conn(ctx, DIRECTION_OUTBOUND)))
+		return 1;
+	addr[0] = ctx->user_ip6[0];
+	addr[1] = ctx->user_ip6[1];
+	addr[2] = ctx->user_ip6[2];
+	addr[3] = ctx->user_ip6[3];
+	udp_dest(c, (__u8 *)addr, bpf_ntohs(ctx->user_port), true);
+	c->e.flags |= EVENT_F_CONNECTED;
+	return 1;
+}
+
+/* sendto() and sendmsg() with an address: the port is bound by now. */
+SEC("cgroup/sendmsg4")
+int udp_send4(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16];
+	struct conn *c;
+
+	if (!is_udp(ctx) || !(c = udp_conn(ctx, DIRECTION_OUTBOUND)))
+		return 1;
+	v4_mapped(addr, ctx->user_ip4);
+	udp_dest(c, addr, bpf_ntohs(ctx->user_port), false);
+	return 1;
+}
+
+SEC("cgroup/sendmsg6")
+int udp_send6(struct bpf_sock_addr *ctx)
+{
+	__u32 addr[4];
+	struct conn *c;
+
+	if (!is_udp(ctx) || !(c = udp_conn(ctx, DIRECTION_OUTBOUND)))
+		return 1;
+	addr[0] = ctx->user_ip6[0];
+	addr[1] = ctx->user_ip6[1];
+	addr[2] = ctx->user_ip6[2];
+	addr[3] = ctx->user_ip6[3];
+	udp_dest(c, (__u8 *)addr, bpf_ntohs(ctx->user_port), false);
+	return 1;
+}
+
+/* Every datagram sent, connected or not. */
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(udp_sent, struct sock *sk, int ret, int flags)
+{
+	struct conn *c;
+
+	if (ret <= 0 || sk->sk_protocol != IPPROTO_UDP)
+		return 0;
+	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c) {
+		count_drop(DROP_STORAGE_FULL);
+		return 0;
+	}
+	if (!c->phase)
+		udp_begin(c, bpf_get_socket_cookie(sk), DIRECTION_OUTBOUND);
+	if (c->phase == PHASE_IGNORED)
+		return 0;
+	c->e.tx_packets++;
+	c->e.tx_bytes += ret;
+	if (c->phase == PHASE_PENDING)
+		udp_open(sk, c);
+	return 0;
+}
+
+#define MSG_PEEK 2
+
+/* Every datagram received; a peek is not a receive. */
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(udp_recvd, struct sock *sk, int ret, int flags)
+{
+	struct conn *c;
+
+	if (ret <= 0 || (flags & MSG_PEEK) || sk->sk_protocol != IPPROTO_UDP)
+		return 0;
+	c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	if (!c || c->phase == PHASE_IGNORED)
+		return 0;
+	c->e.rx_packets++;
+	c->e.rx_bytes += ret;
+	if (c->phase == PHASE_PENDING)
+		udp_open(sk, c);
+	return 0;
+}
+
+/* close() of the last descriptor: the port's lifetime ends. */
+SEC("cgroup/sock_release")
+int udp_release(struct bpf_sock *ctx)
+{
+	struct conn *c;
+
+	if (ctx->protocol != IPPROTO_UDP)
+		return 1;
+	c = bpf_sk_storage_get(&conns, ctx, 0, 0);
+	if (!c)
+		return 1;
+	if (c->phase == PHASE_PENDING) {
+		/* Connected, never used: the port is read here, with no open. */
+		udp_local((struct sock *)ctx, &c->e);
+		if (!c->e.lport || !tuple_wanted(&c->e))
+			return 1;
+		c->phase = PHASE_OPEN;
+	}
+	if (c->phase != PHASE_OPEN)
+		return 1;
+	c->e.end_ns = bpf_ktime_get_boot_ns();
+	c->phase = PHASE_DONE;
+	emit_close(c);
+	return 1;
+}
+
+/* Adopts the UDP sockets that existed before tracing, like tcp_existing. */
+SEC("iter/udp")
+int udp_existing(struct bpf_iter__udp *ctx)
+{
+	struct event owner = {};
+	struct sock *sk = (struct sock *)ctx->udp_sk;
+	struct conn *c;
+	__u16 rport;
+
+	if (!sk || bpf_sk_storage_get(&conns, sk, 0, 0))
+		return 0;
+	fd_owner(sk, &owner);
+	owner.proto = IPPROTO_UDP;
+	rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (rport) {
+		read_tuple(sk, &owner);
+		owner.destinations = 1;
+		owner.flags |= EVENT_F_CONNECTED;
+	} else {
+		udp_local(sk, &owner);
+	}
+	if (!owner.lport)
+		return 0;
+	/* Which side chose the port is not recorded anywhere: infer it. */
+	owner.direction = rport || (owner.lport >= cfg.ephemeral.lo && owner.lport <= cfg.ephemeral.hi) ?
+		DIRECTION_OUTBOUND : DIRECTION_INBOUND;
+	if (!owner_wanted(&owner) || !tuple_wanted(&owner))
+		return 0;
+	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c) {
+		count_drop(DROP_STORAGE_FULL);
+		return 0;
+	}
+	__builtin_memcpy(&c->e, &owner, sizeof(owner));
+	c->e.cookie = bpf_get_socket_cookie(sk);
+	c->e.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	c->e.flags |= EVENT_F_PRE_EXISTING;
+	c->phase = PHASE_OPEN;
 	return 0;
 }

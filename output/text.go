@@ -5,6 +5,7 @@ import (
 	"io"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/portlife/portlife/tracer"
 )
@@ -45,7 +46,8 @@ func (t *Text) Write(e *tracer.Event) error {
 	}
 	col := 0
 	pad := func(start int) {
-		for len(b)-start < widths[col] {
+		// Runes, not bytes: "µs" is one cell wide on a terminal.
+		for n := utf8.RuneCount(b[start:]); n < widths[col]; n++ {
 			b = append(b, ' ')
 		}
 		b = append(b, ' ')
@@ -68,7 +70,7 @@ func (t *Text) Write(e *tracer.Event) error {
 	}
 	pad(s)
 	s = len(b)
-	b = append(b, e.Comm.Bytes()...)
+	b = appendPrintable(b, e.Comm.Bytes())
 	pad(s)
 	s = len(b)
 	b = e.Local.AppendTo(b)
@@ -105,6 +107,7 @@ func (t *Text) Write(e *tracer.Event) error {
 }
 
 func appendNotes(b []byte, e *tracer.Event) []byte {
+	start := len(b)
 	switch e.Kind {
 	case tracer.KindConnectFailed:
 		b = append(b, e.Reason()...)
@@ -127,7 +130,22 @@ func appendNotes(b []byte, e *tracer.Event) []byte {
 		}
 	}
 	if e.PIDSource == tracer.PIDSourceUnknown {
-		b = append(b, " pid_unknown"...)
+		if len(b) > start {
+			b = append(b, ' ')
+		}
+		b = append(b, "pid_unknown"...)
+	}
+	return b
+}
+
+// appendPrintable writes a comm for a terminal: a process names itself, so
+// control bytes (an escape sequence, a newline) become '?'.
+func appendPrintable(b, s []byte) []byte {
+	for _, c := range s {
+		if c < 0x20 || c == 0x7f {
+			c = '?'
+		}
+		b = append(b, c)
 	}
 	return b
 }

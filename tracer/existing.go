@@ -18,9 +18,6 @@ import (
 // closes and their listeners' children are reported too. The kernel's TCP
 // iterator sees one network namespace at a time: it runs in each.
 func (t *Tracer) adoptExisting() error {
-	if !t.cfg.Filter.wantsProto(ProtoTCP) {
-		return nil
-	}
 	scan, err := scanProc("/proc", t.cgroupRoot)
 	if err != nil {
 		return err
@@ -40,23 +37,39 @@ func (t *Tracer) adoptExisting() error {
 			zap.Int("sockets", len(scan.owners)), zap.Int("unrecorded", unrecorded))
 	}
 
-	it, err := link.AttachIter(link.IterOptions{Program: t.objs.TcpExisting})
+	for _, w := range []struct {
+		proto Proto
+		prog  *ebpf.Program
+	}{{ProtoTCP, t.objs.TcpExisting}, {ProtoUDP, t.objs.UdpExisting}} {
+		if !t.cfg.Filter.wantsProto(w.proto) {
+			continue
+		}
+		if err := walkAll(w.prog, scan.netns); err != nil {
+			return fmt.Errorf("walking existing %s sockets: %w", w.proto, err)
+		}
+	}
+	t.log.Debug("adopted existing sockets", zap.Int("sockets", len(scan.owners)), zap.Int("netns", len(scan.netns)))
+	return nil
+}
+
+// walkAll runs a socket iterator in every network namespace.
+func walkAll(prog *ebpf.Program, netns map[uint32]uint32) error {
+	it, err := link.AttachIter(link.IterOptions{Program: prog})
 	if err != nil {
-		return fmt.Errorf("attaching the TCP socket iterator: %w", err)
+		return fmt.Errorf("attaching the iterator: %w", err)
 	}
 	defer it.Close()
 	own, _ := nsInode("/proc/self/ns/net")
-	for ns, pid := range scan.netns {
+	for ns, pid := range netns {
 		path := ""
 		if ns != own {
 			path = fmt.Sprintf("/proc/%d/ns/net", pid)
 		}
 		err := walkIn(path, it)
 		if err != nil && !errors.Is(err, os.ErrNotExist) { // its last process may have exited
-			return fmt.Errorf("walking existing TCP sockets in netns %d: %w", ns, err)
+			return fmt.Errorf("in netns %d: %w", ns, err)
 		}
 	}
-	t.log.Debug("adopted existing sockets", zap.Int("sockets", len(scan.owners)), zap.Int("netns", len(scan.netns)))
 	return nil
 }
 

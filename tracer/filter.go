@@ -85,12 +85,12 @@ func (f *Filter) Validate() error {
 		return fmt.Errorf("comm %q is longer than the kernel's 15 bytes", f.Comm)
 	case f.Family != 0 && f.Family != 4 && f.Family != 6:
 		return fmt.Errorf("family %d: want 4 or 6", f.Family)
-	case len(f.LocalPorts) > maxPortRanges:
-		return fmt.Errorf("%d local port ranges: at most %d", len(f.LocalPorts), maxPortRanges)
-	case len(f.RemotePorts) > maxPortRanges:
-		return fmt.Errorf("%d remote port ranges: at most %d", len(f.RemotePorts), maxPortRanges)
-	case len(f.RemoteNets) > maxRaddrNets:
-		return fmt.Errorf("%d remote networks: at most %d", len(f.RemoteNets), maxRaddrNets)
+	case len(f.LocalPorts) > MaxPortRanges:
+		return fmt.Errorf("%d local port ranges: at most %d", len(f.LocalPorts), MaxPortRanges)
+	case len(f.RemotePorts) > MaxPortRanges:
+		return fmt.Errorf("%d remote port ranges: at most %d", len(f.RemotePorts), MaxPortRanges)
+	case len(f.RemoteNets) > MaxRemoteNets:
+		return fmt.Errorf("%d remote networks: at most %d", len(f.RemoteNets), MaxRemoteNets)
 	case f.MinDuration < 0:
 		return fmt.Errorf("min duration %v is negative", f.MinDuration)
 	}
@@ -109,10 +109,10 @@ func (f *Filter) wantsProto(p Proto) bool {
 	return false
 }
 
-// Sizes of the kernel's filter arrays (bpf/portlife.h).
+// Sizes of the kernel's filter tables (bpf/portlife.h).
 const (
-	maxPortRanges = len(portlifeConfig{}.Lports)
-	maxRaddrNets  = 64
+	MaxPortRanges = len(portlifeConfig{}.Lports)
+	MaxRemoteNets = 64
 )
 
 // kernelConfig is the Filter as the kernel program reads it.

@@ -55,10 +55,12 @@ type portlifeConfig struct {
 }
 
 type portlifeConn struct {
-	_     structs.HostLayout
-	E     portlifeEvent
-	Phase uint8
-	_     [7]byte
+	_        structs.HostLayout
+	E        portlifeEvent
+	Dests    [8]uint32
+	Phase    uint8
+	NextDest uint8
+	_        [6]byte
 }
 
 type portlifeDirection uint32
@@ -176,6 +178,18 @@ const (
 	portlifeProgTcpRstRecv      = "tcp_rst_recv"
 	portlifeProgTcpRstSent      = "tcp_rst_sent"
 	portlifeProgTcpState        = "tcp_state"
+	portlifeProgUdpBind4        = "udp_bind4"
+	portlifeProgUdpBind6        = "udp_bind6"
+	portlifeProgUdpBound4       = "udp_bound4"
+	portlifeProgUdpBound6       = "udp_bound6"
+	portlifeProgUdpConnect4     = "udp_connect4"
+	portlifeProgUdpConnect6     = "udp_connect6"
+	portlifeProgUdpExisting     = "udp_existing"
+	portlifeProgUdpRecvd        = "udp_recvd"
+	portlifeProgUdpRelease      = "udp_release"
+	portlifeProgUdpSend4        = "udp_send4"
+	portlifeProgUdpSend6        = "udp_send6"
+	portlifeProgUdpSent         = "udp_sent"
 	portlifeVarCfg              = "cfg"
 	portlifeVarUnusedClosedBy   = "unused_closed_by"
 	portlifeVarUnusedDirection  = "unused_direction"
@@ -232,6 +246,18 @@ type portlifeProgramSpecs struct {
 	TcpRstRecv  *ebpf.ProgramSpec `ebpf:"tcp_rst_recv"`
 	TcpRstSent  *ebpf.ProgramSpec `ebpf:"tcp_rst_sent"`
 	TcpState    *ebpf.ProgramSpec `ebpf:"tcp_state"`
+	UdpBind4    *ebpf.ProgramSpec `ebpf:"udp_bind4"`
+	UdpBind6    *ebpf.ProgramSpec `ebpf:"udp_bind6"`
+	UdpBound4   *ebpf.ProgramSpec `ebpf:"udp_bound4"`
+	UdpBound6   *ebpf.ProgramSpec `ebpf:"udp_bound6"`
+	UdpConnect4 *ebpf.ProgramSpec `ebpf:"udp_connect4"`
+	UdpConnect6 *ebpf.ProgramSpec `ebpf:"udp_connect6"`
+	UdpExisting *ebpf.ProgramSpec `ebpf:"udp_existing"`
+	UdpRecvd    *ebpf.ProgramSpec `ebpf:"udp_recvd"`
+	UdpRelease  *ebpf.ProgramSpec `ebpf:"udp_release"`
+	UdpSend4    *ebpf.ProgramSpec `ebpf:"udp_send4"`
+	UdpSend6    *ebpf.ProgramSpec `ebpf:"udp_send6"`
+	UdpSent     *ebpf.ProgramSpec `ebpf:"udp_sent"`
 }
 
 // portlifeMapSpecs contains maps before they are loaded into the kernel.
@@ -320,6 +346,18 @@ type portlifePrograms struct {
 	TcpRstRecv  *ebpf.Program `ebpf:"tcp_rst_recv"`
 	TcpRstSent  *ebpf.Program `ebpf:"tcp_rst_sent"`
 	TcpState    *ebpf.Program `ebpf:"tcp_state"`
+	UdpBind4    *ebpf.Program `ebpf:"udp_bind4"`
+	UdpBind6    *ebpf.Program `ebpf:"udp_bind6"`
+	UdpBound4   *ebpf.Program `ebpf:"udp_bound4"`
+	UdpBound6   *ebpf.Program `ebpf:"udp_bound6"`
+	UdpConnect4 *ebpf.Program `ebpf:"udp_connect4"`
+	UdpConnect6 *ebpf.Program `ebpf:"udp_connect6"`
+	UdpExisting *ebpf.Program `ebpf:"udp_existing"`
+	UdpRecvd    *ebpf.Program `ebpf:"udp_recvd"`
+	UdpRelease  *ebpf.Program `ebpf:"udp_release"`
+	UdpSend4    *ebpf.Program `ebpf:"udp_send4"`
+	UdpSend6    *ebpf.Program `ebpf:"udp_send6"`
+	UdpSent     *ebpf.Program `ebpf:"udp_sent"`
 }
 
 func (p *portlifePrograms) Close() error {
@@ -329,6 +367,18 @@ func (p *portlifePrograms) Close() error {
 		p.TcpRstRecv,
 		p.TcpRstSent,
 		p.TcpState,
+		p.UdpBind4,
+		p.UdpBind6,
+		p.UdpBound4,
+		p.UdpBound6,
+		p.UdpConnect4,
+		p.UdpConnect6,
+		p.UdpExisting,
+		p.UdpRecvd,
+		p.UdpRelease,
+		p.UdpSend4,
+		p.UdpSend6,
+		p.UdpSent,
 	)
 }
 

@@ -88,6 +88,7 @@ func TestTCPNoEphemeralPort(t *testing.T) {
 	check(t, "connect_failed", "reason", e.Reason(), "no_ephemeral_port")
 	check(t, "connect_failed", "remote", e.Remote, dst)
 	check(t, "connect_failed", "local port", e.Local.Port(), 0)
+	check(t, "connect_failed", "errno", e.Errno, unix.EADDRNOTAVAIL)
 	check(t, "connect_failed", "pid source", e.PIDSource, PIDSourceConnect)
 	check(t, "connect_failed", "ephemeral", e.Ephemeral, true)
 	if e.NetNS == hostNetns || e.NetNS == 0 {
@@ -102,4 +103,3 @@ func netnsInode(t *testing.T, path string) uint32 {
 	}
 	return uint32(st.Ino)
 }
-

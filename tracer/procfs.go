@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
@@ -186,4 +187,31 @@ func unescapeMount(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+// findCgroupRoot finds the cgroup v2 root for the UDP hooks, mounting one
+// under /run/portlife if the host has none.
+func (t *Tracer) findCgroupRoot() error {
+	root, err := cgroup2Mount("/proc/mounts")
+	if err != nil || root != "" || !t.cfg.Filter.wantsProto(ProtoUDP) {
+		t.cgroupRoot = root
+		return err
+	}
+	dir := "/run/portlife/cgroup2"
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("no cgroup v2 mount, and making %s for one: %w", dir, err)
+	}
+	if err := unix.Mount("cgroup2", dir, "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("no cgroup v2 mount, and mounting one at %s: %w", dir, err)
+	}
+	t.log.Info("mounted cgroup v2 for the UDP hooks", zap.String("path", dir))
+	t.cgroupRoot, t.ownMount = dir, dir
+	return nil
+}
+
+func unmountCgroup(dir string) error {
+	if err := unix.Unmount(dir, 0); err != nil {
+		return fmt.Errorf("unmounting %s: %w", dir, err)
+	}
+	return nil
 }

@@ -20,12 +20,12 @@ const payload = 100
 
 // tcpFamily is how a test connection is made.
 type tcpFamily struct {
-	name         string
+	name            string
 	listen, dialNet string // networks for net.Listen and net.Dial
-	host         string // the address to listen on
-	dialHost     string // the address to dial
-	wantFamily   int
-	wantAF       int // the client socket's family in the kernel
+	host            string // the address to listen on
+	dialHost        string // the address to dial
+	wantFamily      int
+	wantAF          int // the client socket's family in the kernel
 }
 
 // dial connects to port on fam.dialHost. Go's net package dials a
@@ -151,9 +151,9 @@ func TestTCPLifetimes(t *testing.T) {
 	comm := ownComm(t)
 
 	scenarios := []struct {
-		name     string
-		end      func(t *testing.T, p pair)
-		out, in  lifetime
+		name    string
+		end     func(t *testing.T, p pair)
+		out, in lifetime
 	}{
 		{
 			name: "client closes first",

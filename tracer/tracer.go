@@ -64,13 +64,15 @@ func (s Stats) Lost() uint64 { return s.RingbufFull + s.StorageFull + s.TableFul
 
 // Tracer is a loaded and attached portlife program.
 type Tracer struct {
-	log    *zap.Logger
-	cfg    Config
-	dec    decoder
+	log *zap.Logger
+	cfg Config
+	dec decoder
 	// cgroupRoot is where cgroup v2 is mounted; "" if it is not.
 	cgroupRoot string
-	objs   portlifeObjects
-	reader *ringbuf.Reader
+	// ownMount is a cgroup v2 mount portlife made, to unmount at Close.
+	ownMount string
+	objs     portlifeObjects
+	reader   *ringbuf.Reader
 
 	mu     sync.Mutex // guards links: Run detaches while Close may run
 	links  []link.Link
@@ -93,16 +95,15 @@ func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
 	if err != nil {
 		return nil, err
 	}
-	cgroupRoot, err := cgroup2Mount("/proc/mounts")
-	if err != nil {
-		return nil, err
-	}
-	t := &Tracer{log: log, cfg: cfg, dec: dec, cgroupRoot: cgroupRoot}
+	t := &Tracer{log: log, cfg: cfg, dec: dec}
 	defer func() {
 		if err != nil {
 			t.Close()
 		}
 	}()
+	if err := t.findCgroupRoot(); err != nil {
+		return nil, err
+	}
 
 	// Kernels from 5.11 account BPF memory to the cgroup; this is a no-op there.
 	if err := rlimit.RemoveMemlock(); err != nil {
@@ -158,18 +159,30 @@ func (t *Tracer) load(ephemeral PortRange) error {
 
 // hook is one attachment point, named as an error message should name it.
 type hook struct {
-	name  string
-	proto Proto
-	prog  *ebpf.Program
+	name   string
+	proto  Proto
+	prog   *ebpf.Program
+	cgroup ebpf.AttachType // for cgroup hooks; 0 for tracepoints
 }
 
 func (t *Tracer) hooks() []hook {
 	p := &t.objs.portlifePrograms
 	return []hook{
-		{"sock:inet_sock_set_state", ProtoTCP, p.TcpState},
-		{"tcp:tcp_send_reset", ProtoTCP, p.TcpRstSent},
-		{"tcp:tcp_receive_reset", ProtoTCP, p.TcpRstRecv},
-		{"tcp:tcp_destroy_sock", ProtoTCP, p.TcpDestroy},
+		{"sock:inet_sock_set_state", ProtoTCP, p.TcpState, 0},
+		{"tcp:tcp_send_reset", ProtoTCP, p.TcpRstSent, 0},
+		{"tcp:tcp_receive_reset", ProtoTCP, p.TcpRstRecv, 0},
+		{"tcp:tcp_destroy_sock", ProtoTCP, p.TcpDestroy, 0},
+		{"cgroup/bind4", ProtoUDP, p.UdpBind4, ebpf.AttachCGroupInet4Bind},
+		{"cgroup/bind6", ProtoUDP, p.UdpBind6, ebpf.AttachCGroupInet6Bind},
+		{"cgroup/post_bind4", ProtoUDP, p.UdpBound4, ebpf.AttachCGroupInet4PostBind},
+		{"cgroup/post_bind6", ProtoUDP, p.UdpBound6, ebpf.AttachCGroupInet6PostBind},
+		{"cgroup/connect4", ProtoUDP, p.UdpConnect4, ebpf.AttachCGroupInet4Connect},
+		{"cgroup/connect6", ProtoUDP, p.UdpConnect6, ebpf.AttachCGroupInet6Connect},
+		{"cgroup/sendmsg4", ProtoUDP, p.UdpSend4, ebpf.AttachCGroupUDP4Sendmsg},
+		{"cgroup/sendmsg6", ProtoUDP, p.UdpSend6, ebpf.AttachCGroupUDP6Sendmsg},
+		{"sock:sock_send_length", ProtoUDP, p.UdpSent, 0},
+		{"sock:sock_recv_length", ProtoUDP, p.UdpRecvd, 0},
+		{"cgroup/sock_release", ProtoUDP, p.UdpRelease, ebpf.AttachCgroupInetSockRelease},
 	}
 }
 
@@ -178,7 +191,16 @@ func (t *Tracer) attach() error {
 		if !t.cfg.Filter.wantsProto(h.proto) {
 			continue
 		}
-		l, err := link.AttachTracing(link.TracingOptions{Program: h.prog})
+		var (
+			l   link.Link
+			err error
+		)
+		if h.cgroup != 0 {
+			// The root of the cgroup v2 tree: every socket on the host.
+			l, err = link.AttachCgroup(link.CgroupOptions{Path: t.cgroupRoot, Attach: h.cgroup, Program: h.prog})
+		} else {
+			l, err = link.AttachTracing(link.TracingOptions{Program: h.prog})
+		}
 		if err != nil {
 			return fmt.Errorf("attaching to %s: %w", h.name, err)
 		}
@@ -319,5 +341,9 @@ func (t *Tracer) Close() error {
 	}
 	errs = append(errs, t.objs.Close())
 	t.objs = portlifeObjects{}
+	if t.ownMount != "" {
+		errs = append(errs, unmountCgroup(t.ownMount))
+		t.ownMount = ""
+	}
 	return errors.Join(errs...)
 }

@@ -117,7 +117,22 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	if o.cfg.FlushInterval < 0 || o.cfg.StatsInterval < 0 {
 		check(errors.New("--flush-interval and --stats-interval cannot be negative"))
 	}
-	check(f.Validate())
+	if len(f.Comm) > 15 {
+		check(fmt.Errorf("--comm %q: at most 15 bytes, as the kernel keeps it", f.Comm))
+	}
+	if f.MinDuration < 0 {
+		check(fmt.Errorf("--min-duration %v: cannot be negative", f.MinDuration))
+	}
+	for _, l := range []struct {
+		flag string
+		n    int
+		max  int
+	}{{"--lport", len(f.LocalPorts), tracer.MaxPortRanges}, {"--rport", len(f.RemotePorts), tracer.MaxPortRanges}, {"--raddr", len(f.RemoteNets), tracer.MaxRemoteNets}} {
+		if l.n > l.max {
+			check(fmt.Errorf("%s: %d values, at most %d", l.flag, l.n, l.max))
+		}
+	}
+	check(f.Validate()) // the tracer's own check, should the limits above drift
 	if len(errs) > 0 {
 		return o, errs[0] // one line, the first mistake
 	}
@@ -195,10 +210,12 @@ func parseRingSize(s string) (int, error) {
 	if err != nil || n <= 0 {
 		return 0, fmt.Errorf("%q is not a size such as 8MiB", s)
 	}
+	if n > (1<<30)/mult {
+		return 0, fmt.Errorf("%s is above 1GiB", s)
+	}
 	size := n * mult
 	if size&(size-1) != 0 || size < 4096 || size > 1<<30 {
 		return 0, fmt.Errorf("%s is not a power of two between 4KiB and 1GiB", s)
 	}
 	return size, nil
 }
-

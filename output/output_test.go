@@ -1,0 +1,623 @@
+package output
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/portlife/portlife/tracer"
+)
+
+// A zone east of UTC: the JSON "ts" must still come out in UTC.
+var cet = time.FixedZone("CET", 3600)
+
+// t0 is 2024-03-05T11:00:01.123456789Z, written in CET.
+var t0 = time.Date(2024, 3, 5, 12, 0, 1, 123456789, cet)
+
+func comm(s string) (c tracer.Comm) {
+	copy(c[:], s)
+	return c
+}
+
+// tcpClose is a typical outbound TCP close: 1.5s and 2.5µs long.
+func tcpClose() tracer.Event {
+	return tracer.Event{
+		Kind: tracer.KindClose, Proto: tracer.ProtoTCP,
+		Start:       t0,
+		Established: t0.Add(12345678 * time.Nanosecond),
+		Time:        t0.Add(1500*time.Millisecond + 2500*time.Nanosecond),
+		PID:         4242, TID: 4243, UID: 1000, Comm: comm("curl"),
+		CgroupID: 1 << 60, NetNS: 4026531840, PIDSource: tracer.PIDSourceConnect,
+		Local:     netip.MustParseAddrPort("10.0.0.5:41234"),
+		Remote:    netip.MustParseAddrPort("93.184.216.34:443"),
+		Direction: tracer.DirectionOutbound, Ephemeral: true, Cookie: 1<<63 + 1,
+		TxBytes: 4096, RxBytes: 12 << 20, TxPackets: 40, RxPackets: 9000, Retransmits: 2,
+		ClosedBy: tracer.ClosedByRemote, Reset: true,
+	}
+}
+
+// common is the key set every event has.
+var common = []string{
+	"ts", "event", "proto", "family", "pid", "tid", "comm", "uid", "cgroup_id", "netns",
+	"pid_source", "laddr", "lport", "raddr", "rport", "direction", "ephemeral", "sock_cookie",
+}
+
+func keys(extra ...string) []string {
+	k := append(slices.Clone(common), extra...)
+	slices.Sort(k)
+	return k
+}
+
+// num is how a number reads back with json.Decoder.UseNumber: exact, even
+// above 2^53 (cgroup ids and cookies are 64-bit).
+func num(s string) json.Number { return json.Number(s) }
+
+func TestJSON(t *testing.T) {
+	tests := []struct {
+		name     string
+		ev       func() tracer.Event
+		wantKeys []string
+		want     map[string]any // values checked; the key set is checked by wantKeys
+	}{
+		{
+			name:     "tcp close has counters, TCP close fields and a duration in ms with µs precision",
+			ev:       tcpClose,
+			wantKeys: keys("start", "duration_ms", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "retransmits", "closed_by", "reset", "time_wait", "pre_existing"),
+			want: map[string]any{
+				"ts":           "2024-03-05T11:00:02.623459289Z",
+				"start":        "2024-03-05T11:00:01.123456789Z",
+				"event":        "close",
+				"proto":        "tcp",
+				"family":       "ipv4",
+				"pid":          num("4242"),
+				"tid":          num("4243"),
+				"uid":          num("1000"),
+				"comm":         "curl",
+				"cgroup_id":    num("1152921504606846976"),
+				"netns":        num("4026531840"),
+				"pid_source":   "connect",
+				"laddr":        "10.0.0.5",
+				"lport":        num("41234"),
+				"raddr":        "93.184.216.34",
+				"rport":        num("443"),
+				"direction":    "outbound",
+				"ephemeral":    true,
+				"sock_cookie":  num("9223372036854775809"),
+				"duration_ms":  num("1500.002"),
+				"tx_bytes":     num("4096"),
+				"rx_bytes":     num("12582912"),
+				"tx_packets":   num("40"),
+				"rx_packets":   num("9000"),
+				"retransmits":  num("2"),
+				"closed_by":    "remote",
+				"reset":        true,
+				"time_wait":    false,
+				"pre_existing": false,
+			},
+		},
+		{
+			name: "pre-existing tcp close has neither start nor duration_ms",
+			ev: func() tracer.Event {
+				e := tcpClose()
+				e.Start, e.Established = time.Time{}, time.Time{}
+				e.PreExisting, e.Reset, e.TimeWait, e.ClosedBy = true, false, true, tracer.ClosedByLocal
+				return e
+			},
+			wantKeys: keys("tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "retransmits", "closed_by", "reset", "time_wait", "pre_existing"),
+			want: map[string]any{
+				"pre_existing": true,
+				"time_wait":    true,
+				"reset":        false,
+				"closed_by":    "local",
+			},
+		},
+		{
+			name: "udp close has destinations and connected, not the TCP close fields",
+			ev: func() tracer.Event {
+				return tracer.Event{
+					Kind: tracer.KindClose, Proto: tracer.ProtoUDP,
+					Start: t0, Time: t0.Add(850 * time.Microsecond),
+					PID: 99, Comm: comm("dig"), PIDSource: tracer.PIDSourceSocket,
+					Local:     netip.MustParseAddrPort("[2001:db8::5]:50001"),
+					Remote:    netip.MustParseAddrPort("[2001:4860:4860::8888]:53"),
+					Direction: tracer.DirectionOutbound, Ephemeral: true,
+					TxBytes: 40, RxBytes: 512, TxPackets: 1, RxPackets: 1,
+					Destinations: 3, Connected: true,
+				}
+			},
+			wantKeys: keys("start", "duration_ms", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "destinations", "connected", "pre_existing"),
+			want: map[string]any{
+				"proto":        "udp",
+				"family":       "ipv6",
+				"laddr":        "2001:db8::5",
+				"raddr":        "2001:4860:4860::8888",
+				"pid_source":   "socket",
+				"duration_ms":  num("0.85"),
+				"destinations": num("3"),
+				"connected":    true,
+			},
+		},
+		{
+			name: "outbound tcp open has its connect latency",
+			ev: func() tracer.Event {
+				e := tcpClose()
+				e.Kind, e.Time = tracer.KindOpen, e.Established
+				return e
+			},
+			wantKeys: keys("start", "connect_latency_ms"),
+			want: map[string]any{
+				"event":              "open",
+				"connect_latency_ms": num("12.345"),
+			},
+		},
+		{
+			name: "inbound tcp open over IPv6 has no connect latency",
+			ev: func() tracer.Event {
+				return tracer.Event{
+					Kind: tracer.KindOpen, Proto: tracer.ProtoTCP,
+					Start: t0, Established: t0.Add(time.Millisecond), Time: t0.Add(time.Millisecond),
+					PIDSource: tracer.PIDSourceListener, Comm: comm("nginx"),
+					Local:     netip.MustParseAddrPort("[::1]:443"),
+					Remote:    netip.MustParseAddrPort("[::1]:50000"),
+					Direction: tracer.DirectionInbound,
+				}
+			},
+			wantKeys: keys("start"),
+			want: map[string]any{
+				"family":     "ipv6",
+				"direction":  "inbound",
+				"pid_source": "listener",
+				"ephemeral":  false,
+			},
+		},
+		{
+			name: "udp open has no latency either",
+			ev: func() tracer.Event {
+				return tracer.Event{
+					Kind: tracer.KindOpen, Proto: tracer.ProtoUDP, Start: t0, Time: t0,
+					Local:  netip.MustParseAddrPort("0.0.0.0:5353"),
+					Remote: netip.MustParseAddrPort("0.0.0.0:0"),
+				}
+			},
+			wantKeys: keys("start"),
+			want:     map[string]any{"proto": "udp", "event": "open", "raddr": "0.0.0.0", "rport": num("0")},
+		},
+		{
+			name: "refused connect has a reason, errno and how long it tried",
+			ev: func() tracer.Event {
+				return tracer.Event{
+					Kind: tracer.KindConnectFailed, Proto: tracer.ProtoTCP,
+					Start: t0, Time: t0.Add(250 * time.Microsecond),
+					PIDSource: tracer.PIDSourceConnect,
+					Local:     netip.MustParseAddrPort("127.0.0.1:40000"),
+					Remote:    netip.MustParseAddrPort("127.0.0.1:1"),
+					Direction: tracer.DirectionOutbound, Ephemeral: true,
+					Errno: unix.ECONNREFUSED,
+				}
+			},
+			wantKeys: keys("start", "duration_ms", "reason", "errno"),
+			want: map[string]any{
+				"event":       "connect_failed",
+				"duration_ms": num("0.25"),
+				"reason":      "refused",
+				"errno":       num("111"),
+			},
+		},
+		{
+			name: "connect with no ephemeral port left",
+			ev: func() tracer.Event {
+				return tracer.Event{
+					Kind: tracer.KindConnectFailed, Proto: tracer.ProtoTCP, Time: t0,
+					Local:     netip.MustParseAddrPort("0.0.0.0:0"),
+					Remote:    netip.MustParseAddrPort("10.0.0.1:80"),
+					Direction: tracer.DirectionOutbound, Ephemeral: true,
+					Errno: unix.EADDRNOTAVAIL,
+				}
+			},
+			wantKeys: keys("reason", "errno"),
+			want:     map[string]any{"reason": "no_ephemeral_port", "errno": num("99"), "lport": num("0")},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := tt.ev()
+			line := encodeJSON(t, &ev)
+			got := decodeJSONLine(t, line)
+			gotKeys := make([]string, 0, len(got))
+			for k := range got {
+				gotKeys = append(gotKeys, k)
+			}
+			slices.Sort(gotKeys)
+			if !slices.Equal(gotKeys, tt.wantKeys) {
+				t.Errorf("keys:\n got  %v\n want %v\nline: %s", gotKeys, tt.wantKeys, line)
+			}
+			for k, want := range tt.want {
+				if !reflect.DeepEqual(got[k], want) {
+					t.Errorf("%s = %#v, want %#v", k, got[k], want)
+				}
+			}
+		})
+	}
+}
+
+// encodeJSON writes one event and returns exactly what reached the writer.
+func encodeJSON(t *testing.T, ev *tracer.Event) string {
+	t.Helper()
+	var buf bytes.Buffer
+	j := NewJSON(&buf)
+	if err := j.Write(ev); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	if err := j.Flush(); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+	line := buf.String()
+	if !strings.HasSuffix(line, "\n") || strings.Count(line, "\n") != 1 {
+		t.Fatalf("want one line ending in a newline, got %q", line)
+	}
+	return line
+}
+
+func decodeJSONLine(t *testing.T, line string) map[string]any {
+	t.Helper()
+	if !json.Valid([]byte(line)) {
+		t.Fatalf("invalid JSON: %s", line)
+	}
+	dec := json.NewDecoder(strings.NewReader(line))
+	dec.UseNumber()
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil {
+		t.Fatalf("json: %v\nline: %s", err, line)
+	}
+	return m
+}
+
+// A process sets its own comm (prctl PR_SET_NAME), so it can hold anything;
+// the line must stay valid JSON and say what the bytes were.
+func TestJSONCommEscaping(t *testing.T) {
+	tests := []struct {
+		name string
+		comm string
+		want string
+	}{
+		{"plain", "sshd", "sshd"},
+		{"quote", `a"b`, `a"b`},
+		{"backslash", `a\b`, `a\b`},
+		{"control bytes", "a\x01b\nc\td\x1b", "a\x01b\nc\td\x1b"},
+		{"DEL", "a\x7fb", "a\x7fb"},
+		{"valid UTF-8 is kept", "café", "café"},
+		{"invalid UTF-8 becomes U+FFFD", "a\xffb\xc3", "a\ufffdb\ufffd"},
+		{"everything at once", "\"\\\x02\xfe\u00e9x", "\"\\\x02\ufffd\u00e9x"},
+		{"a full 16 bytes", "0123456789abcdef", "0123456789abcdef"},
+		{"HTML-looking bytes pass through", "<a&b>", "<a&b>"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := tcpClose()
+			ev.Comm = comm(tt.comm)
+			line := encodeJSON(t, &ev)
+			got := decodeJSONLine(t, line)
+			if got["comm"] != tt.want {
+				t.Errorf("comm = %q, want %q\nline: %s", got["comm"], tt.want, line)
+			}
+			// Control bytes must not reach a log pipeline raw.
+			for i := 0; i < len(line)-1; i++ {
+				if line[i] < 0x20 || line[i] == 0x7f {
+					t.Fatalf("raw control byte %#x at %d in %q", line[i], i, line)
+				}
+			}
+			if !utf8.ValidString(line) {
+				t.Errorf("line is not valid UTF-8: %q", line)
+			}
+		})
+	}
+}
+
+// The encoder reuses its buffer: a long line must not leak into a shorter one
+// that follows.
+func TestJSONLinesAreIndependent(t *testing.T) {
+	var buf bytes.Buffer
+	j := NewJSON(&buf)
+	long, short := tcpClose(), tcpClose()
+	long.Comm = comm(`""""""""""""""`) // every byte escaped: a long line
+	short.Kind = tracer.KindOpen
+	for _, ev := range []*tracer.Event{&long, &short, &long} {
+		if err := j.Write(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(buf.String(), "\n")
+	if len(lines) != 4 || lines[3] != "" {
+		t.Fatalf("want 3 lines, got %q", buf.String())
+	}
+	for i, want := range []string{"close", "open", "close"} {
+		if m := decodeJSONLine(t, lines[i]); m["event"] != want {
+			t.Errorf("line %d event = %v, want %s", i, m["event"], want)
+		}
+	}
+	if lines[0] != lines[2] {
+		t.Errorf("the same event encoded twice differs:\n%s%s", lines[0], lines[2])
+	}
+}
+
+// textLines writes events and returns the output's lines, without newlines.
+func textLines(t *testing.T, evs ...tracer.Event) []string {
+	t.Helper()
+	var buf bytes.Buffer
+	w := NewText(&buf)
+	for i := range evs {
+		if err := w.Write(&evs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	if !strings.HasSuffix(out, "\n") {
+		t.Fatalf("output does not end in a newline: %q", out)
+	}
+	return strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+}
+
+func textEvents() []tracer.Event {
+	open := tcpClose()
+	open.Kind, open.Time = tracer.KindOpen, open.Established
+
+	v6 := tracer.Event{
+		Kind: tracer.KindClose, Proto: tracer.ProtoUDP, Start: t0, Time: t0.Add(4500 * time.Millisecond),
+		PID: 1, Comm: comm("systemd-resolve"), PIDSource: tracer.PIDSourceSocket,
+		Local:     netip.MustParseAddrPort("[2001:db8::5]:53"),
+		Remote:    netip.MustParseAddrPort("[2001:db8::6]:50000"),
+		Direction: tracer.DirectionInbound, TxBytes: 512, RxBytes: 1024, Destinations: 3,
+	}
+	failed := tracer.Event{
+		Kind: tracer.KindConnectFailed, Proto: tracer.ProtoTCP, Start: t0, Time: t0.Add(3 * time.Second),
+		Local:     netip.MustParseAddrPort("10.0.0.5:40000"),
+		Remote:    netip.MustParseAddrPort("192.0.2.1:443"),
+		Direction: tracer.DirectionOutbound, Errno: unix.ETIMEDOUT,
+	}
+	return []tracer.Event{tcpClose(), open, v6, failed}
+}
+
+func TestTextHeaderOnceAndOneLinePerEvent(t *testing.T) {
+	evs := textEvents()
+	lines := textLines(t, evs...)
+	if len(lines) != 1+len(evs) {
+		t.Fatalf("got %d lines, want a header and %d events:\n%s", len(lines), len(evs), strings.Join(lines, "\n"))
+	}
+	for _, col := range []string{"TIME", "EVENT", "PROTO", "PID", "COMM", "LOCAL", "REMOTE", "DIR", "DURATION", "TX", "RX", "NOTES"} {
+		if !strings.Contains(lines[0], col) {
+			t.Errorf("header %q has no %s column", lines[0], col)
+		}
+	}
+	for i, l := range lines[1:] {
+		if strings.Contains(l, "LOCAL") {
+			t.Errorf("line %d repeats the header: %q", i+1, l)
+		}
+		if want := evs[i].Kind.String(); !strings.Contains(l, " "+want+" ") {
+			t.Errorf("line %d = %q, want the event kind %s", i+1, l, want)
+		}
+	}
+	// A second encoder starts its own output with a header.
+	if again := textLines(t, evs[0]); len(again) != 2 || again[0] != lines[0] {
+		t.Errorf("a new encoder's output = %q, want the header then the event", again)
+	}
+}
+
+// columnStarts returns, for each header column, its offset in display cells
+// (runes: every character here is one cell wide).
+func columnStarts(header string) map[string]int {
+	starts := map[string]int{}
+	for _, f := range strings.Fields(header) {
+		i := strings.Index(header, f+" ")
+		if f == "NOTES" {
+			i = strings.Index(header, f)
+		}
+		starts[f] = utf8.RuneCountInString(header[:i])
+	}
+	return starts
+}
+
+// field returns the text of line from display cell start up to the next
+// space.
+func field(line string, start int) string {
+	r := []rune(line)
+	if start > len(r) {
+		return ""
+	}
+	rest := string(r[start:])
+	if i := strings.IndexByte(rest, ' '); i >= 0 {
+		rest = rest[:i]
+	}
+	return rest
+}
+
+func TestTextLocalColumnAligned(t *testing.T) {
+	evs := textEvents()
+	lines := textLines(t, evs...)
+	local := strings.Index(lines[0], "LOCAL")
+	for i, l := range lines[1:] {
+		want := evs[i].Local.String()
+		if got := l[local : local+len(want)]; got != want {
+			t.Errorf("line %d: at the LOCAL offset %d found %q, want %q\n%s\n%s", i+1, local, got, want, lines[0], l)
+		}
+		if l[local-1] != ' ' {
+			t.Errorf("line %d: the column before LOCAL runs into it: %q", i+1, l)
+		}
+	}
+}
+
+// Every column must start under its header on a terminal, which counts
+// cells, not bytes: "850µs" is 5 cells but 6 bytes.
+func TestTextColumnsAlignedOnTerminal(t *testing.T) {
+	ev := tcpClose()
+	ev.Time = ev.Start.Add(850 * time.Microsecond)
+	lines := textLines(t, ev)
+	starts := columnStarts(lines[0])
+	for col, want := range map[string]string{
+		"EVENT": "close", "PROTO": "tcp", "PID": "4242", "COMM": "curl",
+		"LOCAL": "10.0.0.5:41234", "REMOTE": "93.184.216.34:443", "DIR": "outbound",
+		"DURATION": "850µs", "TX": "4.0K", "RX": "12M", "NOTES": "closed_by=remote",
+	} {
+		if got := field(lines[1], starts[col]); got != want {
+			t.Errorf("%s column (cell %d) reads %q, want %q: the column is not under its header on a terminal"+
+				" (a multi-byte µ in DURATION is padded as 2 cells)\n%s\n%s", col, starts[col], got, want, lines[0], lines[1])
+		}
+	}
+}
+
+func TestTextCells(t *testing.T) {
+	tests := []struct {
+		name string
+		ev   func() tracer.Event
+		want map[string]string // column -> text at its start
+	}{
+		{"tcp close shows lifetime, bytes and notes", tcpClose, map[string]string{
+			"DURATION": "1.50s", "TX": "4.0K", "RX": "12M", "PID": "4242",
+		}},
+		{"outbound open shows the connect latency and no bytes", func() tracer.Event {
+			e := tcpClose()
+			e.Kind, e.Time = tracer.KindOpen, e.Established
+			return e
+		}, map[string]string{"DURATION": "12.3ms", "TX": "", "RX": ""}},
+		{"unknown pid shows a question mark", func() tracer.Event {
+			e := tcpClose()
+			e.PIDSource, e.PID = tracer.PIDSourceUnknown, 0
+			return e
+		}, map[string]string{"PID": "?"}},
+		{"pre-existing close has no duration", func() tracer.Event {
+			e := tcpClose()
+			e.Start, e.PreExisting = time.Time{}, true
+			return e
+		}, map[string]string{"DURATION": "", "TX": "4.0K"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lines := textLines(t, tt.ev())
+			starts := columnStarts(lines[0])
+			for col, want := range tt.want {
+				if got := field(lines[1], starts[col]); got != want {
+					t.Errorf("%s = %q, want %q\n%s\n%s", col, got, want, lines[0], lines[1])
+				}
+			}
+		})
+	}
+}
+
+func TestTextNotes(t *testing.T) {
+	tests := []struct {
+		name string
+		ev   func() tracer.Event
+		want string
+	}{
+		{"tcp close: who closed, and a reset", tcpClose, "closed_by=remote reset"},
+		{"tcp close into time_wait", func() tracer.Event {
+			e := tcpClose()
+			e.Reset, e.TimeWait, e.ClosedBy = false, true, tracer.ClosedByLocal
+			return e
+		}, "closed_by=local time_wait"},
+		{"pre-existing", func() tracer.Event {
+			e := tcpClose()
+			e.Reset, e.PreExisting, e.ClosedBy = false, true, tracer.ClosedByUnknown
+			return e
+		}, "closed_by=unknown pre_existing"},
+		{"udp close counts destinations", func() tracer.Event {
+			e := tcpClose()
+			e.Proto, e.Destinations = tracer.ProtoUDP, 7
+			return e
+		}, "destinations=7"},
+		{"connect_failed gives the reason", func() tracer.Event {
+			e := tcpClose()
+			e.Kind, e.Errno = tracer.KindConnectFailed, unix.EHOSTUNREACH
+			return e
+		}, "unreachable"},
+		{"unknown pid is noted", func() tracer.Event {
+			e := tcpClose()
+			e.Kind, e.Errno, e.PIDSource = tracer.KindConnectFailed, unix.ECONNREFUSED, tracer.PIDSourceUnknown
+			return e
+		}, "refused pid_unknown"},
+		{"unknown pid on an open is the only note", func() tracer.Event {
+			e := tcpClose()
+			e.Kind, e.PIDSource = tracer.KindOpen, tracer.PIDSourceUnknown
+			return e
+		}, "pid_unknown"},
+		{"an open has no notes", func() tracer.Event {
+			e := tcpClose()
+			e.Kind = tracer.KindOpen
+			return e
+		}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lines := textLines(t, tt.ev())
+			notes := columnStarts(lines[0])["NOTES"]
+			r := []rune(lines[1])
+			got := ""
+			if notes <= len(r) {
+				got = string(r[notes:])
+			}
+			if got != tt.want {
+				t.Errorf("notes = %q, want %q: notes must start under the NOTES header, with no leading space\n%s\n%s", got, tt.want, lines[0], lines[1])
+			}
+		})
+	}
+}
+
+func TestAppendHumanBytes(t *testing.T) {
+	tests := []struct {
+		n    uint64
+		want string
+	}{
+		{0, "0B"},
+		{512, "512B"},
+		{1023, "1023B"},
+		{1024, "1.0K"},
+		{1536, "1.5K"},
+		{4096, "4.0K"},
+		{10 << 10, "10K"},
+		{12 << 20, "12M"},
+		{3328599654, "3.1G"}, // 3.1 GiB
+		{5 << 40, "5.0T"},
+		{1 << 63, "8.0E"},
+	}
+	for _, tt := range tests {
+		if got := string(appendHumanBytes([]byte("x"), tt.n)); got != "x"+tt.want {
+			t.Errorf("appendHumanBytes(%d) = %q, want %q after the existing bytes", tt.n, got, "x"+tt.want)
+		}
+	}
+}
+
+func TestAppendHumanDuration(t *testing.T) {
+	tests := []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, ""},
+		{-time.Second, ""},
+		{850 * time.Microsecond, "850µs"},
+		{999 * time.Microsecond, "999µs"},
+		{time.Millisecond, "1.0ms"},
+		{12300 * time.Microsecond, "12.3ms"},
+		{time.Second, "1.00s"},
+		{4500 * time.Millisecond, "4.50s"},
+		{200 * time.Second, "3m20s"},
+		{2*time.Hour + 400*time.Millisecond, "2h0m0s"},
+	}
+	for _, tt := range tests {
+		if got := string(appendHumanDuration([]byte("x"), tt.d)); got != "x"+tt.want {
+			t.Errorf("appendHumanDuration(%v) = %q, want %q", tt.d, got, "x"+tt.want)
+		}
+	}
+}

@@ -1,0 +1,483 @@
+package tracer
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf/btf"
+	"golang.org/x/sys/unix"
+)
+
+// rawRecord returns r's bytes, exactly as the kernel would put the C struct
+// event in the ring buffer (host order, the layout bpf2go generated).
+func rawRecord(r *portlifeEvent) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(r)), unsafe.Sizeof(*r))
+}
+
+// mapped is an address as the kernel stores it: IPv6, or IPv4 as
+// ::ffff:a.b.c.d (As16 of an IPv4 address is its v4-mapped form).
+func mapped(s string) [16]byte { return netip.MustParseAddr(s).As16() }
+
+func commOf(s string) (c [16]int8) {
+	for i := 0; i < len(s); i++ {
+		c[i] = int8(s[i])
+	}
+	return c
+}
+
+// bootTime is a fixed anchor, so expected times can be written out in full
+// instead of being computed the way decode computes them.
+var bootTime = time.Date(2024, 3, 5, 12, 0, 0, 0, time.UTC)
+
+// testEphemeral is Linux's default ip_local_port_range.
+var testEphemeral = PortRange{32768, 60999}
+
+func testDecoder() decoder { return decoder{bootTime: bootTime, ephemeral: testEphemeral} }
+
+const (
+	kOpen    = uint8(portlifeEventKindEVENT_OPEN)
+	kClose   = uint8(portlifeEventKindEVENT_CLOSE)
+	kFailed  = uint8(portlifeEventKindEVENT_CONNECT_FAILED)
+	dOut     = uint8(portlifeDirectionDIRECTION_OUTBOUND)
+	dIn      = uint8(portlifeDirectionDIRECTION_INBOUND)
+	fRstSent = uint8(portlifeEventFlagEVENT_F_RESET_SENT)
+	fRstRecv = uint8(portlifeEventFlagEVENT_F_RESET_RECEIVED)
+	fTW      = uint8(portlifeEventFlagEVENT_F_TIME_WAIT)
+	fPre     = uint8(portlifeEventFlagEVENT_F_PRE_EXISTING)
+	fConn    = uint8(portlifeEventFlagEVENT_F_CONNECTED)
+)
+
+func TestDecode(t *testing.T) {
+	tests := []struct {
+		name string
+		rec  portlifeEvent
+		want Event
+	}{
+		{
+			name: "tcp close over IPv4 unmaps the addresses and copies every counter",
+			rec: portlifeEvent{
+				Laddr: mapped("10.0.0.5"), Raddr: mapped("93.184.216.34"),
+				Cookie:  0xdeadbeefcafe,
+				StartNs: 1_000_000_000, EstablishedNs: 1_012_300_000, EndNs: 5_500_000_000,
+				TxBytes: 1111, RxBytes: 2222, CgroupId: 3333,
+				Pid: 44, Tid: 45, Uid: 46, Netns: 47,
+				TxPackets: 48, RxPackets: 49, Retransmits: 50, Destinations: 51,
+				Error: 0, Lport: 41234, Rport: 443,
+				Kind: kClose, Proto: unix.IPPROTO_TCP, Family: 4, Direction: dOut,
+				PidSource: uint8(portlifePidSourcePID_SOURCE_CONNECT),
+				ClosedBy:  uint8(portlifeClosedByCLOSED_BY_LOCAL),
+				Flags:     fTW, LastState: 5,
+				Comm: commOf("curl"),
+			},
+			want: Event{
+				Kind: KindClose, Proto: ProtoTCP,
+				Time:        time.Date(2024, 3, 5, 12, 0, 5, 500_000_000, time.UTC),
+				Start:       time.Date(2024, 3, 5, 12, 0, 1, 0, time.UTC),
+				Established: time.Date(2024, 3, 5, 12, 0, 1, 12_300_000, time.UTC),
+				PID:         44, TID: 45, UID: 46, Comm: Comm{'c', 'u', 'r', 'l'},
+				CgroupID: 3333, NetNS: 47, PIDSource: PIDSourceConnect,
+				Local:     netip.MustParseAddrPort("10.0.0.5:41234"),
+				Remote:    netip.MustParseAddrPort("93.184.216.34:443"),
+				Direction: DirectionOutbound, Ephemeral: true, Cookie: 0xdeadbeefcafe,
+				TxBytes: 1111, RxBytes: 2222, TxPackets: 48, RxPackets: 49,
+				Retransmits: 50, Destinations: 51, ClosedBy: ClosedByLocal,
+				TimeWait: true,
+			},
+		},
+		{
+			name: "tcp open over IPv6 keeps the addresses as IPv6",
+			rec: portlifeEvent{
+				Laddr: mapped("2001:db8::1"), Raddr: mapped("2001:db8::2"),
+				StartNs: 2_000_000_000, EstablishedNs: 2_000_000_500, EndNs: 2_000_000_500,
+				Pid: 7, Lport: 443, Rport: 50000,
+				Kind: kOpen, Proto: unix.IPPROTO_TCP, Family: 6, Direction: dIn,
+				PidSource: uint8(portlifePidSourcePID_SOURCE_LISTENER),
+				Comm:      commOf("nginx"),
+			},
+			want: Event{
+				Kind: KindOpen, Proto: ProtoTCP,
+				Time:        time.Date(2024, 3, 5, 12, 0, 2, 500, time.UTC),
+				Start:       time.Date(2024, 3, 5, 12, 0, 2, 0, time.UTC),
+				Established: time.Date(2024, 3, 5, 12, 0, 2, 500, time.UTC),
+				PID:         7, Comm: Comm{'n', 'g', 'i', 'n', 'x'}, PIDSource: PIDSourceListener,
+				Local:     netip.MustParseAddrPort("[2001:db8::1]:443"),
+				Remote:    netip.MustParseAddrPort("[2001:db8::2]:50000"),
+				Direction: DirectionInbound, Ephemeral: true,
+			},
+		},
+		{
+			name: "pre-existing close has no start and either reset flag sets Reset",
+			rec: portlifeEvent{
+				Laddr: mapped("127.0.0.1"), Raddr: mapped("127.0.0.1"),
+				StartNs: 0, EndNs: 9_000_000_000, Lport: 5432, Rport: 40000,
+				Kind: kClose, Proto: unix.IPPROTO_TCP, Family: 4, Direction: dIn,
+				ClosedBy: uint8(portlifeClosedByCLOSED_BY_REMOTE),
+				Flags:    fPre | fRstRecv,
+			},
+			want: Event{
+				Kind: KindClose, Proto: ProtoTCP,
+				Time:      time.Date(2024, 3, 5, 12, 0, 9, 0, time.UTC),
+				Local:     netip.MustParseAddrPort("127.0.0.1:5432"),
+				Remote:    netip.MustParseAddrPort("127.0.0.1:40000"),
+				Direction: DirectionInbound, Ephemeral: true,
+				ClosedBy: ClosedByRemote, Reset: true, PreExisting: true,
+			},
+		},
+		{
+			name: "reset sent alone sets Reset but not TimeWait",
+			rec: portlifeEvent{
+				Laddr: mapped("10.0.0.1"), Raddr: mapped("10.0.0.2"),
+				EndNs: 1, Lport: 80, Rport: 1000,
+				Kind: kClose, Proto: unix.IPPROTO_TCP, Family: 4, Direction: dIn,
+				Flags: fRstSent,
+			},
+			want: Event{
+				Kind: KindClose, Proto: ProtoTCP,
+				Time:      time.Date(2024, 3, 5, 12, 0, 0, 1, time.UTC),
+				Local:     netip.MustParseAddrPort("10.0.0.1:80"),
+				Remote:    netip.MustParseAddrPort("10.0.0.2:1000"),
+				Direction: DirectionInbound, Reset: true,
+			},
+		},
+		{
+			name: "udp close carries destinations and the connected flag",
+			rec: portlifeEvent{
+				Laddr: mapped("::"), Raddr: mapped("2001:4860:4860::8888"),
+				StartNs: 1_000, EndNs: 2_000, Lport: 50001, Rport: 53,
+				TxBytes: 64, RxBytes: 512, TxPackets: 1, RxPackets: 1, Destinations: 3,
+				Kind: kClose, Proto: unix.IPPROTO_UDP, Family: 6, Direction: dOut,
+				PidSource: uint8(portlifePidSourcePID_SOURCE_SOCKET),
+				Flags:     fConn,
+				Comm:      commOf("dig"),
+			},
+			want: Event{
+				Kind: KindClose, Proto: ProtoUDP,
+				Time:      time.Date(2024, 3, 5, 12, 0, 0, 2_000, time.UTC),
+				Start:     time.Date(2024, 3, 5, 12, 0, 0, 1_000, time.UTC),
+				Comm:      Comm{'d', 'i', 'g'},
+				PIDSource: PIDSourceSocket,
+				Local:     netip.MustParseAddrPort("[::]:50001"),
+				Remote:    netip.MustParseAddrPort("[2001:4860:4860::8888]:53"),
+				Direction: DirectionOutbound, Ephemeral: true,
+				TxBytes: 64, RxBytes: 512, TxPackets: 1, RxPackets: 1, Destinations: 3,
+				Connected: true,
+			},
+		},
+		{
+			name: "connect_failed keeps the errno, and no local port still counts as ephemeral",
+			rec: portlifeEvent{
+				Laddr: mapped("0.0.0.0"), Raddr: mapped("192.0.2.1"),
+				StartNs: 3_000_000_000, EndNs: 4_000_000_000, Lport: 0, Rport: 443,
+				Error: int32(unix.ECONNREFUSED),
+				Kind:  kFailed, Proto: unix.IPPROTO_TCP, Family: 4, Direction: dOut,
+				// A full 16-byte comm has no NUL to stop at: all of it is the name.
+				Comm: commOf("0123456789abcdef"),
+			},
+			want: Event{
+				Kind: KindConnectFailed, Proto: ProtoTCP,
+				Time:      time.Date(2024, 3, 5, 12, 0, 4, 0, time.UTC),
+				Start:     time.Date(2024, 3, 5, 12, 0, 3, 0, time.UTC),
+				Comm:      Comm{'0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e', 'f'},
+				Local:     netip.MustParseAddrPort("0.0.0.0:0"),
+				Remote:    netip.MustParseAddrPort("192.0.2.1:443"),
+				Direction: DirectionOutbound, Ephemeral: true,
+				Errno: unix.ECONNREFUSED,
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := testDecoder()
+			// Start from a dirty Event: decode must overwrite every field,
+			// because the Tracer reuses one Event for all records.
+			got := Event{Reset: true, TimeWait: true, PreExisting: true, Connected: true, Ephemeral: true,
+				Start: time.Now(), Established: time.Now(), Errno: unix.EIO, Comm: Comm{'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x'}}
+			if err := d.decode(rawRecord(&tt.rec), &got); err != nil {
+				t.Fatalf("decode: %v", err)
+			}
+			for _, tm := range []struct {
+				name      string
+				got, want time.Time
+			}{{"Time", got.Time, tt.want.Time}, {"Start", got.Start, tt.want.Start}, {"Established", got.Established, tt.want.Established}} {
+				if !tm.got.Equal(tm.want) || tm.got.IsZero() != tm.want.IsZero() {
+					t.Errorf("%s = %v, want %v", tm.name, tm.got, tm.want)
+				}
+			}
+			// The times are checked; compare everything else field by field.
+			got.Time, got.Start, got.Established = tt.want.Time, tt.want.Start, tt.want.Established
+			if got != tt.want {
+				t.Errorf("decoded event differs:\n got  %+v\n want %+v", got, tt.want)
+			}
+			// Family 4 records must come out as plain IPv4, not ::ffff:a.b.c.d,
+			// or text output and --raddr comparisons in Go would show v6.
+			if tt.rec.Family == 4 && (got.Local.Addr().Is4In6() || got.Remote.Addr().Is4In6()) {
+				t.Errorf("family 4 addresses left v4-mapped: %v %v", got.Local, got.Remote)
+			}
+			if got.Family() != int(tt.rec.Family) {
+				t.Errorf("Family() = %d, want %d", got.Family(), tt.rec.Family)
+			}
+		})
+	}
+}
+
+func TestDecodeCommTrimming(t *testing.T) {
+	tests := []struct {
+		name string
+		comm [16]int8
+		want string
+	}{
+		{"NUL padding is cut", commOf("sshd"), "sshd"},
+		{"the kernel's 15 bytes plus NUL", commOf("systemd-resolve"), "systemd-resolve"},
+		{"an empty comm stays empty", [16]int8{}, ""},
+		{"bytes after the first NUL are not part of the name", [16]int8{'a', 'b', 0, 'z', 'z'}, "ab"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := testDecoder()
+			rec := portlifeEvent{Kind: kClose, Family: 4, Comm: tt.comm}
+			var ev Event
+			if err := d.decode(rawRecord(&rec), &ev); err != nil {
+				t.Fatal(err)
+			}
+			if got := string(ev.Comm.Bytes()); got != tt.want {
+				t.Errorf("Comm.Bytes() = %q, want %q", got, tt.want)
+			}
+			if got := ev.Comm.String(); got != tt.want {
+				t.Errorf("Comm.String() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// The ephemeral side of a connection is ours when we connected (the local
+// port) and the peer's when we accepted (the remote port).
+func TestDecodeEphemeral(t *testing.T) {
+	tests := []struct {
+		name         string
+		direction    uint8
+		lport, rport uint16
+		want         bool
+	}{
+		{"outbound uses the local port, inside the range", dOut, 40000, 443, true},
+		{"outbound uses the local port, below the range", dOut, 1234, 40000, false},
+		{"outbound with no local port allocated is ephemeral", dOut, 0, 443, true},
+		{"outbound at the range's low edge", dOut, 32768, 443, true},
+		{"outbound at the range's high edge", dOut, 60999, 443, true},
+		{"outbound just above the range", dOut, 61000, 443, false},
+		{"inbound uses the remote port, inside the range", dIn, 443, 40000, true},
+		{"inbound uses the remote port, not the local one", dIn, 40000, 1234, false},
+		{"inbound with remote port 0 is not ephemeral", dIn, 40000, 0, false},
+		{"unknown direction falls back to the local port", 0, 40000, 80, true},
+		{"unknown direction with local port 0 is not ephemeral", 0, 0, 40000, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := testDecoder()
+			rec := portlifeEvent{Kind: kClose, Family: 4, Direction: tt.direction, Lport: tt.lport, Rport: tt.rport}
+			var ev Event
+			if err := d.decode(rawRecord(&rec), &ev); err != nil {
+				t.Fatal(err)
+			}
+			if ev.Ephemeral != tt.want {
+				t.Errorf("Ephemeral = %v, want %v (range %v)", ev.Ephemeral, tt.want, testEphemeral)
+			}
+		})
+	}
+}
+
+func TestDecodeDurations(t *testing.T) {
+	tests := []struct {
+		name                           string
+		direction                      uint8
+		startNs, establishedNs, endNs  uint64
+		wantDuration, wantConnectDelay time.Duration
+	}{
+		{"outbound: lifetime and connect latency", dOut, 1_000_000_000, 1_012_300_000, 5_000_000_000, 4 * time.Second, 12300 * time.Microsecond},
+		{"inbound has no connect latency of its own", dIn, 1_000_000_000, 1_012_300_000, 5_000_000_000, 4 * time.Second, 0},
+		{"never established: no connect latency", dOut, 1_000_000_000, 0, 1_500_000_000, 500 * time.Millisecond, 0},
+		{"start unseen: neither is known", dOut, 0, 1_012_300_000, 5_000_000_000, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := testDecoder()
+			rec := portlifeEvent{Kind: kClose, Family: 4, Direction: tt.direction,
+				StartNs: tt.startNs, EstablishedNs: tt.establishedNs, EndNs: tt.endNs}
+			var ev Event
+			if err := d.decode(rawRecord(&rec), &ev); err != nil {
+				t.Fatal(err)
+			}
+			if got := ev.Duration(); got != tt.wantDuration {
+				t.Errorf("Duration() = %v, want %v", got, tt.wantDuration)
+			}
+			if got := ev.ConnectLatency(); got != tt.wantConnectDelay {
+				t.Errorf("ConnectLatency() = %v, want %v", got, tt.wantConnectDelay)
+			}
+		})
+	}
+}
+
+// A truncated record must be refused, not read past its end.
+func TestDecodeShortRecord(t *testing.T) {
+	full := rawRecord(&portlifeEvent{Kind: kClose, Family: 4})
+	for _, n := range []int{0, 1, recordSize - 1} {
+		t.Run(fmt.Sprintf("%d bytes", n), func(t *testing.T) {
+			d := testDecoder()
+			var ev Event
+			if err := d.decode(full[:n], &ev); err == nil {
+				t.Errorf("decode of a %d-byte record succeeded, want an error", n)
+			}
+		})
+	}
+	t.Run("nil", func(t *testing.T) {
+		d := testDecoder()
+		var ev Event
+		if err := d.decode(nil, &ev); err == nil {
+			t.Error("decode(nil) succeeded, want an error")
+		}
+	})
+}
+
+// newDecoder anchors CLOCK_BOOTTIME to the wall clock: a kernel timestamp
+// taken now must decode to about now, not to boot time or the future.
+func TestNewDecoderAnchorsBootClock(t *testing.T) {
+	d, err := newDecoder(testEphemeral)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		t.Fatal(err)
+	}
+	got := d.clock(uint64(ts.Nano()))
+	if off := time.Since(got); off < -time.Second || off > time.Second {
+		t.Errorf("a CLOCK_BOOTTIME timestamp taken now decodes to %v, %v from now", got, off)
+	}
+	if !d.clock(0).IsZero() {
+		t.Errorf("clock(0) = %v, want the zero time (not seen)", d.clock(0))
+	}
+	if d.ephemeral != testEphemeral {
+		t.Errorf("ephemeral = %v, want %v", d.ephemeral, testEphemeral)
+	}
+}
+
+func TestReason(t *testing.T) {
+	tests := []struct {
+		name  string
+		kind  Kind
+		lport uint16
+		errno unix.Errno
+		want  string
+	}{
+		{"no local port: EADDRNOTAVAIL from connect", KindConnectFailed, 0, unix.EADDRNOTAVAIL, "no_ephemeral_port"},
+		{"no local port wins over the socket error", KindConnectFailed, 0, unix.ECONNREFUSED, "no_ephemeral_port"},
+		{"refused", KindConnectFailed, 40000, unix.ECONNREFUSED, "refused"},
+		{"timeout", KindConnectFailed, 40000, unix.ETIMEDOUT, "timeout"},
+		{"host unreachable", KindConnectFailed, 40000, unix.EHOSTUNREACH, "unreachable"},
+		{"network unreachable", KindConnectFailed, 40000, unix.ENETUNREACH, "unreachable"},
+		{"no error: closed before connecting", KindConnectFailed, 40000, 0, "aborted"},
+		{"other errno by its name", KindConnectFailed, 40000, unix.EACCES, "EACCES"},
+		{"another errno by its name", KindConnectFailed, 40000, unix.EPERM, "EPERM"},
+		{"an errno with no name", KindConnectFailed, 40000, unix.Errno(4000), "error"},
+		{"close has no reason", KindClose, 40000, unix.ECONNREFUSED, ""},
+		{"open has no reason", KindOpen, 0, 0, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := Event{Kind: tt.kind, Local: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), tt.lport), Errno: tt.errno}
+			if got := ev.Reason(); got != tt.want {
+				t.Errorf("Reason() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// The C struct event (bpf/portlife.h) is 152 bytes with no implicit padding;
+// if the generated Go type drifts, decode's cast reads garbage.
+func TestEventSize(t *testing.T) {
+	if got := unsafe.Sizeof(portlifeEvent{}); got != 152 {
+		t.Errorf("unsafe.Sizeof(portlifeEvent{}) = %d, want 152 as in bpf/portlife.h", got)
+	}
+	if recordSize != 152 {
+		t.Errorf("recordSize = %d, want 152", recordSize)
+	}
+	var e portlifeEvent
+	for _, f := range []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"cookie", unsafe.Offsetof(e.Cookie), 32},
+		{"pid", unsafe.Offsetof(e.Pid), 88},
+		{"error", unsafe.Offsetof(e.Error), 120},
+		{"lport", unsafe.Offsetof(e.Lport), 124},
+		{"kind", unsafe.Offsetof(e.Kind), 128},
+		{"comm", unsafe.Offsetof(e.Comm), 136},
+	} {
+		if f.got != f.want {
+			t.Errorf("offset of %s = %d, want %d", f.name, f.got, f.want)
+		}
+	}
+}
+
+// The embedded ELF's BTF is what the kernel side was compiled with; the Go
+// type must still match it (a stale bpf2go run would not).
+func TestEventSizeMatchesBTF(t *testing.T) {
+	spec, err := loadPortlife()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s *btf.Struct
+	if err := spec.Types.TypeByName("event", &s); err != nil {
+		t.Fatalf("struct event in the ELF's BTF: %v", err)
+	}
+	if int(s.Size) != recordSize {
+		t.Errorf("BTF struct event is %d bytes, Go portlifeEvent is %d", s.Size, recordSize)
+	}
+	var c *btf.Struct
+	if err := spec.Types.TypeByName("config", &c); err != nil {
+		t.Fatalf("struct config in the ELF's BTF: %v", err)
+	}
+	if got := unsafe.Sizeof(portlifeConfig{}); uintptr(c.Size) != got {
+		t.Errorf("BTF struct config is %d bytes, Go portlifeConfig is %d", c.Size, got)
+	}
+}
+
+// Filter.Validate's limits must be the kernel's table sizes, or a filter it
+// accepts fails at load time (or one the kernel could hold is refused).
+func TestFilterLimitsMatchKernel(t *testing.T) {
+	spec, err := loadPortlife()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, ok := spec.Maps[portlifeMapRaddrNets]
+	if !ok {
+		t.Fatalf("no %s map in the spec", portlifeMapRaddrNets)
+	}
+	if int(m.MaxEntries) != MaxRemoteNets {
+		t.Errorf("raddr_nets holds %d entries, MaxRemoteNets is %d", m.MaxEntries, MaxRemoteNets)
+	}
+	if MaxPortRanges != 8 {
+		t.Errorf("MaxPortRanges = %d, want MAX_PORT_RANGES (8)", MaxPortRanges)
+	}
+}
+
+// SampleRecord is what benchmarks outside the package decode; it must be a
+// well-formed TCP close, or they measure an unrealistic path.
+func TestSampleRecordDecodes(t *testing.T) {
+	d, err := NewDecoder(testEphemeral)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ev Event
+	if err := d.Decode(SampleRecord(), &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Kind != KindClose || ev.Proto != ProtoTCP || ev.Comm.String() != "curl" ||
+		ev.Local != netip.MustParseAddrPort("10.0.0.5:41234") ||
+		ev.Remote != netip.MustParseAddrPort("93.184.216.34:443") ||
+		!ev.Ephemeral || !ev.TimeWait || ev.ClosedBy != ClosedByLocal || ev.Duration() != 4500*time.Millisecond {
+		t.Errorf("SampleRecord decodes to %+v, want curl's TCP close 10.0.0.5:41234 -> 93.184.216.34:443 of 4.5s", ev)
+	}
+}
