@@ -32,7 +32,7 @@ func (j *JSON) Write(e *tracer.Event) error {
 	b = e.Time.UTC().AppendFormat(b, time.RFC3339Nano)
 	b = appendString(b, `","event":"`, e.Kind.String())
 	b = appendString(b, `","proto":"`, e.Proto.String())
-	if e.Family() == 4 {
+	if e.Family == 4 {
 		b = append(b, `","family":"ipv4"`...)
 	} else {
 		b = append(b, `","family":"ipv6"`...)

@@ -38,6 +38,7 @@ func tcpClose() tracer.Event {
 		CgroupID: 1 << 60, NetNS: 4026531840, PIDSource: tracer.PIDSourceConnect,
 		Local:     netip.MustParseAddrPort("10.0.0.5:41234"),
 		Remote:    netip.MustParseAddrPort("93.184.216.34:443"),
+		Family:    4,
 		Direction: tracer.DirectionOutbound, Ephemeral: true, Cookie: 1<<63 + 1,
 		TxBytes: 4096, RxBytes: 12 << 20, TxPackets: 40, RxPackets: 9000, Retransmits: 2,
 		ClosedBy: tracer.ClosedByRemote, Reset: true,
@@ -128,6 +129,7 @@ func TestJSON(t *testing.T) {
 					PID: 99, Comm: comm("dig"), PIDSource: tracer.PIDSourceSocket,
 					Local:     netip.MustParseAddrPort("[2001:db8::5]:50001"),
 					Remote:    netip.MustParseAddrPort("[2001:4860:4860::8888]:53"),
+					Family:    6,
 					Direction: tracer.DirectionOutbound, Ephemeral: true,
 					TxBytes: 40, RxBytes: 512, TxPackets: 1, RxPackets: 1,
 					Destinations: 3, Connected: true,
@@ -167,6 +169,7 @@ func TestJSON(t *testing.T) {
 					PIDSource: tracer.PIDSourceListener, Comm: comm("nginx"),
 					Local:     netip.MustParseAddrPort("[::1]:443"),
 					Remote:    netip.MustParseAddrPort("[::1]:50000"),
+					Family:    6,
 					Direction: tracer.DirectionInbound,
 				}
 			},
@@ -185,6 +188,7 @@ func TestJSON(t *testing.T) {
 					Kind: tracer.KindOpen, Proto: tracer.ProtoUDP, Start: t0, Time: t0,
 					Local:  netip.MustParseAddrPort("0.0.0.0:5353"),
 					Remote: netip.MustParseAddrPort("0.0.0.0:0"),
+					Family: 4,
 				}
 			},
 			wantKeys: keys("start"),
@@ -199,6 +203,7 @@ func TestJSON(t *testing.T) {
 					PIDSource: tracer.PIDSourceConnect,
 					Local:     netip.MustParseAddrPort("127.0.0.1:40000"),
 					Remote:    netip.MustParseAddrPort("127.0.0.1:1"),
+					Family:    4,
 					Direction: tracer.DirectionOutbound, Ephemeral: true,
 					Errno: unix.ECONNREFUSED,
 				}
@@ -218,6 +223,7 @@ func TestJSON(t *testing.T) {
 					Kind: tracer.KindConnectFailed, Proto: tracer.ProtoTCP, Time: t0,
 					Local:     netip.MustParseAddrPort("0.0.0.0:0"),
 					Remote:    netip.MustParseAddrPort("10.0.0.1:80"),
+					Family:    4,
 					Direction: tracer.DirectionOutbound, Ephemeral: true,
 					Errno: unix.EADDRNOTAVAIL,
 				}
@@ -380,12 +386,14 @@ func textEvents() []tracer.Event {
 		PID: 1, Comm: comm("systemd-resolve"), PIDSource: tracer.PIDSourceSocket,
 		Local:     netip.MustParseAddrPort("[2001:db8::5]:53"),
 		Remote:    netip.MustParseAddrPort("[2001:db8::6]:50000"),
+		Family:    6,
 		Direction: tracer.DirectionInbound, TxBytes: 512, RxBytes: 1024, Destinations: 3,
 	}
 	failed := tracer.Event{
 		Kind: tracer.KindConnectFailed, Proto: tracer.ProtoTCP, Start: t0, Time: t0.Add(3 * time.Second),
 		Local:     netip.MustParseAddrPort("10.0.0.5:40000"),
 		Remote:    netip.MustParseAddrPort("192.0.2.1:443"),
+		Family:    4,
 		Direction: tracer.DirectionOutbound, Errno: unix.ETIMEDOUT,
 	}
 	return []tracer.Event{tcpClose(), open, v6, failed}

@@ -133,6 +133,7 @@ func unsafeBytes(s []int8) []byte {
 type Event struct {
 	Kind        Kind
 	Proto       Proto
+	Family      int       // 4 or 6: the address family on the wire (v4-mapped IPv6 is 4)
 	Time        time.Time // when it happened; for close, when the port was released
 	Start       time.Time // when the lifetime began; zero if before tracing
 	Established time.Time // when the handshake completed; zero if never
@@ -181,14 +182,6 @@ func (e *Event) ConnectLatency() time.Duration {
 		return 0
 	}
 	return e.Established.Sub(e.Start)
-}
-
-// Family is 4 or 6: the address family on the wire.
-func (e *Event) Family() int {
-	if e.Remote.Addr().Is4() {
-		return 4
-	}
-	return 6
 }
 
 // Reason says why a connect failed, in words a runbook can match on.
@@ -269,6 +262,7 @@ func (d *decoder) decode(raw []byte, ev *Event) error {
 		PreExisting:  r.Flags&uint8(portlifeEventFlagEVENT_F_PRE_EXISTING) != 0,
 		Connected:    r.Flags&uint8(portlifeEventFlagEVENT_F_CONNECTED) != 0,
 		Errno:        unix.Errno(r.Error),
+		Family:       int(r.Family),
 	}
 	if ev.Kind == KindConnectFailed && r.Lport == 0 && ev.Errno == 0 {
 		// The port allocation failed inside connect(), which returned this;
@@ -287,13 +281,13 @@ func (d *decoder) clock(ns uint64) time.Time {
 	return d.bootTime.Add(time.Duration(ns))
 }
 
-// addr reads the kernel's 16-byte address: IPv6, or IPv4 stored v4-mapped.
+// addr reads the kernel's 16-byte address: IPv6, or IPv4 in the last four
+// bytes (v4-mapped, or all zero for an address not yet known).
 func addr(b [16]byte, family uint8) netip.Addr {
-	a := netip.AddrFrom16(b)
 	if family == 4 {
-		return a.Unmap()
+		return netip.AddrFrom4([4]byte(b[12:]))
 	}
-	return a
+	return netip.AddrFrom16(b)
 }
 
 // isEphemeral mirrors is_ephemeral() in bpf/portlife.bpf.c.

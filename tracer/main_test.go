@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -103,6 +104,8 @@ func runHelper(role, arg string) error {
 		return echoServer()
 	case "client":
 		return echoClients(arg)
+	case "udpclient":
+		return udpQueries(arg)
 	case "exhaust":
 		return exhaustPorts(arg)
 	}
@@ -161,6 +164,47 @@ func echoClients(arg string) error {
 			return err
 		}
 		c.Close()
+	}
+	out.Flush()
+	io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+// udpQueries makes "count@addr" DNS-like queries, each from a fresh
+// connected socket, and prints each socket's local port.
+func udpQueries(arg string) error {
+	count, addr, _ := strings.Cut(arg, "@")
+	n, err := strconv.Atoi(count)
+	if err != nil {
+		return err
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return err
+	}
+	dst := &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	out := bufio.NewWriter(os.Stdout)
+	query, buf := make([]byte, 32), make([]byte, 512)
+	for i := 0; i < n; i++ {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		if err := unix.Connect(fd, dst); err != nil {
+			return err
+		}
+		if err := unix.Send(fd, query, 0); err != nil {
+			return err
+		}
+		if _, err := unix.Read(fd, buf); err != nil {
+			return err
+		}
+		sa, err := unix.Getsockname(fd)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(out, sa.(*unix.SockaddrInet4).Port)
+		unix.Close(fd)
 	}
 	out.Flush()
 	io.Copy(io.Discard, os.Stdin)

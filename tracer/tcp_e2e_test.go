@@ -213,7 +213,7 @@ func TestTCPLifetimes(t *testing.T) {
 					check(t, key, "comm", e.Comm.String(), comm)
 					check(t, key, "pid source", e.PIDSource, wantSource)
 					check(t, key, "uid", e.UID, uint32(os.Getuid()))
-					check(t, key, "family", e.Family(), fam.wantFamily)
+					check(t, key, "family", e.Family, fam.wantFamily)
 					check(t, key, "ephemeral", e.Ephemeral, true)
 					check(t, key, "pre-existing", e.PreExisting, false)
 					if e.Start.Before(before) || e.Time.After(after.Add(time.Second)) || e.Time.Before(e.Start) {
@@ -280,7 +280,7 @@ func TestTCPConnectRefused(t *testing.T) {
 			check(t, "connect_failed", "errno", e.Errno, unix.ECONNREFUSED)
 			check(t, "connect_failed", "direction", e.Direction, DirectionOutbound)
 			check(t, "connect_failed", "pid source", e.PIDSource, PIDSourceConnect)
-			check(t, "connect_failed", "family", e.Family(), fam.wantFamily)
+			check(t, "connect_failed", "family", e.Family, fam.wantFamily)
 			if e.Local.Port() == 0 {
 				t.Errorf("local port 0: a refused connect had a port")
 			}

@@ -201,6 +201,28 @@ func TestJSONOutputAndCleanExit(t *testing.T) {
 	}
 }
 
+// Even killed outright, portlife leaves no hook attached: every attachment
+// is a BPF link owned by the process's file descriptors, which the kernel
+// closes with it.
+func TestKilledLeavesNothingAttached(t *testing.T) {
+	requireRoot(t)
+	before := ourPrograms(t)
+	p := start(t, "--output", "json")
+	loaded := newPrograms(t, before)
+	names := map[string]bool{}
+	for _, n := range loaded {
+		names[n] = true
+	}
+	if !names["udp_release"] || !names["tcp_state"] {
+		t.Fatalf("loaded %v: want both the TCP and the UDP (cgroup) programs", loaded)
+	}
+	p.cmd.Process.Kill()
+	p.cmd.Wait()
+	if left := stillLoaded(loaded); len(left) > 0 {
+		t.Errorf("programs still loaded 5s after SIGKILL: %v", left)
+	}
+}
+
 func TestTextOutput(t *testing.T) {
 	requireRoot(t)
 	p := start(t, "--output", "text", "--pid", fmt.Sprint(os.Getpid()), "--events", "close", "--flush-interval", "10ms")

@@ -1,0 +1,249 @@
+package tracer
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// udpFamily is how the UDP tests make their sockets.
+type udpFamily struct {
+	name       string
+	af         int
+	loopback   netip.Addr
+	wantFamily int
+}
+
+var udpFamilies = []udpFamily{
+	{"ipv4", unix.AF_INET, netip.MustParseAddr("127.0.0.1"), 4},
+	{"ipv6", unix.AF_INET6, netip.MustParseAddr("::1"), 6},
+}
+
+// The UDP tests use raw syscalls: each bind, connect and sendto is then
+// exactly one, as the assertions count them.
+
+func (f udpFamily) socket(t *testing.T) int {
+	t.Helper()
+	fd, err := unix.Socket(f.af, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
+func (f udpFamily) sockaddr(port uint16) unix.Sockaddr {
+	if f.af == unix.AF_INET {
+		return &unix.SockaddrInet4{Port: int(port), Addr: f.loopback.As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(port), Addr: f.loopback.As16()}
+}
+
+// bound is a socket bound to a port chosen by number, as servers do.
+func (f udpFamily) bound(t *testing.T) (int, uint16) {
+	t.Helper()
+	for i := 0; i < 50; i++ {
+		fd := f.socket(t)
+		port := uint16(20000 + (os.Getpid()*7+i*131)%9000)
+		if err := unix.Bind(fd, f.sockaddr(port)); err == nil {
+			return fd, port
+		}
+		unix.Close(fd)
+	}
+	t.Fatal("no free UDP port to bind")
+	return -1, 0
+}
+
+func localPort(t *testing.T, fd int) uint16 {
+	t.Helper()
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return uint16(sa.Port)
+	case *unix.SockaddrInet6:
+		return uint16(sa.Port)
+	}
+	t.Fatalf("unexpected sockaddr %T", sa)
+	return 0
+}
+
+// udpEvents selects the events of the UDP socket with this local port:
+// IPv4 and IPv6 sockets may hold the same number.
+func udpEvents(fam udpFamily, lport uint16, pid uint32) func(*Event) bool {
+	return func(e *Event) bool {
+		return e.Proto == ProtoUDP && e.Local.Port() == lport && e.PID == pid && e.Family == fam.wantFamily
+	}
+}
+
+// udpWant is what a UDP test expects of one socket's close event.
+type udpWant struct {
+	direction    Direction
+	remote       netip.AddrPort
+	connected    bool
+	destinations uint32
+	txPackets    uint32
+	rxPackets    uint32
+	txBytes      uint64
+	rxBytes      uint64
+}
+
+func checkUDPClose(t *testing.T, e Event, fam udpFamily, want udpWant) {
+	t.Helper()
+	key := fmt.Sprintf("udp close %v", e.Local)
+	check(t, key, "kind", e.Kind, KindClose)
+	check(t, key, "direction", e.Direction, want.direction)
+	check(t, key, "remote", e.Remote, want.remote)
+	check(t, key, "connected", e.Connected, want.connected)
+	check(t, key, "destinations", e.Destinations, want.destinations)
+	check(t, key, "tx packets", e.TxPackets, want.txPackets)
+	check(t, key, "rx packets", e.RxPackets, want.rxPackets)
+	check(t, key, "tx bytes", e.TxBytes, want.txBytes)
+	check(t, key, "rx bytes", e.RxBytes, want.rxBytes)
+	check(t, key, "family", e.Family, fam.wantFamily)
+	check(t, key, "pid source", e.PIDSource, PIDSourceSocket)
+	check(t, key, "comm", e.Comm.String(), ownComm(t))
+	check(t, key, "pre-existing", e.PreExisting, false)
+	if e.Duration() <= 0 {
+		t.Errorf("%s: duration %v, want > 0", key, e.Duration())
+	}
+}
+
+func TestUDPLifetimes(t *testing.T) {
+	r := startTracer(t, Filter{Protos: []Proto{ProtoUDP}})
+	pid := uint32(os.Getpid())
+	msg := []byte("what is example.com?")
+	n := uint64(len(msg))
+
+	for _, fam := range udpFamilies {
+		t.Run(fam.name+"/connected client and bound server", func(t *testing.T) {
+			server, sport := fam.bound(t)
+			client := fam.socket(t)
+			if err := unix.Connect(client, fam.sockaddr(sport)); err != nil {
+				t.Fatal(err)
+			}
+			cport := localPort(t, client)
+			if err := unix.Send(client, msg, 0); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 512)
+			got, from, err := unix.Recvfrom(server, buf, 0)
+			if err != nil || got != len(msg) {
+				t.Fatalf("server recv %d, %v", got, err)
+			}
+			if err := unix.Sendto(server, buf[:got], 0, from); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := unix.Read(client, buf); err != nil {
+				t.Fatal(err)
+			}
+			unix.Close(client)
+			unix.Close(server)
+
+			serverAddr := netip.AddrPortFrom(fam.loopback, sport)
+			clientAddr := netip.AddrPortFrom(fam.loopback, cport)
+			ev := r.events.waitFor(t, 2, udpEvents(fam, cport, pid))
+			check(t, "client", "events", len(ev), 2)
+			check(t, "client open", "kind", ev[0].Kind, KindOpen)
+			check(t, "client open", "direction", ev[0].Direction, DirectionOutbound)
+			checkUDPClose(t, ev[1], fam, udpWant{
+				direction: DirectionOutbound, remote: serverAddr, connected: true, destinations: 1,
+				txPackets: 1, rxPackets: 1, txBytes: n, rxBytes: n,
+			})
+			ev = r.events.waitFor(t, 2, udpEvents(fam, sport, pid))
+			check(t, "server", "events", len(ev), 2)
+			check(t, "server open", "kind", ev[0].Kind, KindOpen)
+			check(t, "server open", "direction", ev[0].Direction, DirectionInbound)
+			// The server answered with sendto: its reply went to the client.
+			checkUDPClose(t, ev[1], fam, udpWant{
+				direction: DirectionInbound, remote: clientAddr, destinations: 1,
+				txPackets: 1, rxPackets: 1, txBytes: n, rxBytes: n,
+			})
+		})
+
+		t.Run(fam.name+"/unconnected client, two destinations", func(t *testing.T) {
+			a, aport := fam.bound(t)
+			b, bport := fam.bound(t)
+			defer unix.Close(a)
+			defer unix.Close(b)
+			client := fam.socket(t)
+			for _, port := range []uint16{aport, bport, aport} {
+				if err := unix.Sendto(client, msg, 0, fam.sockaddr(port)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cport := localPort(t, client)
+			unix.Close(client)
+
+			ev := r.events.waitFor(t, 2, udpEvents(fam, cport, pid))
+			check(t, "client", "events", len(ev), 2)
+			check(t, "client open", "kind", ev[0].Kind, KindOpen)
+			checkUDPClose(t, ev[1], fam, udpWant{
+				direction: DirectionOutbound, remote: netip.AddrPortFrom(fam.loopback, aport), destinations: 2,
+				txPackets: 3, txBytes: 3 * n,
+			})
+		})
+	}
+	r.requireNothingLost(t)
+}
+
+// 1,000 DNS-like query sockets from another process: each is reported
+// exactly once, with its port and the process's pid, and nothing is lost.
+func TestUDPQueryBurst(t *testing.T) {
+	const queries = 1000
+	r := startTracer(t, Filter{Protos: []Proto{ProtoUDP}})
+	server, sport := udpFamilies[0].bound(t)
+	go udpEcho(server)
+	defer func() {
+		unix.Shutdown(server, unix.SHUT_RDWR) // wakes the echo's recvfrom
+		unix.Close(server)
+	}()
+
+	client := startHelper(t, "udpclient", fmt.Sprintf("%d@127.0.0.1:%d", queries, sport), nil)
+	truth := map[uint16]int{}
+	for i := 0; i < queries; i++ {
+		p, err := strconv.Atoi(client.line(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		truth[uint16(p)]++
+	}
+	isQuery := func(e *Event) bool {
+		return e.Kind == KindClose && e.Proto == ProtoUDP && e.PID == client.pid()
+	}
+	got := r.events.waitFor(t, queries, isQuery)
+	seen := map[uint16]int{}
+	for _, e := range got {
+		if e.Remote.Port() != sport || e.TxPackets != 1 || e.RxPackets != 1 || !e.Connected {
+			t.Errorf("query socket %v: remote %v, %d sent, %d received, connected %v; want the server, 1, 1, true",
+				e.Local, e.Remote, e.TxPackets, e.RxPackets, e.Connected)
+		}
+		seen[e.Local.Port()]++
+	}
+	for port, n := range truth {
+		if seen[port] != n {
+			t.Errorf("port %d: %d query sockets, %d close events", port, n, seen[port])
+		}
+	}
+	if len(got) != queries {
+		t.Errorf("%d close events, want %d", len(got), queries)
+	}
+	r.requireNothingLost(t)
+}
+
+// udpEcho answers every datagram until the socket closes.
+func udpEcho(fd int) {
+	buf := make([]byte, 2048)
+	for {
+		n, from, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil || from == nil {
+			return
+		}
+		unix.Sendto(fd, buf[:n], 0, from)
+	}
+}
