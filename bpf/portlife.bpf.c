@@ -245,42 +245,46 @@ static __always_inline void v4_mapped(__u8 *dst, __be32 addr)
 }
 
 /*
- * Addresses and ports as they stand now. The local port reads 0 once the
- * kernel has released it (at TCP_CLOSE), but inet_sport keeps it.
+ * Addresses and ports as they stand now. sk is a BTF pointer (tp_btf and
+ * iterator programs), so fields are plain loads, relocated by CO-RE, rather
+ * than helper calls. The local port reads 0 once the kernel has released it
+ * (at TCP_CLOSE), but inet_sport keeps it.
  */
 static __always_inline void read_tuple(struct sock *sk, struct event *e)
 {
-	struct in6_addr raddr6;
+	struct sock_common *skc = &sk->__sk_common;
 
-	e->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->lport = skc->skc_num;
 	if (!e->lport)
 		e->lport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	e->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	e->rport = bpf_ntohs(skc->skc_dport);
 	e->family = 4;
-	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET6) {
-		BPF_CORE_READ_INTO(&raddr6, sk, __sk_common.skc_v6_daddr);
+	if (skc->skc_family == AF_INET6) {
+		__u32 *r6 = skc->skc_v6_daddr.in6_u.u6_addr32;
+
 		/* A v4-mapped peer is IPv4 on the wire, and the v4 fields hold it. */
-		if (raddr6.in6_u.u6_addr32[0] || raddr6.in6_u.u6_addr32[1] ||
-		    raddr6.in6_u.u6_addr32[2] != bpf_htonl(0xffff)) {
+		if (r6[0] || r6[1] || r6[2] != bpf_htonl(0xffff)) {
 			e->family = 6;
-			__builtin_memcpy(e->raddr, &raddr6, 16);
-			BPF_CORE_READ_INTO(&e->laddr, sk, __sk_common.skc_v6_rcv_saddr);
+			__builtin_memcpy(e->raddr, r6, 16);
+			__builtin_memcpy(e->laddr, skc->skc_v6_rcv_saddr.in6_u.u6_addr32, 16);
 			return;
 		}
 	}
-	v4_mapped(e->laddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
-	v4_mapped(e->raddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	v4_mapped(e->laddr, skc->skc_rcv_saddr);
+	v4_mapped(e->raddr, skc->skc_daddr);
 }
 
 static __always_inline void read_counters(struct sock *sk, struct event *e)
 {
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 
-	e->tx_bytes = BPF_CORE_READ(tp, bytes_acked);
-	e->rx_bytes = BPF_CORE_READ(tp, bytes_received);
-	e->tx_packets = BPF_CORE_READ(tp, segs_out);
-	e->rx_packets = BPF_CORE_READ(tp, segs_in);
-	e->retransmits = BPF_CORE_READ(tp, total_retrans);
+	if (!tp)
+		return;
+	e->tx_bytes = tp->bytes_acked;
+	e->rx_bytes = tp->bytes_received;
+	e->tx_packets = tp->segs_out;
+	e->rx_packets = tp->segs_in;
+	e->retransmits = tp->total_retrans;
 }
 
 /* A fresh lifetime for sk, in the storage entry c. */
@@ -292,7 +296,7 @@ static __always_inline void begin(struct conn *c, struct sock *sk, const struct 
 	c->e.direction = direction;
 	c->e.start_ns = bpf_ktime_get_boot_ns();
 	c->e.cookie = bpf_get_socket_cookie(sk);
-	c->e.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	c->e.netns = sk->__sk_common.skc_net.net->ns.inum;
 	c->phase = phase;
 }
 
@@ -413,7 +417,7 @@ static __always_inline void on_close(struct sock *sk, int oldstate)
 		return;
 	if (c->phase == PHASE_CONNECTING) {
 		read_tuple(sk, &c->e);
-		c->e.error = BPF_CORE_READ(sk, sk_err);
+		c->e.error = sk->sk_err;
 		c->e.end_ns = bpf_ktime_get_boot_ns();
 		c->e.last_state = oldstate;
 		if (tuple_wanted(&c->e))
@@ -519,11 +523,13 @@ int BPF_PROG(tcp_destroy, struct sock *sk)
 /* The owner /proc showed for a socket that existed at start, if any. */
 static __always_inline void fd_owner(struct sock *sk, struct event *e)
 {
-	__u64 ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
+	struct socket *sock = sk->sk_socket;
 	struct owner *o;
+	__u64 ino;
 
-	if (!ino)
-		return;
+	if (!sock || !sock->file)
+		return; /* orphaned: no process holds it */
+	ino = sock->file->f_inode->i_ino;
 	o = bpf_map_lookup_elem(&fd_owners, &ino);
 	if (!o)
 		return;
@@ -562,9 +568,9 @@ int tcp_existing(struct bpf_iter__tcp *ctx)
 
 	fd_owner(sk, &owner);
 	read_tuple(sk, &owner);
-	lk.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	lk.netns = sk->__sk_common.skc_net.net->ns.inum;
 	lk.port = owner.lport;
-	state = BPF_CORE_READ(skc, skc_state);
+	state = skc->skc_state;
 	switch (state) {
 	case TCP_LISTEN:
 		/* Tracked whatever the filters: its children are filtered. */
@@ -663,7 +669,10 @@ static __always_inline void udp_begin(struct conn *c, __u64 cookie, __u8 directi
 	c->phase = owner_wanted(&owner) ? PHASE_PENDING : PHASE_IGNORED;
 }
 
-/* The local end of a UDP socket, once it has a port. */
+/*
+ * The local end of a UDP socket, once it has a port. sk may be a cgroup
+ * hook's context, which only helper reads may follow.
+ */
 static __always_inline void udp_local(struct sock *sk, struct event *e)
 {
 	e->lport = BPF_CORE_READ(sk, __sk_common.skc_num);

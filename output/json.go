@@ -18,6 +18,9 @@ import (
 type JSON struct {
 	w   *bufio.Writer
 	buf []byte
+	// One formatter per field: a lifetime's start and end may lie in
+	// different minutes, and each field's times come in order.
+	ts, start timestamps
 }
 
 func NewJSON(w io.Writer) *JSON {
@@ -29,7 +32,7 @@ func (j *JSON) Flush() error { return j.w.Flush() }
 func (j *JSON) Write(e *tracer.Event) error {
 	b := j.buf[:0]
 	b = append(b, `{"ts":"`...)
-	b = e.Time.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = j.ts.append(b, e.Time)
 	b = appendString(b, `","event":"`, e.Kind.String())
 	b = appendString(b, `","proto":"`, e.Proto.String())
 	if e.Family == 4 {
@@ -56,7 +59,7 @@ func (j *JSON) Write(e *tracer.Event) error {
 	b = appendUint(b, `,"sock_cookie":`, e.Cookie)
 	if !e.Start.IsZero() {
 		b = append(b, `,"start":"`...)
-		b = e.Start.UTC().AppendFormat(b, time.RFC3339Nano)
+		b = j.start.append(b, e.Start)
 		b = append(b, '"')
 	}
 
@@ -108,9 +111,64 @@ func appendBool(b []byte, key string, v bool) []byte {
 	return strconv.AppendBool(append(b, key...), v)
 }
 
-// appendMillis writes a duration in milliseconds with microsecond precision.
+// appendMillis writes a duration in milliseconds with microsecond
+// precision, as strconv's shortest float would (12.5, 0.051, 3), in
+// integer arithmetic.
 func appendMillis(b []byte, key string, d time.Duration) []byte {
-	return strconv.AppendFloat(append(b, key...), float64(d.Microseconds())/1000, 'f', -1, 64)
+	us := d.Microseconds()
+	b = append(b, key...)
+	if us < 0 {
+		b = append(b, '-')
+		us = -us
+	}
+	b = strconv.AppendInt(b, us/1000, 10)
+	frac := us % 1000
+	if frac == 0 {
+		return b
+	}
+	b = append(b, '.', byte('0'+frac/100), byte('0'+frac/10%10), byte('0'+frac%10))
+	for b[len(b)-1] == '0' {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// timestamps formats times as RFC 3339 in UTC with nanoseconds, like
+// time.RFC3339Nano. Events come in time order, so the date and the minute
+// are formatted once a minute, and each event writes only its seconds.
+type timestamps struct {
+	minute int64    // Unix minute the prefix is for
+	prefix [17]byte // "2006-01-02T15:04:"
+	valid  bool
+}
+
+func (c *timestamps) append(b []byte, t time.Time) []byte {
+	sec, nsec := t.Unix(), t.Nanosecond()
+	minute := sec / 60
+	if sec < 0 || !c.valid || minute != c.minute {
+		if sec < 0 {
+			return t.UTC().AppendFormat(b, time.RFC3339Nano)
+		}
+		copy(c.prefix[:], time.Unix(minute*60, 0).UTC().AppendFormat(c.prefix[:0], "2006-01-02T15:04:"))
+		c.minute, c.valid = minute, true
+	}
+	s := sec % 60
+	b = append(b, c.prefix[:]...)
+	b = append(b, byte('0'+s/10), byte('0'+s%10))
+	if nsec != 0 {
+		var frac [10]byte
+		frac[0] = '.'
+		for i, n := 9, nsec; i > 0; i-- {
+			frac[i] = byte('0' + n%10)
+			n /= 10
+		}
+		end := len(frac)
+		for frac[end-1] == '0' {
+			end--
+		}
+		b = append(b, frac[:end]...)
+	}
+	return append(b, 'Z')
 }
 
 // appendJSONString quotes s. A comm is set by the process itself, so it may

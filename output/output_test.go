@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -626,6 +627,40 @@ func TestAppendHumanDuration(t *testing.T) {
 	for _, tt := range tests {
 		if got := string(appendHumanDuration([]byte("x"), tt.d)); got != "x"+tt.want {
 			t.Errorf("appendHumanDuration(%v) = %q, want %q", tt.d, got, "x"+tt.want)
+		}
+	}
+}
+
+// The cached timestamp formatter must agree with time.RFC3339Nano for any
+// time, across minute, day and year boundaries and nanosecond patterns.
+func TestTimestampsMatchRFC3339Nano(t *testing.T) {
+	var c timestamps
+	base := []time.Time{
+		time.Date(2026, 12, 31, 23, 59, 59, 999999999, time.UTC),
+		time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2024, 2, 29, 12, 30, 5, 120000000, time.UTC),
+		time.Date(2026, 6, 1, 8, 0, 59, 1, time.FixedZone("CEST", 2*3600)),
+		time.Date(1969, 12, 31, 23, 59, 59, 500, time.UTC),
+	}
+	for _, b := range base {
+		for _, d := range []time.Duration{0, time.Nanosecond, time.Millisecond, time.Second, time.Minute, 90 * time.Second, 24 * time.Hour} {
+			tm := b.Add(d)
+			got := string(c.append(nil, tm))
+			want := tm.UTC().Format(time.RFC3339Nano)
+			if got != want {
+				t.Errorf("%v: got %s, want %s", tm, got, want)
+			}
+		}
+	}
+}
+
+func TestAppendMillisMatchesShortestFloat(t *testing.T) {
+	for _, us := range []int64{0, 1, 10, 51, 100, 999, 1000, 1001, 12340, 12345, 3000000, 123456789} {
+		d := time.Duration(us) * time.Microsecond
+		got := string(appendMillis(nil, "", d))
+		want := strconv.FormatFloat(float64(us)/1000, 'f', -1, 64)
+		if got != want {
+			t.Errorf("%v: got %s, want %s", d, got, want)
 		}
 	}
 }
