@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 )
 
@@ -15,7 +16,7 @@ import (
 var (
 	ErrPermission = errors.New("portlife needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN: run it with sudo")
 	ErrNoBTF      = errors.New("this kernel has no BTF at /sys/kernel/btf/vmlinux: portlife needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
-	ErrOldKernel  = errors.New("this kernel lacks a feature portlife needs: run it on Linux 5.11 or later")
+	ErrOldKernel  = errors.New("this kernel lacks a feature portlife needs: run it on Linux 6.3 or later")
 )
 
 const btfPath = "/sys/kernel/btf/vmlinux"
@@ -28,7 +29,23 @@ func checkKernel() error {
 	if _, err := os.Stat(btfPath); err != nil {
 		return ErrNoBTF
 	}
+	kernel, err := btf.LoadKernelSpec()
+	if err != nil {
+		return fmt.Errorf("%w (%v)", ErrNoBTF, err)
+	}
+	for _, tp := range requiredTracepoints {
+		if _, err := kernel.AnyTypeByName("btf_trace_" + tp); err != nil {
+			return fmt.Errorf("%w: it has no tracepoint %s", ErrOldKernel, tp)
+		}
+	}
 	return nil
+}
+
+// requiredTracepoints are the BTF tracepoints the program attaches to;
+// sock_send_length and sock_recv_length came last, in Linux 6.3.
+var requiredTracepoints = []string{
+	"inet_sock_set_state", "tcp_send_reset", "tcp_receive_reset", "tcp_destroy_sock",
+	"sock_send_length", "sock_recv_length",
 }
 
 // hasCapabilities reports whether this process may load and attach tracing
