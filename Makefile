@@ -3,6 +3,8 @@
 GO       ?= go
 BIN      := bin/portlife
 ARGS     ?=
+TCPLIFE  ?= /usr/sbin/tcplife
+BENCH_ARGS ?=
 # The eBPF objects are committed; regenerating needs clang, llvm and
 # libbpf-dev, which `make generate` installs from Debian's packages.
 BPF_DEPS := clang llvm-strip
@@ -35,12 +37,14 @@ generate:
 check-generated: generate
 	@git diff --exit-code -- tracer/ || { echo "generated files are not up to date: run make generate and commit"; exit 1; }
 
+# Needs root; installs libbpf-tools for tcplife. For example
+#   make bench BENCH_ARGS='--runs 1 --duration 5s --configs tcp-w4'
 bench: build
-	@command -v tcplife >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libbpf-tools >/dev/null; }
+	@[ -x $(TCPLIFE) ] || { echo "installing libbpf-tools"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libbpf-tools >/dev/null; }
 	$(GO) build -o bin/churn ./bench/churn
 	$(GO) build -o bin/bench ./bench/runner
-	./bin/bench --portlife ./$(BIN) --churn ./bin/churn $(ARGS)
-	$(GO) test -run '^$$' -bench . -benchmem ./output ./tracer
+	./bin/bench --portlife ./$(BIN) --churn ./bin/churn --tcplife $(TCPLIFE) --json bin/bench.json $(BENCH_ARGS)
+	$(MAKE) bench-go
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./output ./tracer

@@ -63,11 +63,20 @@ func (r *clientResult) writeTruth(cf clientFlags, target netip.AddrPort) error {
 		Rate:       cf.rate,
 		Errors:     r.errors(),
 		Workers:    cf.workers,
-		Sources:    cf.sources,
+		Sources:    effectiveSources(cf, target),
 		Target:     target.String(),
 		ErrorKinds: r.errorKinds(),
 	}
 	return truth.WriteFile(cf.truth, h, ports)
+}
+
+// effectiveSources is how many loopback source addresses are in use: only
+// IPv4 loopback has more than one (all of 127/8).
+func effectiveSources(cf clientFlags, target netip.AddrPort) int {
+	if a := target.Addr().Unmap(); !a.Is4() || !a.IsLoopback() {
+		return 0
+	}
+	return min(max(cf.sources, 0), 250)
 }
 
 // runClient starts all workers at once and waits until each has finished its
@@ -112,8 +121,8 @@ func runClient(cf clientFlags, target netip.AddrPort) *clientResult {
 func (w *workerResult) run(cf clientFlags, target netip.AddrPort, payload []byte, next time.Time, interval time.Duration, deadline time.Time) {
 	sa, family := sockaddr(target)
 	var src unix.Sockaddr
-	if cf.sources > 0 && family == unix.AF_INET && target.Addr().Unmap().IsLoopback() {
-		src = &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, byte(2 + w.index%cf.sources)}}
+	if n := effectiveSources(cf, target); n > 0 {
+		src = &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, byte(2 + w.index%n)}}
 	}
 	echoBuf := make([]byte, len(payload))
 	tv := unix.NsecToTimeval(cf.timeout.Nanoseconds())
@@ -132,12 +141,12 @@ func (w *workerResult) run(cf clientFlags, target netip.AddrPort, payload []byte
 			}
 			next = next.Add(interval)
 		}
-		port, err := oneConn(family, typ, src, sa, &tv, payload, echoBuf)
+		port, err := oneConn(family, typ, src, sa, &tv, payload, echoBuf, cf.waitEOF)
 		if err != nil {
 			w.errors[errName(err)]++
 			if err == unix.EADDRNOTAVAIL {
-				// Every ephemeral port is busy; spinning would only burn
-				// the CPU the server needs to drain TIME_WAIT reuse.
+				// Every ephemeral port is in use or in a TIME_WAIT too
+				// young to reuse; retrying at once would only spin.
 				time.Sleep(time.Millisecond)
 			}
 			continue
@@ -147,7 +156,7 @@ func (w *workerResult) run(cf clientFlags, target netip.AddrPort, payload []byte
 }
 
 // oneConn does one full connection lifetime and returns its local port.
-func oneConn(family, typ int, src, sa unix.Sockaddr, tv *unix.Timeval, payload, echoBuf []byte) (uint16, error) {
+func oneConn(family, typ int, src, sa unix.Sockaddr, tv *unix.Timeval, payload, echoBuf []byte, waitEOF bool) (uint16, error) {
 	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return 0, err
@@ -177,7 +186,29 @@ func oneConn(family, typ int, src, sa unix.Sockaddr, tv *unix.Timeval, payload, 
 	if typ == unix.SOCK_DGRAM {
 		return port, readDatagram(fd, echoBuf)
 	}
-	return port, readFull(fd, echoBuf)
+	if err := readFull(fd, echoBuf); err != nil {
+		return 0, err
+	}
+	if waitEOF {
+		return port, readEOF(fd, echoBuf)
+	}
+	return port, nil
+}
+
+// readEOF waits for the server's FIN.
+func readEOF(fd int, buf []byte) error {
+	for {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+	}
 }
 
 func readDatagram(fd int, buf []byte) error {

@@ -61,6 +61,11 @@ type serverFlags struct {
 	readyFile string
 	handlers  int
 	bufSize   int
+	// activeClose > 0 makes the server close first after echoing that many
+	// bytes, so the server side goes through FIN_WAIT/TIME_WAIT instead of
+	// LAST_ACK. Tracers that take the pid from the closing context see the
+	// two orders very differently.
+	activeClose int
 }
 
 func (f *serverFlags) register(fs *flag.FlagSet) {
@@ -69,6 +74,7 @@ func (f *serverFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.readyFile, "ready-file", "", "write the actual listen address here once listening")
 	fs.IntVar(&f.handlers, "handlers", 64, "concurrent blocking handlers (should exceed client workers)")
 	fs.IntVar(&f.bufSize, "bufsize", 4096, "echo buffer size: bytes read per read call")
+	fs.IntVar(&f.activeClose, "active-close", 0, "close first after echoing this many bytes (0 = wait for the client to close)")
 }
 
 type clientFlags struct {
@@ -81,6 +87,7 @@ type clientFlags struct {
 	truth    string
 	timeout  time.Duration
 	sources  int
+	waitEOF  bool
 }
 
 func (f *clientFlags) register(fs *flag.FlagSet, needTarget bool) {
@@ -98,6 +105,7 @@ func (f *clientFlags) register(fs *flag.FlagSet, needTarget bool) {
 	// reuse rule leave connect() scanning ports. More loopback sources give
 	// each its own 4-tuple space; tracers see ordinary connections either way.
 	fs.IntVar(&f.sources, "sources", 4, "spread workers over this many loopback sources 127.0.0.2... when the target is IPv4 loopback (0 = let the kernel pick)")
+	fs.BoolVar(&f.waitEOF, "wait-eof", false, "after the echo, wait for the server to close first (pair with server --active-close)")
 	fs.DurationVar(&f.timeout, "io-timeout", 2*time.Second, "per-connection receive timeout")
 }
 
@@ -146,6 +154,9 @@ func runBothCmd(args []string) error {
 	fs.Parse(args)
 	sf.proto = cf.proto
 	sf.bufSize = max(4096, cf.size)
+	if cf.waitEOF {
+		sf.activeClose = cf.size
+	}
 	runtime.GOMAXPROCS(max(runtime.NumCPU(), sf.handlers+cf.workers+2))
 
 	srv, err := startServer(sf)

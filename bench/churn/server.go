@@ -53,7 +53,7 @@ func startServer(sf serverFlags) (*server, error) {
 	}
 	for range max(1, sf.handlers) {
 		if typ == unix.SOCK_STREAM {
-			go srv.acceptLoop(sf.bufSize)
+			go srv.acceptLoop(sf.bufSize, sf.activeClose)
 		} else {
 			go srv.udpLoop(sf.bufSize)
 		}
@@ -81,7 +81,7 @@ func bindSocket(ap netip.AddrPort, typ int) (int, error) {
 // acceptLoop handles one connection at a time; concurrency comes from
 // running many loops on the same listening socket, which the kernel wakes
 // one at a time.
-func (s *server) acceptLoop(bufSize int) {
+func (s *server) acceptLoop(bufSize, activeClose int) {
 	buf := make([]byte, max(1, bufSize))
 	for {
 		cfd, err := accept(s.fd)
@@ -90,17 +90,22 @@ func (s *server) acceptLoop(bufSize int) {
 			// counts the resulting failures, so just keep going.
 			continue
 		}
-		echo(cfd, buf)
+		echo(cfd, buf, activeClose)
 		unix.Close(cfd)
 		s.served.Add(1)
 	}
 }
 
-// echo copies input back until the client closes. The client closes first,
-// which keeps TIME_WAIT on the client side where loopback port reuse is on.
-func echo(fd int, buf []byte) {
-	for {
-		n, err := unix.Read(fd, buf)
+// echo copies input back until the client closes, or until limit bytes are
+// echoed when limit > 0. By default the client closes first, which keeps
+// TIME_WAIT on the client side where loopback port reuse applies.
+func echo(fd int, buf []byte, limit int) {
+	for done := 0; limit <= 0 || done < limit; {
+		chunk := buf
+		if limit > 0 {
+			chunk = buf[:min(len(buf), limit-done)]
+		}
+		n, err := unix.Read(fd, chunk)
 		if err == unix.EINTR {
 			continue
 		}
@@ -110,6 +115,7 @@ func echo(fd int, buf []byte) {
 		if writeAll(fd, buf[:n]) != nil {
 			return
 		}
+		done += n
 	}
 }
 

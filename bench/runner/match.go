@@ -203,7 +203,7 @@ func parsePortlifeLost(r io.Reader) (lost int, ok bool) {
 			continue
 		}
 		var m struct {
-			Msg  string           `json:"msg"`
+			Msg  string       `json:"msg"`
 			Lost *json.Number `json:"lost"`
 		}
 		if json.Unmarshal(line, &m) != nil || m.Msg != "tracing stopped" || m.Lost == nil {

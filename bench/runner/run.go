@@ -20,6 +20,8 @@ type config struct {
 	Proto   string  `json:"proto"`
 	Workers int     `json:"workers"`
 	Rate    float64 `json:"rate"` // total conns/s, 0 = as fast as possible
+	// ServerCloses makes the server the active closer (HTTP/1.0 style).
+	ServerCloses bool `json:"server_closes,omitempty"`
 }
 
 // Paced configurations get more workers than needed so that the pacing, not
@@ -32,6 +34,11 @@ var defaultConfigs = []config{
 	{Name: "udp-w4", Proto: "udp", Workers: 4},
 }
 
+// extraConfigs run only when named in --configs.
+var extraConfigs = []config{
+	{Name: "tcp-srvclose", Proto: "tcp", Workers: 4, ServerCloses: true},
+}
+
 // benchEnv is what every run shares.
 type benchEnv struct {
 	dir      string
@@ -41,6 +48,7 @@ type benchEnv struct {
 	size     int
 	sources  int
 	bpfStats bool
+	keep     bool
 	probe    func()
 }
 
@@ -53,11 +61,11 @@ type runResult struct {
 	ServerPID  int    `json:"server_pid"`
 	ServerAddr string `json:"server_addr"`
 
-	Conns        int    `json:"conns"`
+	Conns        int     `json:"conns"`
 	Seconds      float64 `json:"seconds"`
-	ConnRate     metric `json:"conn_rate"`
-	RatioVsNone  metric `json:"ratio_vs_none"`
-	ClientErrors int    `json:"client_errors"`
+	ConnRate     metric  `json:"conn_rate"`
+	RatioVsNone  metric  `json:"ratio_vs_none"`
+	ClientErrors int     `json:"client_errors"`
 
 	TracerCPUSec metric `json:"tracer_cpu_s"`
 	CPUPer100k   metric `json:"tracer_cpu_s_per_100k"`
@@ -71,16 +79,16 @@ type runResult struct {
 
 	// Found counts pair with ground truth (right port and pid); AnyPID
 	// counts ignore the pid, so found < anypid means misattribution.
-	ClientFound    int    `json:"client_found"`
-	ClientAnyPID   int    `json:"client_found_any_pid"`
-	ClientEvents   int    `json:"client_events"`
-	ClientPct      metric `json:"client_completeness_pct"`
-	ServerFound    int    `json:"server_found"`
-	ServerAnyPID   int    `json:"server_found_any_pid"`
-	ServerEvents   int    `json:"server_events"`
-	ServerPct      metric `json:"server_completeness_pct"`
-	BadEventLines  int    `json:"bad_event_lines,omitempty"`
-	Lost           metric `json:"lost"`
+	ClientFound   int    `json:"client_found"`
+	ClientAnyPID  int    `json:"client_found_any_pid"`
+	ClientEvents  int    `json:"client_events"`
+	ClientPct     metric `json:"client_completeness_pct"`
+	ServerFound   int    `json:"server_found"`
+	ServerAnyPID  int    `json:"server_found_any_pid"`
+	ServerEvents  int    `json:"server_events"`
+	ServerPct     metric `json:"server_completeness_pct"`
+	BadEventLines int    `json:"bad_event_lines,omitempty"`
+	Lost          metric `json:"lost"`
 
 	Notes []string `json:"notes,omitempty"`
 	Err   string   `json:"error,omitempty"`
@@ -114,6 +122,10 @@ func runOne(ctx context.Context, env *benchEnv, cfg config, tr *tracer, run int)
 	}
 	if err := execute(ctx, env, cfg, tr, dir, res); err != nil {
 		res.Err = err.Error()
+	}
+	// A traced run leaves hundreds of MB of events; keep them only on request.
+	if !env.keep {
+		os.RemoveAll(dir)
 	}
 	return res
 }
@@ -160,6 +172,9 @@ func startServer(ctx context.Context, env *benchEnv, cfg config, dir string) (*c
 	argv := []string{env.churn, "server", "--proto", cfg.Proto, "--addr", "127.0.0.1:0",
 		"--ready-file", ready, "--bufsize", strconv.Itoa(max(4096, env.size)),
 		"--handlers", strconv.Itoa(max(64, 2*cfg.Workers))}
+	if cfg.ServerCloses {
+		argv = append(argv, "--active-close", strconv.Itoa(env.size))
+	}
 	c, err := startChild(ctx, "churn server", argv, filepath.Join(dir, "server.stdout"), filepath.Join(dir, "server.stderr"))
 	if err != nil {
 		return nil, netip.AddrPort{}, err
@@ -186,6 +201,9 @@ func runClient(ctx context.Context, env *benchEnv, cfg config, addr netip.AddrPo
 		"--workers", strconv.Itoa(cfg.Workers), "--duration", env.duration.String(),
 		"--rate", strconv.FormatFloat(cfg.Rate, 'f', -1, 64), "--size", strconv.Itoa(env.size),
 		"--sources", strconv.Itoa(env.sources), "--truth", filepath.Join(dir, "truth.bin")}
+	if cfg.ServerCloses {
+		argv = append(argv, "--wait-eof")
+	}
 	c, err := startChild(ctx, "churn client", argv, filepath.Join(dir, "client.stdout"), filepath.Join(dir, "client.stderr"))
 	if err != nil {
 		return nil, err
