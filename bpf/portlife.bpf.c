@@ -30,7 +30,7 @@ const volatile struct config cfg = {};
 /* Every event, in order, for user space. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 << 20); /* resized by user space before load */
+	__uint(max_entries, 4 << 20); /* resized by user space before load */
 	__type(value, struct event); /* emits the type to BTF for bpf2go */
 } events SEC(".maps");
 
@@ -81,7 +81,7 @@ struct conn {
  * TCP: created at SYN_SENT (connect), TCP_LISTEN (listen) and by the
  * start-up iterator for sockets that existed before tracing. BPF_F_CLONE
  * copies a listener's entry, and so its owner, into each accepted child.
- * UDP: created at bind, connect or the first send, and by the iterator.
+ * UDP: created at bind or the first send, and by the iterator.
  * The kernel frees an entry with its socket; a socket without one is not
  * traced.
  */
@@ -132,15 +132,21 @@ static __always_inline void count_drop(__u32 reason)
 }
 
 /*
- * Wake the reader only once a batch has built up: a wakeup per event costs
- * more than the event. User space also drains on a timer, which bounds the
- * delay of a quiet ring.
+ * Wake the reader once a batch has built up: a wakeup per event costs more
+ * than the event. Only the events that cross the mark wake it. Above the
+ * mark the reader is awake already, and each forced wakeup is an irq_work
+ * (a self-IPI, which a hypervisor turns into a VM exit), so waking it for
+ * every event while it catches up would slow it down further. User space
+ * also drains on a timer, which bounds the delay of a quiet ring.
  */
 static __always_inline __u64 wakeup_flags(void)
 {
+	__u64 avail;
+
 	if (!cfg.wakeup_bytes)
-		return 0;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes)
+		return 0; /* the kernel's default: wake a reader that has caught up */
+	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	if (avail >= cfg.wakeup_bytes && avail < cfg.wakeup_bytes + 4 * (sizeof(struct event) + 8))
 		return BPF_RB_FORCE_WAKEUP;
 	return BPF_RB_NO_WAKEUP;
 }
@@ -234,6 +240,11 @@ static __always_inline bool tuple_wanted(const struct event *e)
 			return false;
 	}
 	return true;
+}
+
+static __always_inline bool is_v4_mapped(const __u8 *a)
+{
+	return !((const __u64 *)a)[0] && !a[8] && !a[9] && a[10] == 0xff && a[11] == 0xff;
 }
 
 static __always_inline void v4_mapped(__u8 *dst, __be32 addr)
@@ -386,7 +397,7 @@ static __always_inline void on_established(struct sock *sk)
 	emit(&c->e, EVENT_OPEN);
 }
 
-/* Into FIN_WAIT1, CLOSE_WAIT, LAST_ACK, FIN_WAIT2 or CLOSING. */
+/* Into FIN_WAIT1, CLOSE_WAIT or LAST_ACK. */
 static __always_inline void on_closing(struct sock *sk, int oldstate, int newstate)
 {
 	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
@@ -472,9 +483,13 @@ int BPF_PROG(tcp_state, struct sock *sk, int oldstate, int newstate)
 	case TCP_CLOSE:
 		on_close(sk, oldstate);
 		break;
-	default:
+	case TCP_FIN_WAIT1:
+	case TCP_CLOSE_WAIT:
+	case TCP_LAST_ACK:
 		on_closing(sk, oldstate, newstate);
+		break;
 	}
+	/* FIN_WAIT2 and CLOSING tell nothing new: no lookup for them. */
 	return 0;
 }
 
@@ -614,9 +629,9 @@ int tcp_existing(struct bpf_iter__tcp *ctx)
 
 /*
  * UDP. There is no state tracepoint: the cgroup socket hooks on the cgroup
- * v2 root see bind, connect and unconnected sends with their addresses, and
- * the release of every socket; the sock_send_length and sock_recv_length
- * tracepoints count each datagram. Every cgroup program returns 1: portlife
+ * v2 root see bind and unconnected sends with their addresses, and the
+ * release of every socket; the sock_send_length and sock_recv_length
+ * tracepoints count each datagram and show the peer of a connected socket. Every cgroup program returns 1: portlife
  * observes and never refuses a syscall.
  */
 
@@ -643,8 +658,7 @@ static __always_inline void udp_dest(struct conn *c, const __u8 *addr, __u16 por
 	if (connected || !c->e.destinations) {
 		__builtin_memcpy(c->e.raddr, addr, 16);
 		c->e.rport = port;
-		c->e.family = (addr[10] == 0xff && addr[11] == 0xff &&
-			       !((__u64 *)addr)[0] && !addr[8] && !addr[9]) ? 4 : 6;
+		c->e.family = is_v4_mapped(addr) ? 4 : 6;
 	}
 	for (int i = 0; i < UDP_DEST_SLOTS; i++)
 		if (c->dests[i] == h && i < c->e.destinations)
@@ -759,41 +773,6 @@ int udp_bound4(struct bpf_sock *ctx) { return udp_bound(ctx); }
 SEC("cgroup/post_bind6")
 int udp_bound6(struct bpf_sock *ctx) { return udp_bound(ctx); }
 
-/*
- * connect() fixes the peer; the port is bound just after this hook, so the
- * open waits for the first datagram.
- */
-SEC("cgroup/connect4")
-int udp_connect4(struct bpf_sock_addr *ctx)
-{
-	__u8 addr[16];
-	struct conn *c;
-
-	if (!is_udp(ctx) || !(c = udp_conn(ctx, DIRECTION_OUTBOUND)))
-		return 1;
-	v4_mapped(addr, ctx->user_ip4);
-	udp_dest(c, addr, bpf_ntohs(ctx->user_port), true);
-	c->e.flags |= EVENT_F_CONNECTED;
-	return 1;
-}
-
-SEC("cgroup/connect6")
-int udp_connect6(struct bpf_sock_addr *ctx)
-{
-	__u32 addr[4];
-	struct conn *c;
-
-	if (!is_udp(ctx) || !(c = udp_conn(ctx, DIRECTION_OUTBOUND)))
-		return 1;
-	addr[0] = ctx->user_ip6[0];
-	addr[1] = ctx->user_ip6[1];
-	addr[2] = ctx->user_ip6[2];
-	addr[3] = ctx->user_ip6[3];
-	udp_dest(c, (__u8 *)addr, bpf_ntohs(ctx->user_port), true);
-	c->e.flags |= EVENT_F_CONNECTED;
-	return 1;
-}
-
 /* sendto() and sendmsg() with an address: the port is bound by now. */
 SEC("cgroup/sendmsg4")
 int udp_send4(struct bpf_sock_addr *ctx)
@@ -824,6 +803,31 @@ int udp_send6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+/*
+ * The peer a connect() fixed, if any. Read here rather than in a cgroup
+ * connect hook, which would run, with the socket locked, for every TCP
+ * connect on the host too.
+ */
+static __always_inline void udp_peer(struct sock *sk, struct conn *c)
+{
+	struct sock_common *skc = &sk->__sk_common;
+	__u16 port = bpf_ntohs(skc->skc_dport);
+	__u64 addr[2];
+	__u64 *known = (__u64 *)c->e.raddr;
+
+	if (!port)
+		return; /* not connected */
+	if (skc->skc_family == AF_INET6)
+		__builtin_memcpy(addr, skc->skc_v6_daddr.in6_u.u6_addr32, 16);
+	else
+		v4_mapped((__u8 *)addr, skc->skc_daddr);
+	if ((c->e.flags & EVENT_F_CONNECTED) && c->e.rport == port &&
+	    known[0] == addr[0] && known[1] == addr[1])
+		return; /* the same peer as before */
+	udp_dest(c, (__u8 *)addr, port, true);
+	c->e.flags |= EVENT_F_CONNECTED;
+}
+
 /* Every datagram sent, connected or not. */
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(udp_sent, struct sock *sk, int ret, int flags)
@@ -841,6 +845,7 @@ int BPF_PROG(udp_sent, struct sock *sk, int ret, int flags)
 		udp_begin(c, bpf_get_socket_cookie(sk), DIRECTION_OUTBOUND);
 	if (c->phase == PHASE_IGNORED)
 		return 0;
+	udp_peer(sk, c);
 	c->e.tx_packets++;
 	c->e.tx_bytes += ret;
 	if (c->phase == PHASE_PENDING)
@@ -868,6 +873,38 @@ int BPF_PROG(udp_recvd, struct sock *sk, int ret, int flags)
 	return 0;
 }
 
+/*
+ * A socket that got a port by connect() and never sent a datagram has no
+ * entry: its lifetime is seen only now, with the closing task as owner.
+ */
+static __always_inline void udp_unused(struct bpf_sock *ctx)
+{
+	struct sock *sk = (struct sock *)ctx;
+	struct event e = {};
+	struct in6_addr r6;
+
+	udp_local(sk, &e);
+	e.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (!e.lport || !e.rport)
+		return;
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET6) {
+		BPF_CORE_READ_INTO(&r6, sk, __sk_common.skc_v6_daddr);
+		__builtin_memcpy(e.raddr, &r6, 16);
+	} else {
+		v4_mapped(e.raddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	}
+	e.family = is_v4_mapped(e.raddr) ? 4 : 6;
+	set_owner(&e, PID_SOURCE_CLOSE);
+	e.proto = IPPROTO_UDP;
+	e.direction = DIRECTION_OUTBOUND;
+	e.destinations = 1;
+	e.flags = EVENT_F_CONNECTED;
+	e.cookie = bpf_get_socket_cookie(ctx);
+	e.end_ns = bpf_ktime_get_boot_ns();
+	if (owner_wanted(&e) && tuple_wanted(&e))
+		emit(&e, EVENT_CLOSE);
+}
+
 /* close() of the last descriptor: the port's lifetime ends. */
 SEC("cgroup/sock_release")
 int udp_release(struct bpf_sock *ctx)
@@ -877,10 +914,12 @@ int udp_release(struct bpf_sock *ctx)
 	if (ctx->protocol != IPPROTO_UDP)
 		return 1;
 	c = bpf_sk_storage_get(&conns, ctx, 0, 0);
-	if (!c)
+	if (!c) {
+		udp_unused(ctx);
 		return 1;
+	}
 	if (c->phase == PHASE_PENDING) {
-		/* Connected, never used: the port is read here, with no open. */
+		/* Bound, never used: the port is read here, with no open. */
 		udp_local((struct sock *)ctx, &c->e);
 		if (!c->e.lport || !tuple_wanted(&c->e))
 			return 1;

@@ -182,8 +182,6 @@ const (
 	portlifeProgUdpBind6        = "udp_bind6"
 	portlifeProgUdpBound4       = "udp_bound4"
 	portlifeProgUdpBound6       = "udp_bound6"
-	portlifeProgUdpConnect4     = "udp_connect4"
-	portlifeProgUdpConnect6     = "udp_connect6"
 	portlifeProgUdpExisting     = "udp_existing"
 	portlifeProgUdpRecvd        = "udp_recvd"
 	portlifeProgUdpRelease      = "udp_release"
@@ -250,8 +248,6 @@ type portlifeProgramSpecs struct {
 	UdpBind6    *ebpf.ProgramSpec `ebpf:"udp_bind6"`
 	UdpBound4   *ebpf.ProgramSpec `ebpf:"udp_bound4"`
 	UdpBound6   *ebpf.ProgramSpec `ebpf:"udp_bound6"`
-	UdpConnect4 *ebpf.ProgramSpec `ebpf:"udp_connect4"`
-	UdpConnect6 *ebpf.ProgramSpec `ebpf:"udp_connect6"`
 	UdpExisting *ebpf.ProgramSpec `ebpf:"udp_existing"`
 	UdpRecvd    *ebpf.ProgramSpec `ebpf:"udp_recvd"`
 	UdpRelease  *ebpf.ProgramSpec `ebpf:"udp_release"`
@@ -350,8 +346,6 @@ type portlifePrograms struct {
 	UdpBind6    *ebpf.Program `ebpf:"udp_bind6"`
 	UdpBound4   *ebpf.Program `ebpf:"udp_bound4"`
 	UdpBound6   *ebpf.Program `ebpf:"udp_bound6"`
-	UdpConnect4 *ebpf.Program `ebpf:"udp_connect4"`
-	UdpConnect6 *ebpf.Program `ebpf:"udp_connect6"`
 	UdpExisting *ebpf.Program `ebpf:"udp_existing"`
 	UdpRecvd    *ebpf.Program `ebpf:"udp_recvd"`
 	UdpRelease  *ebpf.Program `ebpf:"udp_release"`
@@ -371,8 +365,6 @@ func (p *portlifePrograms) Close() error {
 		p.UdpBind6,
 		p.UdpBound4,
 		p.UdpBound6,
-		p.UdpConnect4,
-		p.UdpConnect6,
 		p.UdpExisting,
 		p.UdpRecvd,
 		p.UdpRelease,

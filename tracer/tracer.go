@@ -8,7 +8,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // Sink receives decoded events in order. The Event is reused after Write
@@ -37,6 +40,11 @@ type Config struct {
 	FlushInterval time.Duration
 	// StatsInterval is how often non-zero drop counts are logged.
 	StatsInterval time.Duration
+	// ReaderNice is the nice value the thread that reads, decodes and
+	// writes events takes while a quarter of the ring is waiting for it. On
+	// a CPU-saturated host a default-priority reader gets too small a share
+	// to keep up, and the ring overflows. 0 never changes it.
+	ReaderNice int
 	// EphemeralRangeFile is net.ipv4.ip_local_port_range, read at start.
 	EphemeralRangeFile string
 }
@@ -44,9 +52,10 @@ type Config struct {
 // DefaultConfig traces everything with the buffer sizes the benchmark chose.
 func DefaultConfig() Config {
 	return Config{
-		RingBufferSize:     8 << 20,
+		RingBufferSize:     4 << 20,
 		FlushInterval:      100 * time.Millisecond,
 		StatsInterval:      10 * time.Second,
+		ReaderNice:         -10,
 		EphemeralRangeFile: "/proc/sys/net/ipv4/ip_local_port_range",
 	}
 }
@@ -176,8 +185,6 @@ func (t *Tracer) hooks() []hook {
 		{"cgroup/bind6", ProtoUDP, p.UdpBind6, ebpf.AttachCGroupInet6Bind},
 		{"cgroup/post_bind4", ProtoUDP, p.UdpBound4, ebpf.AttachCGroupInet4PostBind},
 		{"cgroup/post_bind6", ProtoUDP, p.UdpBound6, ebpf.AttachCGroupInet6PostBind},
-		{"cgroup/connect4", ProtoUDP, p.UdpConnect4, ebpf.AttachCGroupInet4Connect},
-		{"cgroup/connect6", ProtoUDP, p.UdpConnect6, ebpf.AttachCGroupInet6Connect},
 		{"cgroup/sendmsg4", ProtoUDP, p.UdpSend4, ebpf.AttachCGroupUDP4Sendmsg},
 		{"cgroup/sendmsg6", ProtoUDP, p.UdpSend6, ebpf.AttachCGroupUDP6Sendmsg},
 		{"sock:sock_send_length", ProtoUDP, p.UdpSent, 0},
@@ -225,6 +232,8 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 		}
 	}()
 	go t.reportDrops(ctx)
+	boost := t.newBooster()
+	defer boost.release()
 
 	var (
 		rec      ringbuf.Record
@@ -243,11 +252,15 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 				return err
 			}
 			t.events++
+			if t.events%64 == 0 {
+				boost.check(t, t.reader.AvailableBytes())
+			}
 			if err := sink.Write(&ev); err != nil {
 				return fmt.Errorf("writing an event: %w", err)
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// The ring is empty and the interval is up.
+			boost.check(t, 0)
 			if err := sink.Flush(); err != nil {
 				return fmt.Errorf("writing events: %w", err)
 			}
@@ -261,6 +274,61 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 			return fmt.Errorf("reading the ring buffer: %w", err)
 		}
 	}
+}
+
+// booster raises the reader thread's priority while the ring is filling
+// faster than it drains, and puts it back once the ring is empty: a reader
+// at default priority on a CPU-saturated host gets too small a share of the
+// CPU to keep up, but a reader that is keeping up needs no favours.
+type booster struct {
+	tid     int
+	nice    int // while boosted
+	normal  int // otherwise: the nice value the thread started with
+	at      int // boost once this many bytes wait in the ring
+	boosted bool
+}
+
+// newBooster locks the calling goroutine to its thread, whose priority it
+// will change; release undoes both.
+func (t *Tracer) newBooster() *booster {
+	if t.cfg.ReaderNice == 0 {
+		return nil
+	}
+	runtime.LockOSThread()
+	tid := unix.Gettid()
+	prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return nil
+	}
+	// getpriority(2) returns 20 - nice.
+	return &booster{tid: tid, nice: t.cfg.ReaderNice, normal: 20 - prio, at: t.reader.BufferSize() / 4}
+}
+
+func (b *booster) check(t *Tracer, avail int) {
+	switch {
+	case b == nil:
+	case !b.boosted && avail >= b.at:
+		if err := unix.Setpriority(unix.PRIO_PROCESS, b.tid, b.nice); err != nil {
+			t.log.Warn("cannot raise the reader's priority: on a busy host events may be lost", zap.Error(err))
+			b.at = math.MaxInt // once is enough
+			return
+		}
+		b.boosted = true
+	case b.boosted && avail == 0:
+		unix.Setpriority(unix.PRIO_PROCESS, b.tid, b.normal)
+		b.boosted = false
+	}
+}
+
+func (b *booster) release() {
+	if b == nil {
+		return
+	}
+	if b.boosted {
+		unix.Setpriority(unix.PRIO_PROCESS, b.tid, b.normal)
+	}
+	runtime.UnlockOSThread()
 }
 
 // reportDrops warns while the kernel side is losing events.

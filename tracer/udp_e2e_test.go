@@ -166,6 +166,28 @@ func TestUDPLifetimes(t *testing.T) {
 			})
 		})
 
+		t.Run(fam.name+"/connected, never used", func(t *testing.T) {
+			server, sport := fam.bound(t)
+			defer unix.Close(server)
+			client := fam.socket(t)
+			if err := unix.Connect(client, fam.sockaddr(sport)); err != nil {
+				t.Fatal(err)
+			}
+			cport := localPort(t, client)
+			unix.Close(client)
+
+			ev := r.events.waitFor(t, 1, udpEvents(fam, cport, pid))
+			check(t, "unused", "events", len(ev), 1)
+			e := ev[0]
+			check(t, "unused", "kind", e.Kind, KindClose)
+			check(t, "unused", "remote", e.Remote, netip.AddrPortFrom(fam.loopback, sport))
+			check(t, "unused", "connected", e.Connected, true)
+			check(t, "unused", "pid source", e.PIDSource, PIDSourceClose)
+			check(t, "unused", "direction", e.Direction, DirectionOutbound)
+			check(t, "unused", "family", e.Family, fam.wantFamily)
+			check(t, "unused", "tx packets", e.TxPackets, 0)
+		})
+
 		t.Run(fam.name+"/unconnected client, two destinations", func(t *testing.T) {
 			a, aport := fam.bound(t)
 			b, bport := fam.bound(t)

@@ -42,13 +42,14 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 		raddrs    = fs.StringSlice("raddr", nil, "only remote addresses in this CIDR or address, e.g. 10.0.0.0/8 or ::1 (repeatable)")
 		family    = fs.String("family", "", "only IPv4 (4) or IPv6 (6)")
 		direction = fs.String("direction", "", "only outbound (we connected) or inbound (we accepted)")
-		ringSize  = fs.String("ring-buffer", "8MiB", "kernel-to-user buffer: a power of two, e.g. 4MiB, 16MiB")
+		ringSize  = fs.String("ring-buffer", "4MiB", "kernel-to-user buffer: a power of two, e.g. 4MiB, 16MiB")
 	)
 	fs.StringVar(&o.output, "output", "", "event format: text or json (default text on a terminal, json otherwise)")
 	fs.BoolVar(&f.EphemeralOnly, "ephemeral-only", false, "only connections whose ephemeral-side port is in ip_local_port_range")
 	fs.DurationVar(&f.MinDuration, "min-duration", 0, "only close events of lifetimes at least this long, e.g. 10ms")
 	fs.DurationVar(&o.cfg.FlushInterval, "flush-interval", o.cfg.FlushInterval, "longest an event waits before it is written; 0 writes each at once, at more CPU")
 	fs.DurationVar(&o.cfg.StatsInterval, "stats-interval", o.cfg.StatsInterval, "how often to warn while events are being lost; 0 only at exit")
+	fs.IntVar(&o.cfg.ReaderNice, "reader-nice", o.cfg.ReaderNice, "nice value the thread that reads and writes events takes while the ring buffer is filling, so a CPU-saturated host cannot starve it; 0 never changes it")
 	fs.StringVar(&o.logFormat, "log-format", "", "diagnostics on stderr: console or json (default console on a terminal, json otherwise)")
 	fs.BoolVar(&o.debug, "debug", false, "log debug diagnostics, such as the verifier's log")
 
@@ -114,6 +115,9 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	}
 	o.cfg.RingBufferSize, err = parseRingSize(*ringSize)
 	check(flagErr("--ring-buffer", err))
+	if o.cfg.ReaderNice < -20 || o.cfg.ReaderNice > 19 {
+		check(fmt.Errorf("--reader-nice %d: want -20 to 19", o.cfg.ReaderNice))
+	}
 	if o.cfg.FlushInterval < 0 || o.cfg.StatsInterval < 0 {
 		check(errors.New("--flush-interval and --stats-interval cannot be negative"))
 	}

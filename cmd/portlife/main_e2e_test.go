@@ -299,7 +299,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 // portlife's program names, as in bpf/portlife.bpf.c.
 var programNames = map[string]bool{
 	"tcp_state": true, "tcp_rst_sent": true, "tcp_rst_recv": true, "tcp_destroy": true, "tcp_existing": true,
-	"udp_create": true, "udp_bind4": true, "udp_bind6": true, "udp_connect4": true, "udp_connect6": true,
+	"udp_bind4": true, "udp_bind6": true,
 	"udp_send4": true, "udp_send6": true, "udp_recv4": true, "udp_recv6": true, "udp_release": true,
 }
 
