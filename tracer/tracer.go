@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"runtime"
 	"sync"
@@ -40,10 +39,10 @@ type Config struct {
 	FlushInterval time.Duration
 	// StatsInterval is how often non-zero drop counts are logged.
 	StatsInterval time.Duration
-	// ReaderNice is the nice value the thread that reads, decodes and
-	// writes events takes while a quarter of the ring is waiting for it. On
-	// a CPU-saturated host a default-priority reader gets too small a share
-	// to keep up, and the ring overflows. 0 never changes it.
+	// ReaderNice is the nice value of the thread that reads, decodes and
+	// writes events. On a CPU-saturated host a default-priority reader gets
+	// too small a share of the CPU to keep up, and the ring overflows.
+	// 0 leaves it as it is.
 	ReaderNice int
 	// EphemeralRangeFile is net.ipv4.ip_local_port_range, read at start.
 	EphemeralRangeFile string
@@ -232,8 +231,7 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 		}
 	}()
 	go t.reportDrops(ctx)
-	boost := t.newBooster()
-	defer boost.release()
+	defer t.prioritize()()
 
 	var (
 		rec      ringbuf.Record
@@ -252,15 +250,11 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 				return err
 			}
 			t.events++
-			if t.events%64 == 0 {
-				boost.check(t, t.reader.AvailableBytes())
-			}
 			if err := sink.Write(&ev); err != nil {
 				return fmt.Errorf("writing an event: %w", err)
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// The ring is empty and the interval is up.
-			boost.check(t, 0)
 			if err := sink.Flush(); err != nil {
 				return fmt.Errorf("writing events: %w", err)
 			}
@@ -276,59 +270,30 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 	}
 }
 
-// booster raises the reader thread's priority while the ring is filling
-// faster than it drains, and puts it back once the ring is empty: a reader
-// at default priority on a CPU-saturated host gets too small a share of the
-// CPU to keep up, but a reader that is keeping up needs no favours.
-type booster struct {
-	tid     int
-	nice    int // while boosted
-	normal  int // otherwise: the nice value the thread started with
-	at      int // boost once this many bytes wait in the ring
-	boosted bool
-}
-
-// newBooster locks the calling goroutine to its thread, whose priority it
-// will change; release undoes both.
-func (t *Tracer) newBooster() *booster {
+// prioritize gives the calling goroutine's thread ReaderNice for as long as
+// Run reads, and returns what puts it back. The reader cannot wait to be
+// behind before asking: on a CPU-saturated host, a default-priority reader
+// that has fallen behind does not get the CPU to notice it. It sleeps
+// whenever the ring is empty, so the priority costs no CPU of its own.
+func (t *Tracer) prioritize() func() {
 	if t.cfg.ReaderNice == 0 {
-		return nil
+		return func() {}
 	}
 	runtime.LockOSThread()
 	tid := unix.Gettid()
 	prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+	if err == nil {
+		err = unix.Setpriority(unix.PRIO_PROCESS, tid, t.cfg.ReaderNice)
+	}
 	if err != nil {
 		runtime.UnlockOSThread()
-		return nil
+		t.log.Warn("cannot raise the reader's priority: on a busy host events may be lost", zap.Error(err))
+		return func() {}
 	}
-	// getpriority(2) returns 20 - nice.
-	return &booster{tid: tid, nice: t.cfg.ReaderNice, normal: 20 - prio, at: t.reader.BufferSize() / 4}
-}
-
-func (b *booster) check(t *Tracer, avail int) {
-	switch {
-	case b == nil:
-	case !b.boosted && avail >= b.at:
-		if err := unix.Setpriority(unix.PRIO_PROCESS, b.tid, b.nice); err != nil {
-			t.log.Warn("cannot raise the reader's priority: on a busy host events may be lost", zap.Error(err))
-			b.at = math.MaxInt // once is enough
-			return
-		}
-		b.boosted = true
-	case b.boosted && avail == 0:
-		unix.Setpriority(unix.PRIO_PROCESS, b.tid, b.normal)
-		b.boosted = false
+	return func() {
+		unix.Setpriority(unix.PRIO_PROCESS, tid, 20-prio) // getpriority(2) returns 20 - nice
+		runtime.UnlockOSThread()
 	}
-}
-
-func (b *booster) release() {
-	if b == nil {
-		return
-	}
-	if b.boosted {
-		unix.Setpriority(unix.PRIO_PROCESS, b.tid, b.normal)
-	}
-	runtime.UnlockOSThread()
 }
 
 // reportDrops warns while the kernel side is losing events.

@@ -49,7 +49,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	fs.DurationVar(&f.MinDuration, "min-duration", 0, "only close events of lifetimes at least this long, e.g. 10ms")
 	fs.DurationVar(&o.cfg.FlushInterval, "flush-interval", o.cfg.FlushInterval, "longest an event waits before it is written; 0 writes each at once, at more CPU")
 	fs.DurationVar(&o.cfg.StatsInterval, "stats-interval", o.cfg.StatsInterval, "how often to warn while events are being lost; 0 only at exit")
-	fs.IntVar(&o.cfg.ReaderNice, "reader-nice", o.cfg.ReaderNice, "nice value the thread that reads and writes events takes while the ring buffer is filling, so a CPU-saturated host cannot starve it; 0 never changes it")
+	fs.IntVar(&o.cfg.ReaderNice, "reader-nice", o.cfg.ReaderNice, "nice value of the thread that reads and writes events, so a CPU-saturated host cannot starve it; 0 leaves it unchanged")
 	fs.StringVar(&o.logFormat, "log-format", "", "diagnostics on stderr: console or json (default console on a terminal, json otherwise)")
 	fs.BoolVar(&o.debug, "debug", false, "log debug diagnostics, such as the verifier's log")
 
