@@ -4,7 +4,6 @@ GO       ?= go
 BIN      := bin/portlife
 ARGS     ?=
 TCPLIFE  ?= /usr/sbin/tcplife
-BENCH_ARGS ?=
 # The eBPF objects are committed; regenerating needs clang, llvm and
 # libbpf-dev, which `make generate` installs from Debian's packages.
 BPF_DEPS := clang llvm-strip
@@ -37,17 +36,24 @@ generate:
 check-generated: generate
 	@git diff --exit-code -- tracer/ || { echo "generated files are not up to date: run make generate and commit"; exit 1; }
 
-# Needs root; installs libbpf-tools for tcplife. For example
-#   make bench BENCH_ARGS='--runs 1 --duration 5s --configs tcp-w4'
+# Needs root; installs libbpf-tools for tcplife. Two passes: rates, CPU,
+# memory and completeness with bpf_stats off (it slows every program run),
+# then in-kernel BPF time with it on. For a quick look:
+#   make bench BENCH_ARGS='--runs 1 --duration 5s --configs tcp-w4' BENCH_BPF_ARGS='--runs 1 --duration 5s --configs tcp-w4'
+BENCH_ARGS     ?= --runs 3 --duration 10s --configs all
+BENCH_BPF_ARGS ?= --runs 2 --duration 6s --configs tcp-w4,tcp-w32,udp-w4
+BENCH          = ./bin/bench --portlife ./$(BIN) --churn ./bin/churn --tcplife $(TCPLIFE)
+
 bench: build
 	@[ -x $(TCPLIFE) ] || { echo "installing libbpf-tools"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libbpf-tools >/dev/null; }
 	$(GO) build -o bin/churn ./bench/churn
 	$(GO) build -o bin/bench ./bench/runner
-	./bin/bench --portlife ./$(BIN) --churn ./bin/churn --tcplife $(TCPLIFE) --json bin/bench.json $(BENCH_ARGS)
+	$(BENCH) --bpf-stats=false --json bin/bench-rates.json $(BENCH_ARGS)
+	$(BENCH) --json bin/bench-bpf.json $(BENCH_BPF_ARGS)
 	$(MAKE) bench-go
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem ./output ./tracer
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./output ./tracer
 
 clean:
 	rm -rf bin
