@@ -774,33 +774,34 @@ SEC("cgroup/post_bind6")
 int udp_bound6(struct bpf_sock *ctx) { return udp_bound(ctx); }
 
 /* sendto() and sendmsg() with an address: the port is bound by now. */
+static __always_inline int udp_send(struct bpf_sock_addr *ctx, const __u8 *addr)
+{
+	struct conn *c;
+
+	if (is_udp(ctx) && (c = udp_conn(ctx, DIRECTION_OUTBOUND)))
+		udp_dest(c, addr, bpf_ntohs(ctx->user_port), false);
+	return 1;
+}
+
 SEC("cgroup/sendmsg4")
 int udp_send4(struct bpf_sock_addr *ctx)
 {
 	__u8 addr[16];
-	struct conn *c;
 
-	if (!is_udp(ctx) || !(c = udp_conn(ctx, DIRECTION_OUTBOUND)))
-		return 1;
 	v4_mapped(addr, ctx->user_ip4);
-	udp_dest(c, addr, bpf_ntohs(ctx->user_port), false);
-	return 1;
+	return udp_send(ctx, addr);
 }
 
 SEC("cgroup/sendmsg6")
 int udp_send6(struct bpf_sock_addr *ctx)
 {
 	__u32 addr[4];
-	struct conn *c;
 
-	if (!is_udp(ctx) || !(c = udp_conn(ctx, DIRECTION_OUTBOUND)))
-		return 1;
 	addr[0] = ctx->user_ip6[0];
 	addr[1] = ctx->user_ip6[1];
 	addr[2] = ctx->user_ip6[2];
 	addr[3] = ctx->user_ip6[3];
-	udp_dest(c, (__u8 *)addr, bpf_ntohs(ctx->user_port), false);
-	return 1;
+	return udp_send(ctx, (__u8 *)addr);
 }
 
 /*

@@ -4,12 +4,13 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/zap/zaptest"
+
+	"github.com/portlife/portlife/internal/kerneltest"
 )
 
 // The end-to-end tests load the real program into the running kernel and
@@ -17,18 +18,7 @@ import (
 // The tracer sees the whole host, so each test picks out its own events by
 // pid and ports.
 
-// requireRoot skips without root, except in CI, where a skip would hide
-// that the kernel tests did not run.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("kernel tests need root, and CI=true forbids skipping them")
-	}
-	t.Skip("kernel tests need root: run `sudo make test`")
-}
+var requireRoot = kerneltest.RequireRoot
 
 // collector is a Sink that keeps every event, for tests to wait on.
 type collector struct {

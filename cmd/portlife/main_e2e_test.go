@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/portlife/portlife/internal/kerneltest"
 )
 
 // These tests run the real binary as a user would: as root, with the
@@ -41,16 +43,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("kernel tests need root, and CI=true forbids skipping them")
-	}
-	t.Skip("kernel tests need root: run `sudo make test`")
-}
+var requireRoot = kerneltest.RequireRoot
 
 // process is a running portlife.
 type process struct {
