@@ -124,11 +124,6 @@ func (c *Comm) Bytes() []byte {
 
 func (c *Comm) String() string { return string(c.Bytes()) }
 
-// unsafeBytes views a generated C char array as bytes.
-func unsafeBytes(s []int8) []byte {
-	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s))), len(s))
-}
-
 // Event is one port lifetime event, decoded from the kernel's record.
 type Event struct {
 	Kind        Kind

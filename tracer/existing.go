@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -121,4 +122,9 @@ func clearMap(m *ebpf.Map) {
 	for _, k := range keys {
 		m.Delete(k)
 	}
+}
+
+// unsafeBytes views a generated C char array as bytes.
+func unsafeBytes(s []int8) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s))), len(s))
 }

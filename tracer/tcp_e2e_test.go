@@ -61,13 +61,26 @@ type pair struct {
 	local, remote  netip.AddrPort // as the client sees them
 }
 
+// connect makes one connection to a listener of its own, closed once the
+// connection is accepted.
 func connect(t *testing.T, fam tcpFamily) pair {
+	t.Helper()
+	ln := listen(t, fam)
+	defer ln.Close()
+	return connectTo(t, fam, ln)
+}
+
+func listen(t *testing.T, fam tcpFamily) net.Listener {
 	t.Helper()
 	ln, err := net.Listen(fam.listen, net.JoinHostPort(fam.host, "0"))
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
-	defer ln.Close()
+	return ln
+}
+
+func connectTo(t *testing.T, fam tcpFamily, ln net.Listener) pair {
+	t.Helper()
 	port := ln.Addr().(*net.TCPAddr).Port
 	c, err := fam.dial(uint16(port))
 	if err != nil {
@@ -292,21 +305,9 @@ func TestTCPConnectRefused(t *testing.T) {
 // closes, with its owner from /proc and its direction from the listener.
 func TestTCPPreExisting(t *testing.T) {
 	requireRoot(t)
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listen(t, tcpFamilies[0]) // open while tracing starts: it tells the direction
 	defer ln.Close()
-	c, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := pair{client: c.(*net.TCPConn), server: s.(*net.TCPConn),
-		local: addrPort(t, c.LocalAddr()), remote: addrPort(t, c.RemoteAddr())}
+	p := connectTo(t, tcpFamilies[0], ln)
 
 	r := startTracer(t, Filter{})
 	p.echo(t)
