@@ -4,9 +4,14 @@
 // connection rate, tracer CPU and memory, in-kernel BPF time per connection,
 // completeness against the churn client's ground truth, and lost events.
 //
+// With --portlife-baseline, a second portlife binary (an older build, say)
+// runs as the tracer "portlife-baseline", interleaved with the others, so
+// before and after are compared within one run.
+//
 // It needs root: BPF tracers, kernel.bpf_stats_enabled and tracefs.
 //
 //	runner --runs 3 --duration 10s --tracers none,portlife,tcplife --json out.json
+//	runner --portlife-baseline ./bin/portlife-baseline
 package main
 
 import (
@@ -33,8 +38,10 @@ type options struct {
 	runs         int
 	configs      string
 	tracers      string
+	tracersSet   bool // --tracers was given, rather than defaulted
 	portlife     string
 	portlifeArgs string
+	baseline     string
 	tcplife      string
 	churn        string
 	jsonOut      string
@@ -46,25 +53,43 @@ type options struct {
 	sources      int
 }
 
-func parseFlags() *options {
+// Tracer names for --tracers. portlife-baseline is portlife run from the
+// --portlife-baseline binary.
+const (
+	defaultTracers  = "none,portlife,tcplife"
+	baselineTracer  = "portlife-baseline"
+	knownTracerList = "none, portlife, " + baselineTracer + ", tcplife"
+)
+
+// parseFlags parses args into options; fs decides what a bad flag does
+// (flag.CommandLine exits).
+func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	o := &options{}
-	flag.DurationVar(&o.duration, "duration", 10*time.Second, "churn duration per run")
-	flag.IntVar(&o.runs, "runs", 3, "runs per configuration and tracer")
-	flag.StringVar(&o.configs, "configs", "", "comma-separated configurations, or \"all\" (default: "+configNames(defaultConfigs)+"; also: "+configNames(extraConfigs)+")")
-	flag.StringVar(&o.tracers, "tracers", "none,portlife,tcplife", "comma-separated tracers: none, portlife, tcplife")
-	flag.StringVar(&o.portlife, "portlife", "./bin/portlife", "portlife binary")
-	flag.StringVar(&o.portlifeArgs, "portlife-args", "", "extra arguments for portlife, space-separated")
-	flag.StringVar(&o.tcplife, "tcplife", "/usr/sbin/tcplife", "tcplife binary (Debian package libbpf-tools)")
-	flag.StringVar(&o.churn, "churn", defaultChurn(), "churn generator binary")
-	flag.StringVar(&o.jsonOut, "json", "", "also write raw per-run results to this file")
-	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory with all outputs")
-	flag.BoolVar(&o.bpfStats, "bpf-stats", true, "enable kernel.bpf_stats_enabled during the benchmark (needed for BPF time)")
-	flag.DurationVar(&o.drain, "drain", time.Second, "wait after the client finishes before stopping the tracer")
-	flag.DurationVar(&o.cooldown, "cooldown", 2*time.Second, "pause between runs")
-	flag.IntVar(&o.size, "size", 100, "bytes echoed per connection")
-	flag.IntVar(&o.sources, "sources", 4, "loopback source addresses for the client (see churn --sources)")
-	flag.Parse()
-	return o
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "churn duration per run")
+	fs.IntVar(&o.runs, "runs", 3, "runs per configuration and tracer")
+	fs.StringVar(&o.configs, "configs", "", "comma-separated configurations, or \"all\" (default: "+configNames(defaultConfigs)+"; also: "+configNames(extraConfigs)+")")
+	fs.StringVar(&o.tracers, "tracers", defaultTracers, "comma-separated tracers: "+knownTracerList+" (the default adds "+baselineTracer+" after portlife when --portlife-baseline is set)")
+	fs.StringVar(&o.portlife, "portlife", "./bin/portlife", "portlife binary")
+	fs.StringVar(&o.portlifeArgs, "portlife-args", "", "extra arguments for portlife, space-separated")
+	fs.StringVar(&o.baseline, "portlife-baseline", "", "a second portlife binary to compare against, run as tracer "+baselineTracer+" with the same arguments (default: none)")
+	fs.StringVar(&o.tcplife, "tcplife", "/usr/sbin/tcplife", "tcplife binary (Debian package libbpf-tools)")
+	fs.StringVar(&o.churn, "churn", defaultChurn(), "churn generator binary")
+	fs.StringVar(&o.jsonOut, "json", "", "also write raw per-run results to this file")
+	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory with all outputs")
+	fs.BoolVar(&o.bpfStats, "bpf-stats", true, "enable kernel.bpf_stats_enabled during the benchmark (needed for BPF time)")
+	fs.DurationVar(&o.drain, "drain", time.Second, "wait after the client finishes before stopping the tracer")
+	fs.DurationVar(&o.cooldown, "cooldown", 2*time.Second, "pause between runs")
+	fs.IntVar(&o.size, "size", 100, "bytes echoed per connection")
+	fs.IntVar(&o.sources, "sources", 4, "loopback source addresses for the client (see churn --sources)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "tracers" {
+			o.tracersSet = true
+		}
+	})
+	return o, nil
 }
 
 // defaultChurn prefers a churn binary next to the runner, as `make bench`
@@ -80,7 +105,11 @@ func defaultChurn() string {
 }
 
 func main() {
-	if err := run(parseFlags()); err != nil {
+	o, err := parseFlags(flag.CommandLine, os.Args[1:])
+	if err != nil {
+		os.Exit(2) // flag.CommandLine has printed it
+	}
+	if err := run(o); err != nil {
 		fmt.Fprintf(os.Stderr, "runner: %v\n", err)
 		os.Exit(1)
 	}
@@ -181,6 +210,10 @@ func setup(o *options, churn string) (*benchEnv, func(), error) {
 func runAll(ctx context.Context, env *benchEnv, o *options, cfgs []config, names []string, tracers []*tracer) []*runResult {
 	var results []*runResult
 	first := true
+	width := 9
+	for _, n := range names {
+		width = max(width, len(n))
+	}
 	for _, cfg := range cfgs {
 		for run := 1; run <= o.runs; run++ {
 			for i, tr := range tracers {
@@ -191,7 +224,7 @@ func runAll(ctx context.Context, env *benchEnv, o *options, cfgs []config, names
 					sleepCtx(ctx, o.cooldown)
 				}
 				first = false
-				fmt.Printf("%-9s %-9s run %d/%d ... ", cfg.Name, names[i], run, o.runs)
+				fmt.Printf("%-9s %-*s run %d/%d ... ", cfg.Name, width, names[i], run, o.runs)
 				r := runOne(ctx, env, cfg, tr, run)
 				fmt.Println(shortResult(r))
 				results = append(results, r)
@@ -270,13 +303,45 @@ func configNames(cfgs []config) string {
 	return strings.Join(n, ",")
 }
 
-// selectTracers resolves tracer names; a tracer whose binary is missing is
-// skipped with a note rather than failing the whole benchmark.
-func selectTracers(o *options) ([]string, []*tracer, error) {
+// tracerNames is the --tracers list in the order the tracers interleave.
+// When --tracers is left at its default and --portlife-baseline is set, the
+// baseline follows portlife, so the two run next to each other in every
+// round; an explicit list is taken as given.
+func tracerNames(o *options) ([]string, error) {
 	var names []string
-	var out []*tracer
 	for _, name := range strings.Split(o.tracers, ",") {
 		name = strings.TrimSpace(name)
+		switch name {
+		case "none", "portlife", baselineTracer, "tcplife":
+		default:
+			return nil, fmt.Errorf("unknown tracer %q (have %s)", name, knownTracerList)
+		}
+		names = append(names, name)
+		if name == "portlife" && o.baseline != "" && !o.tracersSet {
+			names = append(names, baselineTracer)
+		}
+	}
+	if slices.Contains(names, baselineTracer) && o.baseline == "" {
+		return nil, fmt.Errorf("tracer %s needs --portlife-baseline", baselineTracer)
+	}
+	return names, nil
+}
+
+// selectTracers resolves tracer names; a tracer whose binary is missing is
+// skipped with a note rather than failing the whole benchmark, except the
+// baseline: it is only there to be compared with, so a run without it would
+// be wasted.
+func selectTracers(o *options) ([]string, []*tracer, error) {
+	list, err := tracerNames(o)
+	if err != nil {
+		return nil, nil, err
+	}
+	if o.baseline != "" && !slices.Contains(list, baselineTracer) {
+		fmt.Fprintf(os.Stderr, "runner: warning: --tracers does not list %s; --portlife-baseline is not run\n", baselineTracer)
+	}
+	var names []string
+	var out []*tracer
+	for _, name := range list {
 		var tr *tracer
 		switch name {
 		case "none":
@@ -286,7 +351,13 @@ func selectTracers(o *options) ([]string, []*tracer, error) {
 				fmt.Fprintf(os.Stderr, "runner: skipping portlife: %v (build it with: make)\n", err)
 				continue
 			}
-			tr = newPortlife(bin, strings.Fields(o.portlifeArgs))
+			tr = newPortlife(name, bin, strings.Fields(o.portlifeArgs))
+		case baselineTracer:
+			bin, err := findBinary(o.baseline)
+			if err != nil {
+				return nil, nil, fmt.Errorf("portlife baseline: %w (build one with: make bench BASELINE=<git rev>)", err)
+			}
+			tr = newPortlife(name, bin, strings.Fields(o.portlifeArgs))
 		case "tcplife":
 			bin, err := findBinary(o.tcplife)
 			if err != nil {
@@ -294,8 +365,6 @@ func selectTracers(o *options) ([]string, []*tracer, error) {
 				continue
 			}
 			tr = newTcplife(bin)
-		default:
-			return nil, nil, fmt.Errorf("unknown tracer %q (have none, portlife, tcplife)", name)
 		}
 		names = append(names, name)
 		out = append(out, tr)

@@ -2,7 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"flag"
 	"math"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -305,5 +309,77 @@ func TestFillRatios(t *testing.T) {
 	}
 	if rs[4].RatioVsNone.valid() {
 		t.Errorf("config without a none run has ratio %v", rs[4].RatioVsNone)
+	}
+}
+
+func TestTracerNames(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string // comma-joined names, or the error
+	}{
+		{"default", nil, "none,portlife,tcplife"},
+		{"baseline after portlife by default", []string{"--portlife-baseline", "old"}, "none,portlife,portlife-baseline,tcplife"},
+		{"explicit list without baseline", []string{"--portlife-baseline", "old", "--tracers", "none,portlife"}, "none,portlife"},
+		{"explicit default list is explicit", []string{"--portlife-baseline", "old", "--tracers", "none,portlife,tcplife"}, "none,portlife,tcplife"},
+		{"explicit order kept", []string{"--portlife-baseline", "old", "--tracers", "portlife-baseline, none,portlife"}, "portlife-baseline,none,portlife"},
+		{"baseline alone", []string{"--portlife-baseline", "old", "--tracers", "portlife-baseline"}, "portlife-baseline"},
+		{"baseline without binary", []string{"--tracers", "none,portlife,portlife-baseline"}, "error: tracer portlife-baseline needs --portlife-baseline"},
+		{"empty baseline path", []string{"--portlife-baseline=", "--tracers", "portlife-baseline"}, "error: tracer portlife-baseline needs --portlife-baseline"},
+		{"unknown", []string{"--tracers", "none,bcc"}, `error: unknown tracer "bcc" (have none, portlife, portlife-baseline, tcplife)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := flag.NewFlagSet("runner", flag.ContinueOnError)
+			o, err := parseFlags(fs, tt.args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			names, err := tracerNames(o)
+			got := strings.Join(names, ",")
+			if err != nil {
+				got = "error: " + err.Error()
+			}
+			if got != tt.want {
+				t.Errorf("tracerNames = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSelectTracersBaseline(t *testing.T) {
+	dir := t.TempDir()
+	exe := func(name string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	o := &options{tracers: defaultTracers, portlife: exe("portlife"), portlifeArgs: "--proto tcp",
+		baseline: exe("portlife-old"), tcplife: exe("tcplife")}
+	names, trs, err := selectTracers(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(names, ","); got != "none,portlife,portlife-baseline,tcplife" {
+		t.Fatalf("names = %s", got)
+	}
+	for i, tr := range trs[1:] {
+		if tr.name != names[i+1] {
+			t.Errorf("tracer %d is named %q, listed as %q", i+1, tr.name, names[i+1])
+		}
+	}
+	cur, base := trs[1], trs[2]
+	if cur.bin != o.portlife || base.bin != o.baseline {
+		t.Errorf("binaries = %s, %s; want %s, %s", cur.bin, base.bin, o.portlife, o.baseline)
+	}
+	if !slices.Equal(cur.args, base.args) || !slices.Equal(cur.protos, base.protos) || !slices.Contains(base.args, "--proto") {
+		t.Errorf("baseline runs as %v %v, portlife as %v %v", base.args, base.protos, cur.args, cur.protos)
+	}
+
+	o.baseline = filepath.Join(dir, "missing")
+	if _, _, err := selectTracers(o); err == nil {
+		t.Error("a missing baseline binary is skipped; want an error")
 	}
 }

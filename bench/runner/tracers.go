@@ -36,9 +36,11 @@ func (t *tracer) supports(proto string) bool {
 	return false
 }
 
-func newPortlife(bin string, extra []string) *tracer {
+// newPortlife runs portlife with JSON output; name tells apart two builds
+// of it in one benchmark.
+func newPortlife(name, bin string, extra []string) *tracer {
 	return &tracer{
-		name:   "portlife",
+		name:   name,
 		bin:    bin,
 		args:   append([]string{"--output", "json"}, extra...),
 		protos: []string{"tcp", "udp"},
