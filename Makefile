@@ -9,7 +9,7 @@ TCPLIFE  ?= /usr/sbin/tcplife
 BPF_DEPS := clang llvm-strip
 BPF_PKGS := clang llvm libbpf-dev
 
-.PHONY: build run test generate check-generated bench bench-go clean
+.PHONY: build run test generate check-generated bench bench-go baseline clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/portlife
@@ -40,11 +40,17 @@ check-generated: generate
 # memory and completeness with bpf_stats off (it slows every program run),
 # then in-kernel BPF time with it on. For a quick look:
 #   make bench BENCH_ARGS='--runs 1 --duration 5s --configs tcp-w4' BENCH_BPF_ARGS='--runs 1 --duration 5s --configs tcp-w4'
+# To compare a change with an older portlife, in one interleaved run:
+#   make bench BASELINE=main
+# builds that git revision into bin/portlife-baseline and runs it as the
+# tracer portlife-baseline, right after portlife, in both passes.
 BENCH_ARGS     ?= --runs 3 --duration 10s --configs all
 BENCH_BPF_ARGS ?= --runs 2 --duration 6s --configs tcp-w4,tcp-w32,udp-w4
-BENCH          = ./bin/bench --portlife ./$(BIN) --churn ./bin/churn --tcplife $(TCPLIFE)
+BASELINE       ?=
+BASELINE_BIN   := bin/portlife-baseline
+BENCH          = ./bin/bench --portlife ./$(BIN) --churn ./bin/churn --tcplife $(TCPLIFE)$(if $(BASELINE), --portlife-baseline ./$(BASELINE_BIN))
 
-bench: build
+bench: build $(if $(BASELINE),baseline)
 	@[ -x $(TCPLIFE) ] || { echo "installing libbpf-tools"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libbpf-tools >/dev/null; }
 	$(GO) build -o bin/churn ./bench/churn
 	$(GO) build -o bin/bench ./bench/runner
@@ -54,6 +60,15 @@ bench: build
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./output ./tracer
+
+# BASELINE's committed tree, built outside the work tree, which stays as it is.
+baseline:
+	@[ -n "$(BASELINE)" ] || { echo "usage: make baseline BASELINE=<git rev>"; exit 1; }
+	@rev=$$(git rev-parse --verify --quiet '$(BASELINE)^{commit}') || { echo "BASELINE=$(BASELINE) is not a git revision"; exit 1; }; \
+	 tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	 echo "building $(BASELINE_BIN) from $(BASELINE) ($$rev)" && \
+	 git archive $$rev | tar -x -C "$$tmp" && \
+	 cd "$$tmp" && $(GO) build -o '$(CURDIR)/$(BASELINE_BIN)' ./cmd/portlife
 
 clean:
 	rm -rf bin
