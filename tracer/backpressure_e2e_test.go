@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/zap/zaptest"
+
+	"github.com/portlife/portlife/internal/event"
 )
 
 // blockingSink holds the first Write until release is closed, as a stuck
@@ -16,7 +18,7 @@ type blockingSink struct {
 	release chan struct{}
 }
 
-func (b *blockingSink) Write(e *Event) error {
+func (b *blockingSink) Write(e *event.Event) error {
 	<-b.release
 	return b.collector.Write(e)
 }
@@ -28,7 +30,7 @@ func TestBackPressureIsCounted(t *testing.T) {
 	requireRoot(t)
 	const conns = 200 // 800 events of 152 bytes: far more than a 4KiB ring holds
 	cfg := DefaultConfig()
-	cfg.Filter = Filter{PID: uint32(os.Getpid()), Protos: []Proto{ProtoTCP}}
+	cfg.Filter = event.Filter{PID: uint32(os.Getpid()), Protos: []event.Proto{event.ProtoTCP}}
 	cfg.RingBufferSize = 4096
 	cfg.FlushInterval = 10 * time.Millisecond
 	tr, err := New(cfg, zaptest.NewLogger(t))

@@ -12,6 +12,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/portlife/portlife/internal/event"
 )
 
 // adoptExisting hands the kernel side the TCP sockets that existed before
@@ -39,10 +41,10 @@ func (t *Tracer) adoptExisting() error {
 	}
 
 	for _, w := range []struct {
-		proto Proto
+		proto event.Proto
 		prog  *ebpf.Program
-	}{{ProtoTCP, t.objs.TcpExisting}, {ProtoUDP, t.objs.UdpExisting}} {
-		if !t.cfg.Filter.wantsProto(w.proto) {
+	}{{event.ProtoTCP, t.objs.TcpExisting}, {event.ProtoUDP, t.objs.UdpExisting}} {
+		if !t.cfg.Filter.WantsProto(w.proto) {
 			continue
 		}
 		if err := walkAll(w.prog, scan.netns); err != nil {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/portlife/portlife/internal/event"
 )
 
 // dialer makes one echo connection to a helper server and closes it, the
@@ -68,38 +70,38 @@ func TestFilters(t *testing.T) {
 	)
 	cases := []struct {
 		name     string
-		filter   Filter
+		filter   event.Filter
 		conn     dialer
 		want     []string // the events of conn that pass
 		sentinel dialer   // nil: conn again
 		sentWant []string // nil: want
 	}{
-		{name: "pid keeps the server side", filter: Filter{PID: server.pid()}, conn: toServer, want: inbound},
-		{name: "comm keeps the server side", filter: Filter{Comm: "pl-server"}, conn: toServer, want: inbound},
-		{name: "lport keeps the server side", filter: Filter{LocalPorts: []PortRange{{v4.Port(), v4.Port()}}}, conn: toServer, want: inbound},
-		{name: "lport range", filter: Filter{LocalPorts: []PortRange{{1, 2}, {v4.Port() - 1, v4.Port() + 1}}}, conn: toServer, want: inbound},
-		{name: "rport keeps the client side", filter: Filter{RemotePorts: []PortRange{{v4.Port(), v4.Port()}}}, conn: toServer, want: outbound},
+		{name: "pid keeps the server side", filter: event.Filter{PID: server.pid()}, conn: toServer, want: inbound},
+		{name: "comm keeps the server side", filter: event.Filter{Comm: "pl-server"}, conn: toServer, want: inbound},
+		{name: "lport keeps the server side", filter: event.Filter{LocalPorts: []event.PortRange{{Lo: v4.Port(), Hi: v4.Port()}}}, conn: toServer, want: inbound},
+		{name: "lport range", filter: event.Filter{LocalPorts: []event.PortRange{{Lo: 1, Hi: 2}, {Lo: v4.Port() - 1, Hi: v4.Port() + 1}}}, conn: toServer, want: inbound},
+		{name: "rport keeps the client side", filter: event.Filter{RemotePorts: []event.PortRange{{Lo: v4.Port(), Hi: v4.Port()}}}, conn: toServer, want: outbound},
 		{
 			name:   "raddr keeps the side whose peer is in the network",
-			filter: Filter{RemoteNets: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}},
+			filter: event.Filter{RemoteNets: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}},
 			conn:   echoTo("tcp4", v4, netip.MustParseAddrPort("127.0.0.2:0")),
 			want:   outbound,
 		},
 		{
 			name:     "raddr leaves out other families",
-			filter:   Filter{RemoteNets: []netip.Prefix{netip.MustParsePrefix("::1/128")}},
+			filter:   event.Filter{RemoteNets: []netip.Prefix{netip.MustParsePrefix("::1/128")}},
 			conn:     toServer,
 			sentinel: toServer6, sentWant: all,
 		},
-		{name: "family 6 leaves out IPv4", filter: Filter{Family: 6}, conn: toServer, sentinel: toServer6, sentWant: all},
-		{name: "family 4 leaves out IPv6", filter: Filter{Family: 4}, conn: toServer6, sentinel: toServer, sentWant: all},
-		{name: "direction inbound", filter: Filter{Direction: DirectionInbound}, conn: toServer, want: inbound},
-		{name: "direction outbound", filter: Filter{Direction: DirectionOutbound}, conn: toServer, want: outbound},
-		{name: "events close", filter: Filter{Kinds: []Kind{KindClose}}, conn: toServer, want: []string{"close/outbound", "close/inbound"}},
-		{name: "min-duration leaves out short closes", filter: Filter{MinDuration: time.Hour}, conn: toServer, want: []string{"open/outbound", "open/inbound"}},
+		{name: "family 6 leaves out IPv4", filter: event.Filter{Family: 6}, conn: toServer, sentinel: toServer6, sentWant: all},
+		{name: "family 4 leaves out IPv6", filter: event.Filter{Family: 4}, conn: toServer6, sentinel: toServer, sentWant: all},
+		{name: "direction inbound", filter: event.Filter{Direction: event.DirectionInbound}, conn: toServer, want: inbound},
+		{name: "direction outbound", filter: event.Filter{Direction: event.DirectionOutbound}, conn: toServer, want: outbound},
+		{name: "events close", filter: event.Filter{Kinds: []event.Kind{event.KindClose}}, conn: toServer, want: []string{"close/outbound", "close/inbound"}},
+		{name: "min-duration leaves out short closes", filter: event.Filter{MinDuration: time.Hour}, conn: toServer, want: []string{"open/outbound", "open/inbound"}},
 		{
 			name:     "ephemeral-only leaves out fixed ports",
-			filter:   Filter{EphemeralOnly: true},
+			filter:   event.Filter{EphemeralOnly: true},
 			conn:     echoTo("tcp4", v4, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), fixedPort)),
 			sentinel: toServer, sentWant: all,
 		},
@@ -132,7 +134,7 @@ func TestFilters(t *testing.T) {
 
 // freePortOutside finds a local port outside the ephemeral range that no
 // socket holds, not even in TIME_WAIT from an earlier run.
-func freePortOutside(t *testing.T, ephemeral PortRange) uint16 {
+func freePortOutside(t *testing.T, ephemeral event.PortRange) uint16 {
 	t.Helper()
 	lo, hi := uint16(1024), ephemeral.Lo-1
 	if ephemeral.Lo <= 2048 {
@@ -159,7 +161,7 @@ func freePortOutside(t *testing.T, ephemeral PortRange) uint16 {
 	return 0
 }
 
-func eventKeys(events []Event) []string {
+func eventKeys(events []event.Event) []string {
 	var keys []string
 	for _, e := range events {
 		keys = append(keys, e.Kind.String()+"/"+e.Direction.String())

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/portlife/portlife/internal/event"
 	"github.com/portlife/portlife/internal/kerneltest"
 )
 
@@ -23,13 +24,13 @@ var requireRoot = kerneltest.RequireRoot
 // collector is a Sink that keeps every event, for tests to wait on.
 type collector struct {
 	mu      sync.Mutex
-	events  []Event
+	events  []event.Event
 	changed chan struct{}
 }
 
 func newCollector() *collector { return &collector{changed: make(chan struct{}, 1)} }
 
-func (c *collector) Write(e *Event) error {
+func (c *collector) Write(e *event.Event) error {
 	c.mu.Lock()
 	c.events = append(c.events, *e)
 	c.mu.Unlock()
@@ -43,10 +44,10 @@ func (c *collector) Write(e *Event) error {
 func (c *collector) Flush() error { return nil }
 
 // matching returns the events for which keep is true, in arrival order.
-func (c *collector) matching(keep func(*Event) bool) []Event {
+func (c *collector) matching(keep func(*event.Event) bool) []event.Event {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var out []Event
+	var out []event.Event
 	for i := range c.events {
 		if keep(&c.events[i]) {
 			out = append(out, c.events[i])
@@ -56,7 +57,7 @@ func (c *collector) matching(keep func(*Event) bool) []Event {
 }
 
 // waitFor waits until at least n events match, and returns them all.
-func (c *collector) waitFor(t *testing.T, n int, keep func(*Event) bool) []Event {
+func (c *collector) waitFor(t *testing.T, n int, keep func(*event.Event) bool) []event.Event {
 	t.Helper()
 	deadline := time.After(10 * time.Second)
 	for {
@@ -81,7 +82,7 @@ type running struct {
 
 // startTracer loads and attaches a tracer with filter f; the test's cleanup
 // stops and closes it.
-func startTracer(t *testing.T, f Filter) *running {
+func startTracer(t *testing.T, f event.Filter) *running {
 	t.Helper()
 	requireRoot(t)
 	cfg := DefaultConfig()
@@ -121,9 +122,9 @@ func (r *running) requireNothingLost(t *testing.T) {
 }
 
 // ofConn selects the events of one TCP connection, seen from either side.
-func ofConn(local, remote netip.AddrPort) func(*Event) bool {
-	return func(e *Event) bool {
-		return e.Proto == ProtoTCP && (e.Local == local && e.Remote == remote || e.Local == remote && e.Remote == local)
+func ofConn(local, remote netip.AddrPort) func(*event.Event) bool {
+	return func(e *event.Event) bool {
+		return e.Proto == event.ProtoTCP && (e.Local == local && e.Remote == remote || e.Local == remote && e.Remote == local)
 	}
 }
 

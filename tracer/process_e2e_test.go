@@ -9,13 +9,15 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/portlife/portlife/internal/event"
 )
 
 // 1,000 connections between two other processes: every one is reported
 // exactly once from each side, with that side's pid, and nothing is lost.
 func TestTCPSeparateProcesses(t *testing.T) {
 	const conns = 1000
-	r := startTracer(t, Filter{})
+	r := startTracer(t, event.Filter{})
 
 	server := startHelper(t, "server", "pl-server", nil)
 	serverPort, err := strconv.Atoi(server.line(t))
@@ -32,8 +34,8 @@ func TestTCPSeparateProcesses(t *testing.T) {
 		truth[uint16(p)]++
 	}
 
-	isOurs := func(e *Event) bool {
-		return e.Kind == KindClose && e.Proto == ProtoTCP &&
+	isOurs := func(e *event.Event) bool {
+		return e.Kind == event.KindClose && e.Proto == event.ProtoTCP &&
 			(e.Remote.Port() == uint16(serverPort) && e.PID == client.pid() ||
 				e.Local.Port() == uint16(serverPort) && e.PID == server.pid())
 	}
@@ -41,9 +43,9 @@ func TestTCPSeparateProcesses(t *testing.T) {
 	out, in := map[uint16]int{}, map[uint16]int{}
 	for _, e := range got {
 		switch {
-		case e.Direction == DirectionOutbound && e.PID == client.pid() && e.PIDSource == PIDSourceConnect:
+		case e.Direction == event.DirectionOutbound && e.PID == client.pid() && e.PIDSource == event.PIDSourceConnect:
 			out[e.Local.Port()]++
-		case e.Direction == DirectionInbound && e.PID == server.pid() && e.PIDSource == PIDSourceListener:
+		case e.Direction == event.DirectionInbound && e.PID == server.pid() && e.PIDSource == event.PIDSourceListener:
 			in[e.Remote.Port()]++
 		default:
 			t.Errorf("event with the wrong direction or pid: %+v", e)
@@ -63,7 +65,7 @@ func TestTCPSeparateProcesses(t *testing.T) {
 // In a namespace whose ephemeral range holds two ports, the third connect
 // to the same destination finds no port: one connect_failed, attributed.
 func TestTCPNoEphemeralPort(t *testing.T) {
-	r := startTracer(t, Filter{})
+	r := startTracer(t, event.Filter{})
 	h := startHelper(t, "exhaust", "40000 40001", &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET})
 	f := strings.Fields(h.line(t))
 	if len(f) != 2 || f[0] != strconv.Itoa(int(unix.EADDRNOTAVAIL)) || f[1] != "2" {
@@ -72,13 +74,13 @@ func TestTCPNoEphemeralPort(t *testing.T) {
 	hostNetns := netnsInode(t, "/proc/self/ns/net")
 
 	dst := netip.MustParseAddrPort("127.0.0.1:5000")
-	isFailure := func(e *Event) bool {
-		return e.Kind == KindConnectFailed && e.PID == h.pid()
+	isFailure := func(e *event.Event) bool {
+		return e.Kind == event.KindConnectFailed && e.PID == h.pid()
 	}
 	// The failure is reported with the two good connects' opens; wait for
 	// those, then there must be exactly one failure.
-	r.events.waitFor(t, 2, func(e *Event) bool {
-		return e.Kind == KindOpen && e.PID == h.pid() && e.Direction == DirectionOutbound
+	r.events.waitFor(t, 2, func(e *event.Event) bool {
+		return e.Kind == event.KindOpen && e.PID == h.pid() && e.Direction == event.DirectionOutbound
 	})
 	got := r.events.waitFor(t, 1, isFailure)
 	if len(got) != 1 {
@@ -89,7 +91,7 @@ func TestTCPNoEphemeralPort(t *testing.T) {
 	check(t, "connect_failed", "remote", e.Remote, dst)
 	check(t, "connect_failed", "local port", e.Local.Port(), 0)
 	check(t, "connect_failed", "errno", e.Errno, unix.EADDRNOTAVAIL)
-	check(t, "connect_failed", "pid source", e.PIDSource, PIDSourceConnect)
+	check(t, "connect_failed", "pid source", e.PIDSource, event.PIDSourceConnect)
 	check(t, "connect_failed", "ephemeral", e.Ephemeral, true)
 	if e.NetNS == hostNetns || e.NetNS == 0 {
 		t.Errorf("netns %d, want the helper's own namespace (the host's is %d)", e.NetNS, hostNetns)

@@ -11,6 +11,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/portlife/portlife/internal/event"
 )
 
 // procOwner is a process as /proc shows it, for sockets that existed
@@ -193,7 +195,7 @@ func unescapeMount(s string) string {
 // under /run/portlife if the host has none.
 func (t *Tracer) findCgroupRoot() error {
 	root, err := cgroup2Mount("/proc/mounts")
-	if err != nil || root != "" || !t.cfg.Filter.wantsProto(ProtoUDP) {
+	if err != nil || root != "" || !t.cfg.Filter.WantsProto(event.ProtoUDP) {
 		t.cgroupRoot = root
 		return err
 	}

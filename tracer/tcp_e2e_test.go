@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/portlife/portlife/internal/event"
 )
 
 const payload = 100
@@ -153,13 +155,13 @@ func closeFirst(t *testing.T, first, second *net.TCPConn, reset bool) {
 
 // lifetime is what a test expects of one close event.
 type lifetime struct {
-	closedBy ClosedBy
+	closedBy event.ClosedBy
 	reset    bool
 	timeWait bool
 }
 
 func TestTCPLifetimes(t *testing.T) {
-	r := startTracer(t, Filter{})
+	r := startTracer(t, event.Filter{})
 	pid := uint32(os.Getpid())
 	comm := ownComm(t)
 
@@ -171,26 +173,26 @@ func TestTCPLifetimes(t *testing.T) {
 		{
 			name: "client closes first",
 			end:  func(t *testing.T, p pair) { closeFirst(t, p.client, p.server, false) },
-			out:  lifetime{closedBy: ClosedByLocal, timeWait: true},
-			in:   lifetime{closedBy: ClosedByRemote},
+			out:  lifetime{closedBy: event.ClosedByLocal, timeWait: true},
+			in:   lifetime{closedBy: event.ClosedByRemote},
 		},
 		{
 			name: "server closes first",
 			end:  func(t *testing.T, p pair) { closeFirst(t, p.server, p.client, false) },
-			out:  lifetime{closedBy: ClosedByRemote},
-			in:   lifetime{closedBy: ClosedByLocal, timeWait: true},
+			out:  lifetime{closedBy: event.ClosedByRemote},
+			in:   lifetime{closedBy: event.ClosedByLocal, timeWait: true},
 		},
 		{
 			name: "client resets",
 			end:  func(t *testing.T, p pair) { closeFirst(t, p.client, p.server, true) },
-			out:  lifetime{closedBy: ClosedByLocal, reset: true},
-			in:   lifetime{closedBy: ClosedByRemote, reset: true},
+			out:  lifetime{closedBy: event.ClosedByLocal, reset: true},
+			in:   lifetime{closedBy: event.ClosedByRemote, reset: true},
 		},
 		{
 			name: "server resets",
 			end:  func(t *testing.T, p pair) { closeFirst(t, p.server, p.client, true) },
-			out:  lifetime{closedBy: ClosedByRemote, reset: true},
-			in:   lifetime{closedBy: ClosedByLocal, reset: true},
+			out:  lifetime{closedBy: event.ClosedByRemote, reset: true},
+			in:   lifetime{closedBy: event.ClosedByLocal, reset: true},
 		},
 	}
 	for _, fam := range tcpFamilies {
@@ -215,10 +217,10 @@ func TestTCPLifetimes(t *testing.T) {
 					}
 					seen[key] = true
 
-					out := e.Direction == DirectionOutbound
-					wantLocal, wantRemote, wantSource := p.local, p.remote, PIDSourceConnect
+					out := e.Direction == event.DirectionOutbound
+					wantLocal, wantRemote, wantSource := p.local, p.remote, event.PIDSourceConnect
 					if !out {
-						wantLocal, wantRemote, wantSource = p.remote, p.local, PIDSourceListener
+						wantLocal, wantRemote, wantSource = p.remote, p.local, event.PIDSourceListener
 					}
 					check(t, key, "local", e.Local, wantLocal)
 					check(t, key, "remote", e.Remote, wantRemote)
@@ -234,11 +236,11 @@ func TestTCPLifetimes(t *testing.T) {
 					}
 
 					switch e.Kind {
-					case KindOpen:
+					case event.KindOpen:
 						if out && e.ConnectLatency() <= 0 {
 							t.Errorf("%s: connect latency %v, want > 0", key, e.ConnectLatency())
 						}
-					case KindClose:
+					case event.KindClose:
 						want := sc.out
 						if !out {
 							want = sc.in
@@ -267,7 +269,7 @@ func TestTCPLifetimes(t *testing.T) {
 }
 
 func TestTCPConnectRefused(t *testing.T) {
-	r := startTracer(t, Filter{})
+	r := startTracer(t, event.Filter{})
 	for _, fam := range tcpFamilies {
 		t.Run(fam.name, func(t *testing.T) {
 			// A port that was just free: listen, note it, close.
@@ -283,16 +285,16 @@ func TestTCPConnectRefused(t *testing.T) {
 				t.Fatalf("dial: %v, want ECONNREFUSED", err)
 			}
 			dst := netip.AddrPortFrom(netip.MustParseAddr(fam.dialHost).Unmap(), port)
-			got := r.events.waitFor(t, 1, func(e *Event) bool { return e.Remote == dst && e.PID == uint32(os.Getpid()) })
+			got := r.events.waitFor(t, 1, func(e *event.Event) bool { return e.Remote == dst && e.PID == uint32(os.Getpid()) })
 			if len(got) != 1 {
 				t.Fatalf("got %d events for %v, want one connect_failed: %+v", len(got), dst, got)
 			}
 			e := got[0]
-			check(t, "connect_failed", "kind", e.Kind, KindConnectFailed)
+			check(t, "connect_failed", "kind", e.Kind, event.KindConnectFailed)
 			check(t, "connect_failed", "reason", e.Reason(), "refused")
 			check(t, "connect_failed", "errno", e.Errno, unix.ECONNREFUSED)
-			check(t, "connect_failed", "direction", e.Direction, DirectionOutbound)
-			check(t, "connect_failed", "pid source", e.PIDSource, PIDSourceConnect)
+			check(t, "connect_failed", "direction", e.Direction, event.DirectionOutbound)
+			check(t, "connect_failed", "pid source", e.PIDSource, event.PIDSourceConnect)
 			check(t, "connect_failed", "family", e.Family, fam.wantFamily)
 			if e.Local.Port() == 0 {
 				t.Errorf("local port 0: a refused connect had a port")
@@ -309,7 +311,7 @@ func TestTCPPreExisting(t *testing.T) {
 	defer ln.Close()
 	p := connectTo(t, tcpFamilies[0], ln)
 
-	r := startTracer(t, Filter{})
+	r := startTracer(t, event.Filter{})
 	p.echo(t)
 	closeFirst(t, p.client, p.server, false)
 
@@ -319,30 +321,30 @@ func TestTCPPreExisting(t *testing.T) {
 	}
 	for _, e := range got {
 		key := e.Direction.String() + " " + e.Local.String()
-		check(t, key, "kind", e.Kind, KindClose)
+		check(t, key, "kind", e.Kind, event.KindClose)
 		check(t, key, "pre-existing", e.PreExisting, true)
 		check(t, key, "start", e.Start, time.Time{})
 		check(t, key, "pid", e.PID, uint32(os.Getpid()))
-		check(t, key, "pid source", e.PIDSource, PIDSourceFDOwner)
+		check(t, key, "pid source", e.PIDSource, event.PIDSourceFDOwner)
 		check(t, key, "comm", e.Comm.String(), ownComm(t))
 		switch e.Local {
 		case p.local:
-			check(t, key, "direction", e.Direction, DirectionOutbound)
-			check(t, key, "closed by", e.ClosedBy, ClosedByLocal)
+			check(t, key, "direction", e.Direction, event.DirectionOutbound)
+			check(t, key, "closed by", e.ClosedBy, event.ClosedByLocal)
 			check(t, key, "time wait", e.TimeWait, true)
 		case p.remote:
-			check(t, key, "direction", e.Direction, DirectionInbound)
-			check(t, key, "closed by", e.ClosedBy, ClosedByRemote)
+			check(t, key, "direction", e.Direction, event.DirectionInbound)
+			check(t, key, "closed by", e.ClosedBy, event.ClosedByRemote)
 		default:
 			t.Errorf("unexpected event %+v", e)
 		}
 	}
 }
 
-func check[T comparable](t *testing.T, event, field string, got, want T) {
+func check[T comparable](t *testing.T, what, field string, got, want T) {
 	t.Helper()
 	if got != want {
-		t.Errorf("%s: %s is %v, want %v", event, field, got, want)
+		t.Errorf("%s: %s is %v, want %v", what, field, got, want)
 	}
 }
 

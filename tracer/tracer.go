@@ -1,7 +1,8 @@
 // Package tracer loads portlife's eBPF program, attaches it to the kernel's
-// socket hooks, and turns the records it sends through the ring buffer into
-// port lifetime Events for a Sink. It owns everything it attaches: Close
-// leaves nothing behind in the kernel.
+// socket hooks, adopts the sockets that existed before it started, reads the
+// ring buffer and decodes each record into an event.Event for its Output
+// (the stream). It owns everything it attaches: Close leaves nothing behind
+// in the kernel. Its counters may be read while it runs.
 package tracer
 
 import (
@@ -11,6 +12,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -19,26 +21,26 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/portlife/portlife/internal/event"
 )
 
-// Sink receives decoded events in order. The Event is reused after Write
-// returns, so a Sink that keeps one must copy it.
-type Sink interface {
-	Write(*Event) error
+// Output receives decoded events in order, on the reader thread (the
+// stream's Write and Flush). The Event is reused after Write returns.
+type Output interface {
+	Write(*event.Event) error
 	Flush() error
 }
 
 // Config is what New needs to start tracing.
 type Config struct {
-	Filter Filter
+	Filter event.Filter
 	// RingBufferSize is the kernel-to-user buffer in bytes: a power of two
 	// and a multiple of the page size.
 	RingBufferSize int
 	// FlushInterval bounds how long an event waits in the kernel's ring and
 	// the Sink's buffer. 0 wakes the reader for every event.
 	FlushInterval time.Duration
-	// StatsInterval is how often non-zero drop counts are logged.
-	StatsInterval time.Duration
 	// ReaderNice is the nice value of the thread that reads, decodes and
 	// writes events. On a CPU-saturated host a default-priority reader gets
 	// too small a share of the CPU to keep up, and the ring overflows.
@@ -53,15 +55,15 @@ func DefaultConfig() Config {
 	return Config{
 		RingBufferSize:     4 << 20,
 		FlushInterval:      100 * time.Millisecond,
-		StatsInterval:      10 * time.Second,
 		ReaderNice:         -10,
 		EphemeralRangeFile: "/proc/sys/net/ipv4/ip_local_port_range",
 	}
 }
 
-// Stats counts what the kernel side could not deliver or track.
+// Stats counts what the tracer delivered, and what the kernel side could
+// not deliver or track.
 type Stats struct {
-	Events      uint64 // events delivered to the Sink
+	Events      uint64 // events decoded and handed to the Output
 	RingbufFull uint64 // events dropped: the ring buffer was full
 	StorageFull uint64 // sockets not tracked: no per-socket state could be allocated
 	TableFull   uint64 // entries a bounded kernel table refused or evicted
@@ -84,7 +86,7 @@ type Tracer struct {
 
 	mu     sync.Mutex // guards links: Run detaches while Close may run
 	links  []link.Link
-	events uint64
+	events atomic.Uint64
 }
 
 // New loads and attaches the program. On error nothing stays attached.
@@ -132,7 +134,7 @@ func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
 	return t, nil
 }
 
-func (t *Tracer) load(ephemeral PortRange) error {
+func (t *Tracer) load(ephemeral event.PortRange) error {
 	spec, err := loadPortlife()
 	if err != nil {
 		return err
@@ -143,7 +145,7 @@ func (t *Tracer) load(ephemeral PortRange) error {
 	if t.cfg.FlushInterval > 0 {
 		wakeup = uint64(t.cfg.RingBufferSize / 8)
 	}
-	kcfg := t.cfg.Filter.kernelConfig(ephemeral, wakeup)
+	kcfg := kernelConfig(&t.cfg.Filter, ephemeral, wakeup)
 	if err := spec.Variables["cfg"].Set(kcfg); err != nil {
 		return fmt.Errorf("setting the filter: %w", err)
 	}
@@ -168,7 +170,7 @@ func (t *Tracer) load(ephemeral PortRange) error {
 // hook is one attachment point, named as an error message should name it.
 type hook struct {
 	name   string
-	proto  Proto
+	proto  event.Proto
 	prog   *ebpf.Program
 	cgroup ebpf.AttachType // for cgroup hooks; 0 for tracepoints
 }
@@ -176,25 +178,25 @@ type hook struct {
 func (t *Tracer) hooks() []hook {
 	p := &t.objs.portlifePrograms
 	return []hook{
-		{"sock:inet_sock_set_state", ProtoTCP, p.TcpState, 0},
-		{"tcp:tcp_send_reset", ProtoTCP, p.TcpRstSent, 0},
-		{"tcp:tcp_receive_reset", ProtoTCP, p.TcpRstRecv, 0},
-		{"tcp:tcp_destroy_sock", ProtoTCP, p.TcpDestroy, 0},
-		{"cgroup/bind4", ProtoUDP, p.UdpBind4, ebpf.AttachCGroupInet4Bind},
-		{"cgroup/bind6", ProtoUDP, p.UdpBind6, ebpf.AttachCGroupInet6Bind},
-		{"cgroup/post_bind4", ProtoUDP, p.UdpBound4, ebpf.AttachCGroupInet4PostBind},
-		{"cgroup/post_bind6", ProtoUDP, p.UdpBound6, ebpf.AttachCGroupInet6PostBind},
-		{"cgroup/sendmsg4", ProtoUDP, p.UdpSend4, ebpf.AttachCGroupUDP4Sendmsg},
-		{"cgroup/sendmsg6", ProtoUDP, p.UdpSend6, ebpf.AttachCGroupUDP6Sendmsg},
-		{"sock:sock_send_length", ProtoUDP, p.UdpSent, 0},
-		{"sock:sock_recv_length", ProtoUDP, p.UdpRecvd, 0},
-		{"cgroup/sock_release", ProtoUDP, p.UdpRelease, ebpf.AttachCgroupInetSockRelease},
+		{"sock:inet_sock_set_state", event.ProtoTCP, p.TcpState, 0},
+		{"tcp:tcp_send_reset", event.ProtoTCP, p.TcpRstSent, 0},
+		{"tcp:tcp_receive_reset", event.ProtoTCP, p.TcpRstRecv, 0},
+		{"tcp:tcp_destroy_sock", event.ProtoTCP, p.TcpDestroy, 0},
+		{"cgroup/bind4", event.ProtoUDP, p.UdpBind4, ebpf.AttachCGroupInet4Bind},
+		{"cgroup/bind6", event.ProtoUDP, p.UdpBind6, ebpf.AttachCGroupInet6Bind},
+		{"cgroup/post_bind4", event.ProtoUDP, p.UdpBound4, ebpf.AttachCGroupInet4PostBind},
+		{"cgroup/post_bind6", event.ProtoUDP, p.UdpBound6, ebpf.AttachCGroupInet6PostBind},
+		{"cgroup/sendmsg4", event.ProtoUDP, p.UdpSend4, ebpf.AttachCGroupUDP4Sendmsg},
+		{"cgroup/sendmsg6", event.ProtoUDP, p.UdpSend6, ebpf.AttachCGroupUDP6Sendmsg},
+		{"sock:sock_send_length", event.ProtoUDP, p.UdpSent, 0},
+		{"sock:sock_recv_length", event.ProtoUDP, p.UdpRecvd, 0},
+		{"cgroup/sock_release", event.ProtoUDP, p.UdpRelease, ebpf.AttachCgroupInetSockRelease},
 	}
 }
 
 func (t *Tracer) attach() error {
 	for _, h := range t.hooks() {
-		if !t.cfg.Filter.wantsProto(h.proto) {
+		if !t.cfg.Filter.WantsProto(h.proto) {
 			continue
 		}
 		var (
@@ -215,12 +217,19 @@ func (t *Tracer) attach() error {
 	return nil
 }
 
-// Run delivers events to sink until ctx is done. Then it detaches the hooks,
-// delivers what the ring buffer still holds, and flushes the sink.
-func (t *Tracer) Run(ctx context.Context, sink Sink) error {
+// anchorEvery is how often Run re-reads the wall clock against the kernel's
+// boot clock; a step of the wall clock shows in event times within this.
+const anchorEvery = time.Second
+
+// Run delivers events to out until ctx is done. Then it detaches the hooks,
+// delivers what the ring buffer still holds, and flushes out. Every
+// goroutine it starts has ended when it returns.
+func (t *Tracer) Run(ctx context.Context, out Output) error {
 	stopped := make(chan struct{})
-	defer close(stopped)
+	var wg sync.WaitGroup
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		select {
 		case <-ctx.Done():
 			// Detach first: whatever the hooks sent is then in the ring,
@@ -230,13 +239,15 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 		case <-stopped:
 		}
 	}()
-	go t.reportDrops(ctx)
+	defer wg.Wait()
+	defer close(stopped)
 	defer t.prioritize()()
 
 	var (
 		rec      ringbuf.Record
-		ev       Event
+		ev       event.Event
 		interval = t.cfg.FlushInterval
+		anchored = time.Now()
 	)
 	if interval <= 0 {
 		interval = 100 * time.Millisecond
@@ -249,23 +260,38 @@ func (t *Tracer) Run(ctx context.Context, sink Sink) error {
 			if err := t.dec.decode(rec.RawSample, &ev); err != nil {
 				return err
 			}
-			t.events++
-			if err := sink.Write(&ev); err != nil {
+			// Every 4096 events, so a busy reader that never waits still
+			// follows the wall clock, for one clock read per batch.
+			if n := t.events.Add(1); n%4096 == 0 {
+				t.reanchor(&anchored)
+			}
+			if err := out.Write(&ev); err != nil {
 				return fmt.Errorf("writing an event: %w", err)
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// The ring is empty and the interval is up.
-			if err := sink.Flush(); err != nil {
+			if err := out.Flush(); err != nil {
 				return fmt.Errorf("writing events: %w", err)
 			}
+			t.reanchor(&anchored)
 			t.reader.SetDeadline(time.Now().Add(interval))
 		case errors.Is(err, ringbuf.ErrFlushed):
-			if err := sink.Flush(); err != nil {
+			if err := out.Flush(); err != nil {
 				return fmt.Errorf("writing events: %w", err)
 			}
 			return nil
 		default:
 			return fmt.Errorf("reading the ring buffer: %w", err)
+		}
+	}
+}
+
+// reanchor moves the decoder's wall-clock anchor once anchorEvery has passed.
+func (t *Tracer) reanchor(last *time.Time) {
+	if now := time.Now(); now.Sub(*last) >= anchorEvery {
+		*last = now
+		if err := t.dec.anchor(); err != nil {
+			t.log.Warn("event times may drift from the wall clock", zap.Error(err))
 		}
 	}
 }
@@ -296,41 +322,11 @@ func (t *Tracer) prioritize() func() {
 	}
 }
 
-// reportDrops warns while the kernel side is losing events.
-func (t *Tracer) reportDrops(ctx context.Context) {
-	if t.cfg.StatsInterval <= 0 {
-		return
-	}
-	tick := time.NewTicker(t.cfg.StatsInterval)
-	defer tick.Stop()
-	var last uint64
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		s, err := t.kernelStats()
-		if err != nil {
-			t.log.Warn("reading drop counters", zap.Error(err))
-			continue
-		}
-		if s.Lost() > last {
-			t.log.Warn("events lost",
-				zap.Uint64("lost", s.Lost()),
-				zap.Uint64("lost_since_last", s.Lost()-last),
-				zap.Uint64("ringbuf_full", s.RingbufFull),
-				zap.Uint64("storage_full", s.StorageFull),
-				zap.Uint64("table_full", s.TableFull))
-			last = s.Lost()
-		}
-	}
-}
-
-// Stats reads the drop counters. Call it after Run returns for the totals.
+// Stats reads the counters. It is safe to call at any time, from any
+// goroutine, while Run runs; after Run returns it gives the totals.
 func (t *Tracer) Stats() (Stats, error) {
 	s, err := t.kernelStats()
-	s.Events = t.events
+	s.Events = t.events.Load()
 	return s, err
 }
 

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/portlife/portlife/internal/event"
 )
 
 // udpFamily is how the UDP tests make their sockets.
@@ -75,15 +77,15 @@ func localPort(t *testing.T, fd int) uint16 {
 
 // udpEvents selects the events of the UDP socket with this local port:
 // IPv4 and IPv6 sockets may hold the same number.
-func udpEvents(fam udpFamily, lport uint16, pid uint32) func(*Event) bool {
-	return func(e *Event) bool {
-		return e.Proto == ProtoUDP && e.Local.Port() == lport && e.PID == pid && e.Family == fam.wantFamily
+func udpEvents(fam udpFamily, lport uint16, pid uint32) func(*event.Event) bool {
+	return func(e *event.Event) bool {
+		return e.Proto == event.ProtoUDP && e.Local.Port() == lport && e.PID == pid && e.Family == fam.wantFamily
 	}
 }
 
 // udpWant is what a UDP test expects of one socket's close event.
 type udpWant struct {
-	direction    Direction
+	direction    event.Direction
 	remote       netip.AddrPort
 	connected    bool
 	destinations uint32
@@ -93,10 +95,10 @@ type udpWant struct {
 	rxBytes      uint64
 }
 
-func checkUDPClose(t *testing.T, e Event, fam udpFamily, want udpWant) {
+func checkUDPClose(t *testing.T, e event.Event, fam udpFamily, want udpWant) {
 	t.Helper()
 	key := fmt.Sprintf("udp close %v", e.Local)
-	check(t, key, "kind", e.Kind, KindClose)
+	check(t, key, "kind", e.Kind, event.KindClose)
 	check(t, key, "direction", e.Direction, want.direction)
 	check(t, key, "remote", e.Remote, want.remote)
 	check(t, key, "connected", e.Connected, want.connected)
@@ -106,7 +108,7 @@ func checkUDPClose(t *testing.T, e Event, fam udpFamily, want udpWant) {
 	check(t, key, "tx bytes", e.TxBytes, want.txBytes)
 	check(t, key, "rx bytes", e.RxBytes, want.rxBytes)
 	check(t, key, "family", e.Family, fam.wantFamily)
-	check(t, key, "pid source", e.PIDSource, PIDSourceSocket)
+	check(t, key, "pid source", e.PIDSource, event.PIDSourceSocket)
 	check(t, key, "comm", e.Comm.String(), ownComm(t))
 	check(t, key, "pre-existing", e.PreExisting, false)
 	if e.Duration() <= 0 {
@@ -115,7 +117,7 @@ func checkUDPClose(t *testing.T, e Event, fam udpFamily, want udpWant) {
 }
 
 func TestUDPLifetimes(t *testing.T) {
-	r := startTracer(t, Filter{Protos: []Proto{ProtoUDP}})
+	r := startTracer(t, event.Filter{Protos: []event.Proto{event.ProtoUDP}})
 	pid := uint32(os.Getpid())
 	msg := []byte("what is example.com?")
 	n := uint64(len(msg))
@@ -149,19 +151,19 @@ func TestUDPLifetimes(t *testing.T) {
 			clientAddr := netip.AddrPortFrom(fam.loopback, cport)
 			ev := r.events.waitFor(t, 2, udpEvents(fam, cport, pid))
 			check(t, "client", "events", len(ev), 2)
-			check(t, "client open", "kind", ev[0].Kind, KindOpen)
-			check(t, "client open", "direction", ev[0].Direction, DirectionOutbound)
+			check(t, "client open", "kind", ev[0].Kind, event.KindOpen)
+			check(t, "client open", "direction", ev[0].Direction, event.DirectionOutbound)
 			checkUDPClose(t, ev[1], fam, udpWant{
-				direction: DirectionOutbound, remote: serverAddr, connected: true, destinations: 1,
+				direction: event.DirectionOutbound, remote: serverAddr, connected: true, destinations: 1,
 				txPackets: 1, rxPackets: 1, txBytes: n, rxBytes: n,
 			})
 			ev = r.events.waitFor(t, 2, udpEvents(fam, sport, pid))
 			check(t, "server", "events", len(ev), 2)
-			check(t, "server open", "kind", ev[0].Kind, KindOpen)
-			check(t, "server open", "direction", ev[0].Direction, DirectionInbound)
+			check(t, "server open", "kind", ev[0].Kind, event.KindOpen)
+			check(t, "server open", "direction", ev[0].Direction, event.DirectionInbound)
 			// The server answered with sendto: its reply went to the client.
 			checkUDPClose(t, ev[1], fam, udpWant{
-				direction: DirectionInbound, remote: clientAddr, destinations: 1,
+				direction: event.DirectionInbound, remote: clientAddr, destinations: 1,
 				txPackets: 1, rxPackets: 1, txBytes: n, rxBytes: n,
 			})
 		})
@@ -179,11 +181,11 @@ func TestUDPLifetimes(t *testing.T) {
 			ev := r.events.waitFor(t, 1, udpEvents(fam, cport, pid))
 			check(t, "unused", "events", len(ev), 1)
 			e := ev[0]
-			check(t, "unused", "kind", e.Kind, KindClose)
+			check(t, "unused", "kind", e.Kind, event.KindClose)
 			check(t, "unused", "remote", e.Remote, netip.AddrPortFrom(fam.loopback, sport))
 			check(t, "unused", "connected", e.Connected, true)
-			check(t, "unused", "pid source", e.PIDSource, PIDSourceClose)
-			check(t, "unused", "direction", e.Direction, DirectionOutbound)
+			check(t, "unused", "pid source", e.PIDSource, event.PIDSourceClose)
+			check(t, "unused", "direction", e.Direction, event.DirectionOutbound)
 			check(t, "unused", "family", e.Family, fam.wantFamily)
 			check(t, "unused", "tx packets", e.TxPackets, 0)
 		})
@@ -204,9 +206,9 @@ func TestUDPLifetimes(t *testing.T) {
 
 			ev := r.events.waitFor(t, 2, udpEvents(fam, cport, pid))
 			check(t, "client", "events", len(ev), 2)
-			check(t, "client open", "kind", ev[0].Kind, KindOpen)
+			check(t, "client open", "kind", ev[0].Kind, event.KindOpen)
 			checkUDPClose(t, ev[1], fam, udpWant{
-				direction: DirectionOutbound, remote: netip.AddrPortFrom(fam.loopback, aport), destinations: 2,
+				direction: event.DirectionOutbound, remote: netip.AddrPortFrom(fam.loopback, aport), destinations: 2,
 				txPackets: 3, txBytes: 3 * n,
 			})
 		})
@@ -218,7 +220,7 @@ func TestUDPLifetimes(t *testing.T) {
 // exactly once, with its port and the process's pid, and nothing is lost.
 func TestUDPQueryBurst(t *testing.T) {
 	const queries = 1000
-	r := startTracer(t, Filter{Protos: []Proto{ProtoUDP}})
+	r := startTracer(t, event.Filter{Protos: []event.Proto{event.ProtoUDP}})
 	server, sport := udpFamilies[0].bound(t)
 	go udpEcho(server)
 	defer func() {
@@ -235,8 +237,8 @@ func TestUDPQueryBurst(t *testing.T) {
 		}
 		truth[uint16(p)]++
 	}
-	isQuery := func(e *Event) bool {
-		return e.Kind == KindClose && e.Proto == ProtoUDP && e.PID == client.pid()
+	isQuery := func(e *event.Event) bool {
+		return e.Kind == event.KindClose && e.Proto == event.ProtoUDP && e.PID == client.pid()
 	}
 	got := r.events.waitFor(t, queries, isQuery)
 	seen := map[uint16]int{}

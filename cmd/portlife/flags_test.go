@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/portlife/portlife/internal/event"
 	"github.com/portlife/portlife/tracer"
 )
 
@@ -39,10 +40,10 @@ func TestParseFlagsDefaults(t *testing.T) {
 			if err != nil {
 				t.Fatalf("parseFlags(nil): %v", err)
 			}
-			if o.output != tt.wantOutput || o.logFormat != tt.wantLog {
-				t.Errorf("output, log-format = %s, %s, want %s, %s", o.output, o.logFormat, tt.wantOutput, tt.wantLog)
+			if o.output != tt.wantOutput || o.log.format != tt.wantLog {
+				t.Errorf("output, log-format = %s, %s, want %s, %s", o.output, o.log.format, tt.wantOutput, tt.wantLog)
 			}
-			if o.debug {
+			if o.log.debug {
 				t.Error("debug is on by default")
 			}
 			// No flags means the tracer's defaults, with no filter at all.
@@ -56,8 +57,8 @@ func TestParseFlagsDefaults(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if o.output != "json" || o.logFormat != "console" {
-			t.Errorf("output, log-format = %s, %s, want json, console", o.output, o.logFormat)
+		if o.output != "json" || o.log.format != "console" {
+			t.Errorf("output, log-format = %s, %s, want json, console", o.output, o.log.format)
 		}
 	})
 }
@@ -74,27 +75,27 @@ func TestParseFlagsGood(t *testing.T) {
 			}
 		}},
 		{"log-format json", []string{"--log-format=json"}, func(t *testing.T, o options) {
-			if o.logFormat != "json" {
-				t.Errorf("logFormat = %q", o.logFormat)
+			if o.log.format != "json" {
+				t.Errorf("logFormat = %q", o.log.format)
 			}
 		}},
 		{"debug", []string{"--debug"}, func(t *testing.T, o options) {
-			if !o.debug {
+			if !o.log.debug {
 				t.Error("debug is off")
 			}
 		}},
 		{"events as a list and repeated", []string{"--events", "open,close", "--events", "connect_failed"}, func(t *testing.T, o options) {
-			if want := []tracer.Kind{tracer.KindOpen, tracer.KindClose, tracer.KindConnectFailed}; !reflect.DeepEqual(o.cfg.Filter.Kinds, want) {
+			if want := []event.Kind{event.KindOpen, event.KindClose, event.KindConnectFailed}; !reflect.DeepEqual(o.cfg.Filter.Kinds, want) {
 				t.Errorf("Kinds = %v, want %v", o.cfg.Filter.Kinds, want)
 			}
 		}},
 		{"proto tcp", []string{"--proto", "tcp"}, func(t *testing.T, o options) {
-			if want := []tracer.Proto{tracer.ProtoTCP}; !reflect.DeepEqual(o.cfg.Filter.Protos, want) {
+			if want := []event.Proto{event.ProtoTCP}; !reflect.DeepEqual(o.cfg.Filter.Protos, want) {
 				t.Errorf("Protos = %v, want %v", o.cfg.Filter.Protos, want)
 			}
 		}},
 		{"proto udp,tcp", []string{"--proto", "udp,tcp"}, func(t *testing.T, o options) {
-			if want := []tracer.Proto{tracer.ProtoUDP, tracer.ProtoTCP}; !reflect.DeepEqual(o.cfg.Filter.Protos, want) {
+			if want := []event.Proto{event.ProtoUDP, event.ProtoTCP}; !reflect.DeepEqual(o.cfg.Filter.Protos, want) {
 				t.Errorf("Protos = %v, want %v", o.cfg.Filter.Protos, want)
 			}
 		}},
@@ -109,12 +110,12 @@ func TestParseFlagsGood(t *testing.T) {
 			}
 		}},
 		{"lport list, range and repeat", []string{"--lport", "443,8000-8999", "--lport", "22"}, func(t *testing.T, o options) {
-			if want := []tracer.PortRange{{Lo: 443, Hi: 443}, {Lo: 8000, Hi: 8999}, {Lo: 22, Hi: 22}}; !reflect.DeepEqual(o.cfg.Filter.LocalPorts, want) {
+			if want := []event.PortRange{{Lo: 443, Hi: 443}, {Lo: 8000, Hi: 8999}, {Lo: 22, Hi: 22}}; !reflect.DeepEqual(o.cfg.Filter.LocalPorts, want) {
 				t.Errorf("LocalPorts = %v, want %v", o.cfg.Filter.LocalPorts, want)
 			}
 		}},
 		{"rport", []string{"--rport=53"}, func(t *testing.T, o options) {
-			if want := []tracer.PortRange{{Lo: 53, Hi: 53}}; !reflect.DeepEqual(o.cfg.Filter.RemotePorts, want) {
+			if want := []event.PortRange{{Lo: 53, Hi: 53}}; !reflect.DeepEqual(o.cfg.Filter.RemotePorts, want) {
 				t.Errorf("RemotePorts = %v, want %v", o.cfg.Filter.RemotePorts, want)
 			}
 		}},
@@ -135,12 +136,12 @@ func TestParseFlagsGood(t *testing.T) {
 			}
 		}},
 		{"direction outbound", []string{"--direction", "outbound"}, func(t *testing.T, o options) {
-			if o.cfg.Filter.Direction != tracer.DirectionOutbound {
+			if o.cfg.Filter.Direction != event.DirectionOutbound {
 				t.Errorf("Direction = %v", o.cfg.Filter.Direction)
 			}
 		}},
 		{"direction inbound", []string{"--direction", "inbound"}, func(t *testing.T, o options) {
-			if o.cfg.Filter.Direction != tracer.DirectionInbound {
+			if o.cfg.Filter.Direction != event.DirectionInbound {
 				t.Errorf("Direction = %v", o.cfg.Filter.Direction)
 			}
 		}},
@@ -160,8 +161,8 @@ func TestParseFlagsGood(t *testing.T) {
 			}
 		}},
 		{"stats-interval", []string{"--stats-interval", "1m"}, func(t *testing.T, o options) {
-			if o.cfg.StatsInterval != time.Minute {
-				t.Errorf("StatsInterval = %v", o.cfg.StatsInterval)
+			if o.statsInterval != time.Minute {
+				t.Errorf("StatsInterval = %v", o.statsInterval)
 			}
 		}},
 		{"ring-buffer", []string{"--ring-buffer", "16MiB"}, func(t *testing.T, o options) {
@@ -310,41 +311,6 @@ func TestParseRingSize(t *testing.T) {
 	}
 }
 
-func TestParseNets(t *testing.T) {
-	good := []struct {
-		name string
-		in   []string
-		want []netip.Prefix
-	}{
-		{"none", nil, nil},
-		{"CIDR is masked", []string{"10.1.2.3/8"}, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
-		{"IPv6 CIDR is masked", []string{"fd12::1/8"}, []netip.Prefix{netip.MustParsePrefix("fd00::/8")}},
-		{"bare IPv4 is a /32", []string{"192.0.2.7"}, []netip.Prefix{netip.MustParsePrefix("192.0.2.7/32")}},
-		{"bare IPv6 is a /128", []string{"2001:db8::1"}, []netip.Prefix{netip.MustParsePrefix("2001:db8::1/128")}},
-		{"order is kept", []string{"::1", "127.0.0.0/8"}, []netip.Prefix{netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("127.0.0.0/8")}},
-	}
-	for _, tt := range good {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseNets(tt.in)
-			if err != nil {
-				t.Fatalf("parseNets(%q): %v", tt.in, err)
-			}
-			if !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("parseNets(%q) = %v, want %v", tt.in, got, tt.want)
-			}
-		})
-	}
-	for _, in := range []string{"garbage", "10.0.0.0/33", "10.0.0", "", "10.0.0.0/8/8"} {
-		t.Run("bad "+in, func(t *testing.T) {
-			if got, err := parseNets([]string{"10.0.0.0/8", in}); err == nil {
-				t.Errorf("parseNets(%q) = %v, want an error", in, got)
-			} else if !strings.Contains(err.Error(), `"`+in+`"`) {
-				t.Errorf("error %q does not quote the bad value %q", err, in)
-			}
-		})
-	}
-}
-
 // runWithFiles calls run with temporary files for stdout and stderr (run
 // takes *os.File, to check for a terminal) and returns what it wrote.
 func runWithFiles(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -415,5 +381,47 @@ func TestRunHelp(t *testing.T) {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("usage on stderr lacks %q:\n%s", want, stderr)
 		}
+	}
+}
+
+// `portlife version` and `portlife --version` print one line with the
+// version, the commit and the Go toolchain, on stdout, and exit 0 without
+// loading anything (so they run without root).
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"--version"}, {"trace", "--version"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			code, stdout, stderr := runWithFiles(t, args...)
+			if code != exitOK {
+				t.Errorf("exit code = %d, want %d (stderr %q)", code, exitOK, stderr)
+			}
+			f := strings.Fields(stdout)
+			if len(f) != 5 || f[0] != "portlife" || f[2] != "commit" || !strings.HasPrefix(f[4], "go1.") || strings.Count(stdout, "\n") != 1 {
+				t.Errorf("stdout = %q, want one line: portlife VERSION commit REV goX.Y", stdout)
+			}
+			if stderr != "" {
+				t.Errorf("stderr = %q, want nothing", stderr)
+			}
+		})
+	}
+}
+
+// A subcommand that does not exist is a usage error, and so is an argument
+// to version.
+func TestSubcommandUsageErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"tarce"}, `unknown command "tarce"`},
+		{[]string{"version", "--short"}, "version takes no arguments"},
+		{[]string{"trace", "extra"}, `"extra"`},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			code, stdout, stderr := runWithFiles(t, tt.args...)
+			if code != exitUsage || stdout != "" || !strings.Contains(stderr, tt.want) || strings.Count(stderr, "\n") != 1 {
+				t.Errorf("exit %d, stdout %q, stderr %q: want exit %d and one line naming %s", code, stdout, stderr, exitUsage, tt.want)
+			}
+		})
 	}
 }

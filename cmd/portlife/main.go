@@ -1,24 +1,21 @@
 // Command portlife traces the lifetime of every TCP and UDP port on the host
-// and writes one event per open, close and failed connect. This file only
-// wires flags, logging, signals and output to the tracer package.
+// and writes one event per open, close and failed connect. main only picks
+// the subcommand; each lives in a file of its own (trace.go, version.go),
+// and the flags they share are in flags.go.
 package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
-	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
-
-	"github.com/portlife/portlife/output"
-	"github.com/portlife/portlife/tracer"
 )
 
 // Exit codes: usage errors are told apart from failures at run time.
@@ -28,6 +25,11 @@ const (
 	exitUsage = 2
 )
 
+const usageHead = `Usage: portlife [trace] [flags]    trace every port's lifetime (needs root)
+       portlife version            print the version and exit
+
+`
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
@@ -35,67 +37,36 @@ func main() {
 	os.Exit(code)
 }
 
+// run dispatches to a subcommand; with none, or with flags first, it traces.
 func run(ctx context.Context, args []string, stdout, stderr *os.File) int {
-	opts, err := parseFlags(args, isTerminal(stdout), isTerminal(stderr), func(fs *pflag.FlagSet) {
-		fmt.Fprintf(stderr, "Usage: portlife [flags]\n\nTraces every TCP and UDP port's lifetime on this host. Needs root.\n\nFlags:\n%s", fs.FlagUsages())
-	})
-	switch {
-	case errors.Is(err, pflag.ErrHelp):
-		return exitOK
-	case err != nil:
-		fmt.Fprintf(stderr, "portlife: %v (see portlife --help)\n", err)
-		return exitUsage
+	cmd, rest := "trace", args
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, rest = args[0], args[1:]
 	}
-
-	log := newLogger(stderr, opts.logFormat, opts.debug)
-	defer log.Sync()
-	if err := trace(ctx, opts, stdout, log); err != nil {
-		log.Error("portlife failed", zap.Error(err))
-		return exitError
+	switch cmd {
+	case "trace":
+		return runTrace(ctx, rest, stdout, stderr)
+	case "version":
+		return runVersion(rest, stdout, stderr)
+	case "help":
+		return runTrace(ctx, []string{"--help"}, stdout, stderr)
 	}
-	return exitOK
+	fmt.Fprintf(stderr, "portlife: unknown command %q: want trace or version (see portlife --help)\n", cmd)
+	return exitUsage
 }
 
-func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger) error {
-	t, err := tracer.New(opts.cfg, log)
-	if err != nil {
-		return err
-	}
-	defer t.Close()
-
-	var sink tracer.Sink = output.NewJSON(stdout)
-	if opts.output == "text" {
-		sink = output.NewText(stdout)
-	}
-	log.Info("tracing started", zap.String("output", opts.output))
-	runErr := t.Run(ctx, sink)
-
-	s, err := t.Stats()
-	log.Info("tracing stopped",
-		zap.Uint64("events", s.Events),
-		zap.Uint64("lost", s.Lost()),
-		zap.Uint64("ringbuf_full", s.RingbufFull),
-		zap.Uint64("storage_full", s.StorageFull),
-		zap.Uint64("table_full", s.TableFull))
-	if s.Lost() > 0 {
-		log.Warn("the kernel side could not deliver every event: raise --ring-buffer, or narrow the filters",
-			zap.Uint64("lost", s.Lost()))
-	}
-	return errors.Join(runErr, err)
-}
-
-func newLogger(w io.Writer, format string, debug bool) *zap.Logger {
+func newLogger(w io.Writer, o logOptions) *zap.Logger {
 	enc := zap.NewProductionEncoderConfig()
 	enc.EncodeTime = zapcore.RFC3339NanoTimeEncoder
 	var encoder zapcore.Encoder
-	if format == "json" {
+	if o.format == "json" {
 		encoder = zapcore.NewJSONEncoder(enc)
 	} else {
 		enc.EncodeLevel = zapcore.CapitalColorLevelEncoder
 		encoder = zapcore.NewConsoleEncoder(enc)
 	}
 	level := zap.InfoLevel
-	if debug {
+	if o.debug {
 		level = zap.DebugLevel
 	}
 	return zap.New(zapcore.NewCore(encoder, zapcore.Lock(zapcore.AddSync(w)), level))

@@ -1,36 +1,29 @@
-// Package output writes tracer Events for people (aligned text columns) and
-// for log pipelines (one JSON object per line). Both encoders append to a
-// reused buffer, so writing an event allocates nothing.
-package output
+// Package encode formats Events for people (aligned text columns) and for
+// log pipelines (one JSON object per line). An encoder only appends bytes to
+// the caller's buffer: writing, buffering and delivery belong to sinks, so
+// one encoder serves stdout, a file or a network stream alike. Appending to
+// a reused buffer allocates nothing per event.
+package encode
 
 import (
-	"bufio"
-	"io"
 	"strconv"
 	"time"
 	"unicode/utf8"
 
-	"github.com/portlife/portlife/tracer"
+	"github.com/portlife/portlife/internal/event"
 )
 
-// JSON writes one object per line, with the field names of the README's
-// schema table. Fields that do not apply to an event are left out.
+// JSON encodes one object per line, with the field names of the README's
+// schema table. Fields that do not apply to an event are left out. Its zero
+// value is ready to use; it is not safe for concurrent use.
 type JSON struct {
-	w   *bufio.Writer
-	buf []byte
 	// One formatter per field: a lifetime's start and end may lie in
 	// different minutes, and each field's times come in order.
 	ts, start timestamps
 }
 
-func NewJSON(w io.Writer) *JSON {
-	return &JSON{w: bufio.NewWriterSize(w, 256<<10), buf: make([]byte, 0, 1024)}
-}
-
-func (j *JSON) Flush() error { return j.w.Flush() }
-
-func (j *JSON) Write(e *tracer.Event) error {
-	b := j.buf[:0]
+// Append appends e and a newline to b.
+func (j *JSON) Append(b []byte, e *event.Event) []byte {
 	b = append(b, `{"ts":"`...)
 	b = j.ts.append(b, e.Time)
 	b = appendString(b, `","event":"`, e.Kind.String())
@@ -64,11 +57,11 @@ func (j *JSON) Write(e *tracer.Event) error {
 	}
 
 	switch e.Kind {
-	case tracer.KindOpen:
+	case event.KindOpen:
 		if lat := e.ConnectLatency(); lat > 0 {
 			b = appendMillis(b, `,"connect_latency_ms":`, lat)
 		}
-	case tracer.KindClose:
+	case event.KindClose:
 		if !e.Start.IsZero() {
 			b = appendMillis(b, `,"duration_ms":`, e.Duration())
 		}
@@ -76,7 +69,7 @@ func (j *JSON) Write(e *tracer.Event) error {
 		b = appendUint(b, `,"rx_bytes":`, e.RxBytes)
 		b = appendUint(b, `,"tx_packets":`, uint64(e.TxPackets))
 		b = appendUint(b, `,"rx_packets":`, uint64(e.RxPackets))
-		if e.Proto == tracer.ProtoTCP {
+		if e.Proto == event.ProtoTCP {
 			b = appendUint(b, `,"retransmits":`, uint64(e.Retransmits))
 			b = appendString(b, `,"closed_by":"`, e.ClosedBy.String())
 			b = appendBool(b, `","reset":`, e.Reset)
@@ -86,17 +79,14 @@ func (j *JSON) Write(e *tracer.Event) error {
 			b = appendBool(b, `,"connected":`, e.Connected)
 		}
 		b = appendBool(b, `,"pre_existing":`, e.PreExisting)
-	case tracer.KindConnectFailed:
+	case event.KindConnectFailed:
 		if !e.Start.IsZero() {
 			b = appendMillis(b, `,"duration_ms":`, e.Duration())
 		}
 		b = appendString(b, `,"reason":"`, e.Reason())
 		b = appendUint(b, `","errno":`, uint64(e.Errno))
 	}
-	b = append(b, "}\n"...)
-	j.buf = b
-	_, err := j.w.Write(b)
-	return err
+	return append(b, "}\n"...)
 }
 
 func appendString(b []byte, key, s string) []byte {

@@ -1,27 +1,19 @@
-package output
+package encode
 
 import (
-	"bufio"
-	"io"
 	"strconv"
 	"time"
 	"unicode/utf8"
 
-	"github.com/portlife/portlife/tracer"
+	"github.com/portlife/portlife/internal/event"
 )
 
-// Text writes aligned columns for a terminal, like tcplife, with human units.
+// Text encodes aligned columns for a terminal, like tcplife, with human
+// units, under a header line that comes before the first event. Its zero
+// value is ready to use; it is not safe for concurrent use.
 type Text struct {
-	w      *bufio.Writer
-	buf    []byte
-	header bool
+	header bool // written
 }
-
-func NewText(w io.Writer) *Text {
-	return &Text{w: bufio.NewWriterSize(w, 64<<10), buf: make([]byte, 0, 512)}
-}
-
-func (t *Text) Flush() error { return t.w.Flush() }
 
 // column widths, in order: time, event, proto, pid, comm, local, remote,
 // direction, duration, tx, rx; then the notes.
@@ -38,8 +30,8 @@ var header = func() string {
 	return string(b) + "NOTES\n"
 }()
 
-func (t *Text) Write(e *tracer.Event) error {
-	b := t.buf[:0]
+// Append appends e as one line to b, after the header if this is the first.
+func (t *Text) Append(b []byte, e *event.Event) []byte {
 	if !t.header {
 		b = append(b, header...)
 		t.header = true
@@ -63,7 +55,7 @@ func (t *Text) Write(e *tracer.Event) error {
 	b = append(b, e.Proto.String()...)
 	pad(s)
 	s = len(b)
-	if e.PIDSource == tracer.PIDSourceUnknown {
+	if e.PIDSource == event.PIDSourceUnknown {
 		b = append(b, '?')
 	} else {
 		b = strconv.AppendUint(b, uint64(e.PID), 10)
@@ -83,36 +75,33 @@ func (t *Text) Write(e *tracer.Event) error {
 	pad(s)
 	s = len(b)
 	switch e.Kind {
-	case tracer.KindOpen:
+	case event.KindOpen:
 		b = appendHumanDuration(b, e.ConnectLatency())
 	default:
 		b = appendHumanDuration(b, e.Duration())
 	}
 	pad(s)
 	s = len(b)
-	if e.Kind == tracer.KindClose {
+	if e.Kind == event.KindClose {
 		b = appendHumanBytes(b, e.TxBytes)
 	}
 	pad(s)
 	s = len(b)
-	if e.Kind == tracer.KindClose {
+	if e.Kind == event.KindClose {
 		b = appendHumanBytes(b, e.RxBytes)
 	}
 	pad(s)
 	b = appendNotes(b, e)
-	b = append(b, '\n')
-	t.buf = b
-	_, err := t.w.Write(b)
-	return err
+	return append(b, '\n')
 }
 
-func appendNotes(b []byte, e *tracer.Event) []byte {
+func appendNotes(b []byte, e *event.Event) []byte {
 	start := len(b)
 	switch e.Kind {
-	case tracer.KindConnectFailed:
+	case event.KindConnectFailed:
 		b = append(b, e.Reason()...)
-	case tracer.KindClose:
-		if e.Proto == tracer.ProtoTCP {
+	case event.KindClose:
+		if e.Proto == event.ProtoTCP {
 			b = append(b, "closed_by="...)
 			b = append(b, e.ClosedBy.String()...)
 			if e.Reset {
@@ -129,7 +118,7 @@ func appendNotes(b []byte, e *tracer.Event) []byte {
 			b = append(b, " pre_existing"...)
 		}
 	}
-	if e.PIDSource == tracer.PIDSourceUnknown {
+	if e.PIDSource == event.PIDSourceUnknown {
 		if len(b) > start {
 			b = append(b, ' ')
 		}

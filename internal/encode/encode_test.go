@@ -1,4 +1,4 @@
-package output
+package encode
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/portlife/portlife/tracer"
+	"github.com/portlife/portlife/internal/event"
 )
 
 // A zone east of UTC: the JSON "ts" must still come out in UTC.
@@ -23,26 +23,26 @@ var cet = time.FixedZone("CET", 3600)
 // t0 is 2024-03-05T11:00:01.123456789Z, written in CET.
 var t0 = time.Date(2024, 3, 5, 12, 0, 1, 123456789, cet)
 
-func comm(s string) (c tracer.Comm) {
+func comm(s string) (c event.Comm) {
 	copy(c[:], s)
 	return c
 }
 
 // tcpClose is a typical outbound TCP close: 1.5s and 2.5µs long.
-func tcpClose() tracer.Event {
-	return tracer.Event{
-		Kind: tracer.KindClose, Proto: tracer.ProtoTCP,
+func tcpClose() event.Event {
+	return event.Event{
+		Kind: event.KindClose, Proto: event.ProtoTCP,
 		Start:       t0,
 		Established: t0.Add(12345678 * time.Nanosecond),
 		Time:        t0.Add(1500*time.Millisecond + 2500*time.Nanosecond),
 		PID:         4242, TID: 4243, UID: 1000, Comm: comm("curl"),
-		CgroupID: 1 << 60, NetNS: 4026531840, PIDSource: tracer.PIDSourceConnect,
+		CgroupID: 1 << 60, NetNS: 4026531840, PIDSource: event.PIDSourceConnect,
 		Local:     netip.MustParseAddrPort("10.0.0.5:41234"),
 		Remote:    netip.MustParseAddrPort("93.184.216.34:443"),
 		Family:    4,
-		Direction: tracer.DirectionOutbound, Ephemeral: true, Cookie: 1<<63 + 1,
+		Direction: event.DirectionOutbound, Ephemeral: true, Cookie: 1<<63 + 1,
 		TxBytes: 4096, RxBytes: 12 << 20, TxPackets: 40, RxPackets: 9000, Retransmits: 2,
-		ClosedBy: tracer.ClosedByRemote, Reset: true,
+		ClosedBy: event.ClosedByRemote, Reset: true,
 	}
 }
 
@@ -65,7 +65,7 @@ func num(s string) json.Number { return json.Number(s) }
 func TestJSON(t *testing.T) {
 	tests := []struct {
 		name     string
-		ev       func() tracer.Event
+		ev       func() event.Event
 		wantKeys []string
 		want     map[string]any // values checked; the key set is checked by wantKeys
 	}{
@@ -107,10 +107,10 @@ func TestJSON(t *testing.T) {
 		},
 		{
 			name: "pre-existing tcp close has neither start nor duration_ms",
-			ev: func() tracer.Event {
+			ev: func() event.Event {
 				e := tcpClose()
 				e.Start, e.Established = time.Time{}, time.Time{}
-				e.PreExisting, e.Reset, e.TimeWait, e.ClosedBy = true, false, true, tracer.ClosedByLocal
+				e.PreExisting, e.Reset, e.TimeWait, e.ClosedBy = true, false, true, event.ClosedByLocal
 				return e
 			},
 			wantKeys: keys("tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "retransmits", "closed_by", "reset", "time_wait", "pre_existing"),
@@ -123,15 +123,15 @@ func TestJSON(t *testing.T) {
 		},
 		{
 			name: "udp close has destinations and connected, not the TCP close fields",
-			ev: func() tracer.Event {
-				return tracer.Event{
-					Kind: tracer.KindClose, Proto: tracer.ProtoUDP,
+			ev: func() event.Event {
+				return event.Event{
+					Kind: event.KindClose, Proto: event.ProtoUDP,
 					Start: t0, Time: t0.Add(850 * time.Microsecond),
-					PID: 99, Comm: comm("dig"), PIDSource: tracer.PIDSourceSocket,
+					PID: 99, Comm: comm("dig"), PIDSource: event.PIDSourceSocket,
 					Local:     netip.MustParseAddrPort("[2001:db8::5]:50001"),
 					Remote:    netip.MustParseAddrPort("[2001:4860:4860::8888]:53"),
 					Family:    6,
-					Direction: tracer.DirectionOutbound, Ephemeral: true,
+					Direction: event.DirectionOutbound, Ephemeral: true,
 					TxBytes: 40, RxBytes: 512, TxPackets: 1, RxPackets: 1,
 					Destinations: 3, Connected: true,
 				}
@@ -150,9 +150,9 @@ func TestJSON(t *testing.T) {
 		},
 		{
 			name: "outbound tcp open has its connect latency",
-			ev: func() tracer.Event {
+			ev: func() event.Event {
 				e := tcpClose()
-				e.Kind, e.Time = tracer.KindOpen, e.Established
+				e.Kind, e.Time = event.KindOpen, e.Established
 				return e
 			},
 			wantKeys: keys("start", "connect_latency_ms"),
@@ -163,15 +163,15 @@ func TestJSON(t *testing.T) {
 		},
 		{
 			name: "inbound tcp open over IPv6 has no connect latency",
-			ev: func() tracer.Event {
-				return tracer.Event{
-					Kind: tracer.KindOpen, Proto: tracer.ProtoTCP,
+			ev: func() event.Event {
+				return event.Event{
+					Kind: event.KindOpen, Proto: event.ProtoTCP,
 					Start: t0, Established: t0.Add(time.Millisecond), Time: t0.Add(time.Millisecond),
-					PIDSource: tracer.PIDSourceListener, Comm: comm("nginx"),
+					PIDSource: event.PIDSourceListener, Comm: comm("nginx"),
 					Local:     netip.MustParseAddrPort("[::1]:443"),
 					Remote:    netip.MustParseAddrPort("[::1]:50000"),
 					Family:    6,
-					Direction: tracer.DirectionInbound,
+					Direction: event.DirectionInbound,
 				}
 			},
 			wantKeys: keys("start"),
@@ -184,9 +184,9 @@ func TestJSON(t *testing.T) {
 		},
 		{
 			name: "udp open has no latency either",
-			ev: func() tracer.Event {
-				return tracer.Event{
-					Kind: tracer.KindOpen, Proto: tracer.ProtoUDP, Start: t0, Time: t0,
+			ev: func() event.Event {
+				return event.Event{
+					Kind: event.KindOpen, Proto: event.ProtoUDP, Start: t0, Time: t0,
 					Local:  netip.MustParseAddrPort("0.0.0.0:5353"),
 					Remote: netip.MustParseAddrPort("0.0.0.0:0"),
 					Family: 4,
@@ -197,15 +197,15 @@ func TestJSON(t *testing.T) {
 		},
 		{
 			name: "refused connect has a reason, errno and how long it tried",
-			ev: func() tracer.Event {
-				return tracer.Event{
-					Kind: tracer.KindConnectFailed, Proto: tracer.ProtoTCP,
+			ev: func() event.Event {
+				return event.Event{
+					Kind: event.KindConnectFailed, Proto: event.ProtoTCP,
 					Start: t0, Time: t0.Add(250 * time.Microsecond),
-					PIDSource: tracer.PIDSourceConnect,
+					PIDSource: event.PIDSourceConnect,
 					Local:     netip.MustParseAddrPort("127.0.0.1:40000"),
 					Remote:    netip.MustParseAddrPort("127.0.0.1:1"),
 					Family:    4,
-					Direction: tracer.DirectionOutbound, Ephemeral: true,
+					Direction: event.DirectionOutbound, Ephemeral: true,
 					Errno: unix.ECONNREFUSED,
 				}
 			},
@@ -219,13 +219,13 @@ func TestJSON(t *testing.T) {
 		},
 		{
 			name: "connect with no ephemeral port left",
-			ev: func() tracer.Event {
-				return tracer.Event{
-					Kind: tracer.KindConnectFailed, Proto: tracer.ProtoTCP, Time: t0,
+			ev: func() event.Event {
+				return event.Event{
+					Kind: event.KindConnectFailed, Proto: event.ProtoTCP, Time: t0,
 					Local:     netip.MustParseAddrPort("0.0.0.0:0"),
 					Remote:    netip.MustParseAddrPort("10.0.0.1:80"),
 					Family:    4,
-					Direction: tracer.DirectionOutbound, Ephemeral: true,
+					Direction: event.DirectionOutbound, Ephemeral: true,
 					Errno: unix.EADDRNOTAVAIL,
 				}
 			},
@@ -256,17 +256,10 @@ func TestJSON(t *testing.T) {
 }
 
 // encodeJSON writes one event and returns exactly what reached the writer.
-func encodeJSON(t *testing.T, ev *tracer.Event) string {
+func encodeJSON(t *testing.T, ev *event.Event) string {
 	t.Helper()
-	var buf bytes.Buffer
-	j := NewJSON(&buf)
-	if err := j.Write(ev); err != nil {
-		t.Fatalf("Write: %v", err)
-	}
-	if err := j.Flush(); err != nil {
-		t.Fatalf("Flush: %v", err)
-	}
-	line := buf.String()
+	var j JSON
+	line := string(j.Append(nil, ev))
 	if !strings.HasSuffix(line, "\n") || strings.Count(line, "\n") != 1 {
 		t.Fatalf("want one line ending in a newline, got %q", line)
 	}
@@ -331,18 +324,17 @@ func TestJSONCommEscaping(t *testing.T) {
 // The encoder reuses its buffer: a long line must not leak into a shorter one
 // that follows.
 func TestJSONLinesAreIndependent(t *testing.T) {
-	var buf bytes.Buffer
-	j := NewJSON(&buf)
+	var (
+		buf bytes.Buffer
+		j   JSON
+		b   []byte // reused, as a sink reuses it
+	)
 	long, short := tcpClose(), tcpClose()
 	long.Comm = comm(`""""""""""""""`) // every byte escaped: a long line
-	short.Kind = tracer.KindOpen
-	for _, ev := range []*tracer.Event{&long, &short, &long} {
-		if err := j.Write(ev); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := j.Flush(); err != nil {
-		t.Fatal(err)
+	short.Kind = event.KindOpen
+	for _, ev := range []*event.Event{&long, &short, &long} {
+		b = j.Append(b[:0], ev)
+		buf.Write(b)
 	}
 	lines := strings.SplitAfter(buf.String(), "\n")
 	if len(lines) != 4 || lines[3] != "" {
@@ -359,45 +351,42 @@ func TestJSONLinesAreIndependent(t *testing.T) {
 }
 
 // textLines writes events and returns the output's lines, without newlines.
-func textLines(t *testing.T, evs ...tracer.Event) []string {
+func textLines(t *testing.T, evs ...event.Event) []string {
 	t.Helper()
-	var buf bytes.Buffer
-	w := NewText(&buf)
+	var (
+		w Text
+		b []byte
+	)
 	for i := range evs {
-		if err := w.Write(&evs[i]); err != nil {
-			t.Fatal(err)
-		}
+		b = w.Append(b, &evs[i])
 	}
-	if err := w.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	out := buf.String()
+	out := string(b)
 	if !strings.HasSuffix(out, "\n") {
 		t.Fatalf("output does not end in a newline: %q", out)
 	}
 	return strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 }
 
-func textEvents() []tracer.Event {
+func textEvents() []event.Event {
 	open := tcpClose()
-	open.Kind, open.Time = tracer.KindOpen, open.Established
+	open.Kind, open.Time = event.KindOpen, open.Established
 
-	v6 := tracer.Event{
-		Kind: tracer.KindClose, Proto: tracer.ProtoUDP, Start: t0, Time: t0.Add(4500 * time.Millisecond),
-		PID: 1, Comm: comm("systemd-resolve"), PIDSource: tracer.PIDSourceSocket,
+	v6 := event.Event{
+		Kind: event.KindClose, Proto: event.ProtoUDP, Start: t0, Time: t0.Add(4500 * time.Millisecond),
+		PID: 1, Comm: comm("systemd-resolve"), PIDSource: event.PIDSourceSocket,
 		Local:     netip.MustParseAddrPort("[2001:db8::5]:53"),
 		Remote:    netip.MustParseAddrPort("[2001:db8::6]:50000"),
 		Family:    6,
-		Direction: tracer.DirectionInbound, TxBytes: 512, RxBytes: 1024, Destinations: 3,
+		Direction: event.DirectionInbound, TxBytes: 512, RxBytes: 1024, Destinations: 3,
 	}
-	failed := tracer.Event{
-		Kind: tracer.KindConnectFailed, Proto: tracer.ProtoTCP, Start: t0, Time: t0.Add(3 * time.Second),
+	failed := event.Event{
+		Kind: event.KindConnectFailed, Proto: event.ProtoTCP, Start: t0, Time: t0.Add(3 * time.Second),
 		Local:     netip.MustParseAddrPort("10.0.0.5:40000"),
 		Remote:    netip.MustParseAddrPort("192.0.2.1:443"),
 		Family:    4,
-		Direction: tracer.DirectionOutbound, Errno: unix.ETIMEDOUT,
+		Direction: event.DirectionOutbound, Errno: unix.ETIMEDOUT,
 	}
-	return []tracer.Event{tcpClose(), open, v6, failed}
+	return []event.Event{tcpClose(), open, v6, failed}
 }
 
 func TestTextHeaderOnceAndOneLinePerEvent(t *testing.T) {
@@ -490,23 +479,23 @@ func TestTextColumnsAlignedOnTerminal(t *testing.T) {
 func TestTextCells(t *testing.T) {
 	tests := []struct {
 		name string
-		ev   func() tracer.Event
+		ev   func() event.Event
 		want map[string]string // column -> text at its start
 	}{
 		{"tcp close shows lifetime, bytes and notes", tcpClose, map[string]string{
 			"DURATION": "1.50s", "TX": "4.0K", "RX": "12M", "PID": "4242",
 		}},
-		{"outbound open shows the connect latency and no bytes", func() tracer.Event {
+		{"outbound open shows the connect latency and no bytes", func() event.Event {
 			e := tcpClose()
-			e.Kind, e.Time = tracer.KindOpen, e.Established
+			e.Kind, e.Time = event.KindOpen, e.Established
 			return e
 		}, map[string]string{"DURATION": "12.3ms", "TX": "", "RX": ""}},
-		{"unknown pid shows a question mark", func() tracer.Event {
+		{"unknown pid shows a question mark", func() event.Event {
 			e := tcpClose()
-			e.PIDSource, e.PID = tracer.PIDSourceUnknown, 0
+			e.PIDSource, e.PID = event.PIDSourceUnknown, 0
 			return e
 		}, map[string]string{"PID": "?"}},
-		{"pre-existing close has no duration", func() tracer.Event {
+		{"pre-existing close has no duration", func() event.Event {
 			e := tcpClose()
 			e.Start, e.PreExisting = time.Time{}, true
 			return e
@@ -528,43 +517,43 @@ func TestTextCells(t *testing.T) {
 func TestTextNotes(t *testing.T) {
 	tests := []struct {
 		name string
-		ev   func() tracer.Event
+		ev   func() event.Event
 		want string
 	}{
 		{"tcp close: who closed, and a reset", tcpClose, "closed_by=remote reset"},
-		{"tcp close into time_wait", func() tracer.Event {
+		{"tcp close into time_wait", func() event.Event {
 			e := tcpClose()
-			e.Reset, e.TimeWait, e.ClosedBy = false, true, tracer.ClosedByLocal
+			e.Reset, e.TimeWait, e.ClosedBy = false, true, event.ClosedByLocal
 			return e
 		}, "closed_by=local time_wait"},
-		{"pre-existing", func() tracer.Event {
+		{"pre-existing", func() event.Event {
 			e := tcpClose()
-			e.Reset, e.PreExisting, e.ClosedBy = false, true, tracer.ClosedByUnknown
+			e.Reset, e.PreExisting, e.ClosedBy = false, true, event.ClosedByUnknown
 			return e
 		}, "closed_by=unknown pre_existing"},
-		{"udp close counts destinations", func() tracer.Event {
+		{"udp close counts destinations", func() event.Event {
 			e := tcpClose()
-			e.Proto, e.Destinations = tracer.ProtoUDP, 7
+			e.Proto, e.Destinations = event.ProtoUDP, 7
 			return e
 		}, "destinations=7"},
-		{"connect_failed gives the reason", func() tracer.Event {
+		{"connect_failed gives the reason", func() event.Event {
 			e := tcpClose()
-			e.Kind, e.Errno = tracer.KindConnectFailed, unix.EHOSTUNREACH
+			e.Kind, e.Errno = event.KindConnectFailed, unix.EHOSTUNREACH
 			return e
 		}, "unreachable"},
-		{"unknown pid is noted", func() tracer.Event {
+		{"unknown pid is noted", func() event.Event {
 			e := tcpClose()
-			e.Kind, e.Errno, e.PIDSource = tracer.KindConnectFailed, unix.ECONNREFUSED, tracer.PIDSourceUnknown
+			e.Kind, e.Errno, e.PIDSource = event.KindConnectFailed, unix.ECONNREFUSED, event.PIDSourceUnknown
 			return e
 		}, "refused pid_unknown"},
-		{"unknown pid on an open is the only note", func() tracer.Event {
+		{"unknown pid on an open is the only note", func() event.Event {
 			e := tcpClose()
-			e.Kind, e.PIDSource = tracer.KindOpen, tracer.PIDSourceUnknown
+			e.Kind, e.PIDSource = event.KindOpen, event.PIDSourceUnknown
 			return e
 		}, "pid_unknown"},
-		{"an open has no notes", func() tracer.Event {
+		{"an open has no notes", func() event.Event {
 			e := tcpClose()
-			e.Kind = tracer.KindOpen
+			e.Kind = event.KindOpen
 			return e
 		}, ""},
 	}

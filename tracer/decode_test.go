@@ -9,6 +9,8 @@ import (
 
 	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
+
+	"github.com/portlife/portlife/internal/event"
 )
 
 // rawRecord returns r's bytes, exactly as the kernel would put the C struct
@@ -33,7 +35,7 @@ func commOf(s string) (c [16]int8) {
 var bootTime = time.Date(2024, 3, 5, 12, 0, 0, 0, time.UTC)
 
 // testEphemeral is Linux's default ip_local_port_range.
-var testEphemeral = PortRange{32768, 60999}
+var testEphemeral = event.PortRange{Lo: 32768, Hi: 60999}
 
 func testDecoder() decoder { return decoder{bootTime: bootTime, ephemeral: testEphemeral} }
 
@@ -54,7 +56,7 @@ func TestDecode(t *testing.T) {
 	tests := []struct {
 		name string
 		rec  portlifeEvent
-		want Event
+		want event.Event
 	}{
 		{
 			name: "tcp close over IPv4 unmaps the addresses and copies every counter",
@@ -72,18 +74,18 @@ func TestDecode(t *testing.T) {
 				Flags:     fTW, LastState: 5,
 				Comm: commOf("curl"),
 			},
-			want: Event{
-				Kind: KindClose, Proto: ProtoTCP,
+			want: event.Event{
+				Kind: event.KindClose, Proto: event.ProtoTCP,
 				Time:        time.Date(2024, 3, 5, 12, 0, 5, 500_000_000, time.UTC),
 				Start:       time.Date(2024, 3, 5, 12, 0, 1, 0, time.UTC),
 				Established: time.Date(2024, 3, 5, 12, 0, 1, 12_300_000, time.UTC),
-				PID:         44, TID: 45, UID: 46, Comm: Comm{'c', 'u', 'r', 'l'},
-				CgroupID: 3333, NetNS: 47, PIDSource: PIDSourceConnect,
+				PID:         44, TID: 45, UID: 46, Comm: event.Comm{'c', 'u', 'r', 'l'},
+				CgroupID: 3333, NetNS: 47, PIDSource: event.PIDSourceConnect,
 				Local:     netip.MustParseAddrPort("10.0.0.5:41234"),
 				Remote:    netip.MustParseAddrPort("93.184.216.34:443"),
-				Direction: DirectionOutbound, Ephemeral: true, Cookie: 0xdeadbeefcafe,
+				Direction: event.DirectionOutbound, Ephemeral: true, Cookie: 0xdeadbeefcafe,
 				TxBytes: 1111, RxBytes: 2222, TxPackets: 48, RxPackets: 49,
-				Retransmits: 50, Destinations: 51, ClosedBy: ClosedByLocal,
+				Retransmits: 50, Destinations: 51, ClosedBy: event.ClosedByLocal,
 				TimeWait: true,
 			},
 		},
@@ -97,15 +99,15 @@ func TestDecode(t *testing.T) {
 				PidSource: uint8(portlifePidSourcePID_SOURCE_LISTENER),
 				Comm:      commOf("nginx"),
 			},
-			want: Event{
-				Kind: KindOpen, Proto: ProtoTCP,
+			want: event.Event{
+				Kind: event.KindOpen, Proto: event.ProtoTCP,
 				Time:        time.Date(2024, 3, 5, 12, 0, 2, 500, time.UTC),
 				Start:       time.Date(2024, 3, 5, 12, 0, 2, 0, time.UTC),
 				Established: time.Date(2024, 3, 5, 12, 0, 2, 500, time.UTC),
-				PID:         7, Comm: Comm{'n', 'g', 'i', 'n', 'x'}, PIDSource: PIDSourceListener,
+				PID:         7, Comm: event.Comm{'n', 'g', 'i', 'n', 'x'}, PIDSource: event.PIDSourceListener,
 				Local:     netip.MustParseAddrPort("[2001:db8::1]:443"),
 				Remote:    netip.MustParseAddrPort("[2001:db8::2]:50000"),
-				Direction: DirectionInbound, Ephemeral: true,
+				Direction: event.DirectionInbound, Ephemeral: true,
 			},
 		},
 		{
@@ -117,13 +119,13 @@ func TestDecode(t *testing.T) {
 				ClosedBy: uint8(portlifeClosedByCLOSED_BY_REMOTE),
 				Flags:    fPre | fRstRecv,
 			},
-			want: Event{
-				Kind: KindClose, Proto: ProtoTCP,
+			want: event.Event{
+				Kind: event.KindClose, Proto: event.ProtoTCP,
 				Time:      time.Date(2024, 3, 5, 12, 0, 9, 0, time.UTC),
 				Local:     netip.MustParseAddrPort("127.0.0.1:5432"),
 				Remote:    netip.MustParseAddrPort("127.0.0.1:40000"),
-				Direction: DirectionInbound, Ephemeral: true,
-				ClosedBy: ClosedByRemote, Reset: true, PreExisting: true,
+				Direction: event.DirectionInbound, Ephemeral: true,
+				ClosedBy: event.ClosedByRemote, Reset: true, PreExisting: true,
 			},
 		},
 		{
@@ -134,12 +136,12 @@ func TestDecode(t *testing.T) {
 				Kind: kClose, Proto: unix.IPPROTO_TCP, Family: 4, Direction: dIn,
 				Flags: fRstSent,
 			},
-			want: Event{
-				Kind: KindClose, Proto: ProtoTCP,
+			want: event.Event{
+				Kind: event.KindClose, Proto: event.ProtoTCP,
 				Time:      time.Date(2024, 3, 5, 12, 0, 0, 1, time.UTC),
 				Local:     netip.MustParseAddrPort("10.0.0.1:80"),
 				Remote:    netip.MustParseAddrPort("10.0.0.2:1000"),
-				Direction: DirectionInbound, Reset: true,
+				Direction: event.DirectionInbound, Reset: true,
 			},
 		},
 		{
@@ -153,15 +155,15 @@ func TestDecode(t *testing.T) {
 				Flags:     fConn,
 				Comm:      commOf("dig"),
 			},
-			want: Event{
-				Kind: KindClose, Proto: ProtoUDP,
+			want: event.Event{
+				Kind: event.KindClose, Proto: event.ProtoUDP,
 				Time:      time.Date(2024, 3, 5, 12, 0, 0, 2_000, time.UTC),
 				Start:     time.Date(2024, 3, 5, 12, 0, 0, 1_000, time.UTC),
-				Comm:      Comm{'d', 'i', 'g'},
-				PIDSource: PIDSourceSocket,
+				Comm:      event.Comm{'d', 'i', 'g'},
+				PIDSource: event.PIDSourceSocket,
 				Local:     netip.MustParseAddrPort("[::]:50001"),
 				Remote:    netip.MustParseAddrPort("[2001:4860:4860::8888]:53"),
-				Direction: DirectionOutbound, Ephemeral: true,
+				Direction: event.DirectionOutbound, Ephemeral: true,
 				TxBytes: 64, RxBytes: 512, TxPackets: 1, RxPackets: 1, Destinations: 3,
 				Connected: true,
 			},
@@ -176,14 +178,14 @@ func TestDecode(t *testing.T) {
 				// A full 16-byte comm has no NUL to stop at: all of it is the name.
 				Comm: commOf("0123456789abcdef"),
 			},
-			want: Event{
-				Kind: KindConnectFailed, Proto: ProtoTCP,
+			want: event.Event{
+				Kind: event.KindConnectFailed, Proto: event.ProtoTCP,
 				Time:      time.Date(2024, 3, 5, 12, 0, 4, 0, time.UTC),
 				Start:     time.Date(2024, 3, 5, 12, 0, 3, 0, time.UTC),
-				Comm:      Comm{'0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e', 'f'},
+				Comm:      event.Comm{'0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e', 'f'},
 				Local:     netip.MustParseAddrPort("0.0.0.0:0"),
 				Remote:    netip.MustParseAddrPort("192.0.2.1:443"),
-				Direction: DirectionOutbound, Ephemeral: true,
+				Direction: event.DirectionOutbound, Ephemeral: true,
 				Errno: unix.ECONNREFUSED,
 			},
 		},
@@ -192,9 +194,9 @@ func TestDecode(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			d := testDecoder()
 			// Start from a dirty Event: decode must overwrite every field,
-			// because the Tracer reuses one Event for all records.
-			got := Event{Reset: true, TimeWait: true, PreExisting: true, Connected: true, Ephemeral: true,
-				Start: time.Now(), Established: time.Now(), Errno: unix.EIO, Comm: Comm{'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x'}}
+			// because the Tracer reuses one event.Event for all records.
+			got := event.Event{Reset: true, TimeWait: true, PreExisting: true, Connected: true, Ephemeral: true,
+				Start: time.Now(), Established: time.Now(), Errno: unix.EIO, Comm: event.Comm{'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x'}}
 			if err := d.decode(rawRecord(&tt.rec), &got); err != nil {
 				t.Fatalf("decode: %v", err)
 			}
@@ -239,7 +241,7 @@ func TestDecodeCommTrimming(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			d := testDecoder()
 			rec := portlifeEvent{Kind: kClose, Family: 4, Comm: tt.comm}
-			var ev Event
+			var ev event.Event
 			if err := d.decode(rawRecord(&rec), &ev); err != nil {
 				t.Fatal(err)
 			}
@@ -278,7 +280,7 @@ func TestDecodeEphemeral(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			d := testDecoder()
 			rec := portlifeEvent{Kind: kClose, Family: 4, Direction: tt.direction, Lport: tt.lport, Rport: tt.rport}
-			var ev Event
+			var ev event.Event
 			if err := d.decode(rawRecord(&rec), &ev); err != nil {
 				t.Fatal(err)
 			}
@@ -306,7 +308,7 @@ func TestDecodeDurations(t *testing.T) {
 			d := testDecoder()
 			rec := portlifeEvent{Kind: kClose, Family: 4, Direction: tt.direction,
 				StartNs: tt.startNs, EstablishedNs: tt.establishedNs, EndNs: tt.endNs}
-			var ev Event
+			var ev event.Event
 			if err := d.decode(rawRecord(&rec), &ev); err != nil {
 				t.Fatal(err)
 			}
@@ -326,7 +328,7 @@ func TestDecodeShortRecord(t *testing.T) {
 	for _, n := range []int{0, 1, recordSize - 1} {
 		t.Run(fmt.Sprintf("%d bytes", n), func(t *testing.T) {
 			d := testDecoder()
-			var ev Event
+			var ev event.Event
 			if err := d.decode(full[:n], &ev); err == nil {
 				t.Errorf("decode of a %d-byte record succeeded, want an error", n)
 			}
@@ -334,7 +336,7 @@ func TestDecodeShortRecord(t *testing.T) {
 	}
 	t.Run("nil", func(t *testing.T) {
 		d := testDecoder()
-		var ev Event
+		var ev event.Event
 		if err := d.decode(nil, &ev); err == nil {
 			t.Error("decode(nil) succeeded, want an error")
 		}
@@ -361,37 +363,6 @@ func TestNewDecoderAnchorsBootClock(t *testing.T) {
 	}
 	if d.ephemeral != testEphemeral {
 		t.Errorf("ephemeral = %v, want %v", d.ephemeral, testEphemeral)
-	}
-}
-
-func TestReason(t *testing.T) {
-	tests := []struct {
-		name  string
-		kind  Kind
-		lport uint16
-		errno unix.Errno
-		want  string
-	}{
-		{"no local port: EADDRNOTAVAIL from connect", KindConnectFailed, 0, unix.EADDRNOTAVAIL, "no_ephemeral_port"},
-		{"no local port wins over the socket error", KindConnectFailed, 0, unix.ECONNREFUSED, "no_ephemeral_port"},
-		{"refused", KindConnectFailed, 40000, unix.ECONNREFUSED, "refused"},
-		{"timeout", KindConnectFailed, 40000, unix.ETIMEDOUT, "timeout"},
-		{"host unreachable", KindConnectFailed, 40000, unix.EHOSTUNREACH, "unreachable"},
-		{"network unreachable", KindConnectFailed, 40000, unix.ENETUNREACH, "unreachable"},
-		{"no error: closed before connecting", KindConnectFailed, 40000, 0, "aborted"},
-		{"other errno by its name", KindConnectFailed, 40000, unix.EACCES, "EACCES"},
-		{"another errno by its name", KindConnectFailed, 40000, unix.EPERM, "EPERM"},
-		{"an errno with no name", KindConnectFailed, 40000, unix.Errno(4000), "error"},
-		{"close has no reason", KindClose, 40000, unix.ECONNREFUSED, ""},
-		{"open has no reason", KindOpen, 0, 0, ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ev := Event{Kind: tt.kind, Local: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), tt.lport), Errno: tt.errno}
-			if got := ev.Reason(); got != tt.want {
-				t.Errorf("Reason() = %q, want %q", got, tt.want)
-			}
-		})
 	}
 }
 
@@ -445,8 +416,9 @@ func TestEventSizeMatchesBTF(t *testing.T) {
 	}
 }
 
-// Filter.Validate's limits must be the kernel's table sizes, or a filter it
-// accepts fails at load time (or one the kernel could hold is refused).
+// The filter limits of internal/event must be the kernel's table sizes, or
+// a filter Validate accepts fails at load time (or one the kernel could hold
+// is refused).
 func TestFilterLimitsMatchKernel(t *testing.T) {
 	spec, err := loadPortlife()
 	if err != nil {
@@ -456,29 +428,30 @@ func TestFilterLimitsMatchKernel(t *testing.T) {
 	if !ok {
 		t.Fatalf("no %s map in the spec", portlifeMapRaddrNets)
 	}
-	if int(m.MaxEntries) != MaxRemoteNets {
-		t.Errorf("raddr_nets holds %d entries, MaxRemoteNets is %d", m.MaxEntries, MaxRemoteNets)
+	if int(m.MaxEntries) != event.MaxRemoteNets {
+		t.Errorf("raddr_nets holds %d entries, event.MaxRemoteNets is %d", m.MaxEntries, event.MaxRemoteNets)
 	}
-	if MaxPortRanges != 8 {
-		t.Errorf("MaxPortRanges = %d, want MAX_PORT_RANGES (8)", MaxPortRanges)
+	var c portlifeConfig
+	if len(c.Lports) != event.MaxPortRanges || len(c.Rports) != event.MaxPortRanges {
+		t.Errorf("struct config holds %d/%d port ranges, event.MaxPortRanges is %d", len(c.Lports), len(c.Rports), event.MaxPortRanges)
+	}
+	if len(c.Comm)-1 != event.MaxCommLen {
+		t.Errorf("struct config's comm holds %d bytes and a NUL, event.MaxCommLen is %d", len(c.Comm)-1, event.MaxCommLen)
 	}
 }
 
-// SampleRecord is what benchmarks outside the package decode; it must be a
-// well-formed TCP close, or they measure an unrealistic path.
+// sampleRecord decodes to a well-formed TCP close, or the benchmarks measure
+// an unrealistic path.
 func TestSampleRecordDecodes(t *testing.T) {
-	d, err := NewDecoder(testEphemeral)
-	if err != nil {
+	d := testDecoder()
+	var ev event.Event
+	if err := d.decode(sampleRecord(), &ev); err != nil {
 		t.Fatal(err)
 	}
-	var ev Event
-	if err := d.Decode(SampleRecord(), &ev); err != nil {
-		t.Fatal(err)
-	}
-	if ev.Kind != KindClose || ev.Proto != ProtoTCP || ev.Comm.String() != "curl" ||
+	if ev.Kind != event.KindClose || ev.Proto != event.ProtoTCP || ev.Comm.String() != "curl" ||
 		ev.Local != netip.MustParseAddrPort("10.0.0.5:41234") ||
 		ev.Remote != netip.MustParseAddrPort("93.184.216.34:443") ||
-		!ev.Ephemeral || !ev.TimeWait || ev.ClosedBy != ClosedByLocal || ev.Duration() != 4500*time.Millisecond {
-		t.Errorf("SampleRecord decodes to %+v, want curl's TCP close 10.0.0.5:41234 -> 93.184.216.34:443 of 4.5s", ev)
+		!ev.Ephemeral || !ev.TimeWait || ev.ClosedBy != event.ClosedByLocal || ev.Duration() != 4500*time.Millisecond {
+		t.Errorf("sampleRecord decodes to %+v, want curl's TCP close 10.0.0.5:41234 -> 93.184.216.34:443 of 4.5s", ev)
 	}
 }

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/portlife/portlife/internal/stream"
+	"github.com/portlife/portlife/tracer"
+)
+
+// losses is the policy for saying what portlife could not deliver: the
+// kernel side's drops, by reason, and each queued consumer's, by name. It
+// warns while they grow and sums them up at exit. Both sources are safe to
+// read while tracing runs.
+type losses struct {
+	tracer *tracer.Tracer
+	stream *stream.Stream
+}
+
+// watch warns every interval in which anything was lost, until ctx is done.
+func (l losses) watch(ctx context.Context, log *zap.Logger, interval time.Duration) {
+	if interval <= 0 {
+		return
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	var last uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		s, err := l.tracer.Stats()
+		if err != nil {
+			log.Warn("reading drop counters", zap.Error(err))
+			continue
+		}
+		total := s.Lost() + l.stream.Dropped()
+		if total > last {
+			log.Warn("events lost", append(l.fields(s, total),
+				zap.Uint64("lost_since_last", total-last))...)
+			last = total
+		}
+	}
+}
+
+// summary logs `tracing stopped` with the totals, and a warning with advice
+// if anything was lost.
+func (l losses) summary(log *zap.Logger) error {
+	s, err := l.tracer.Stats()
+	total := s.Lost() + l.stream.Dropped()
+	log.Info("tracing stopped", append([]zap.Field{zap.Uint64("events", s.Events)}, l.fields(s, total)...)...)
+	if s.Lost() > 0 {
+		log.Warn("the kernel side could not deliver every event: raise --ring-buffer, or narrow the filters",
+			zap.Uint64("lost", s.Lost()))
+	}
+	if d := l.stream.Dropped(); d > 0 {
+		log.Warn("a consumer fell behind and lost events from its queue", zap.Uint64("dropped", d))
+	}
+	return err
+}
+
+// fields are the loss counters as log fields: lost is the sum of every
+// reason, kernel side and consumers alike.
+func (l losses) fields(s tracer.Stats, total uint64) []zap.Field {
+	f := []zap.Field{
+		zap.Uint64("lost", total),
+		zap.Uint64("ringbuf_full", s.RingbufFull),
+		zap.Uint64("storage_full", s.StorageFull),
+		zap.Uint64("table_full", s.TableFull),
+	}
+	if cs := l.stream.Stats(); len(cs) > 0 {
+		f = append(f, zap.Array("consumers", consumerStats(cs)))
+	}
+	return f
+}
+
+// consumerStats logs each queued consumer as {name, delivered, dropped, failed, error}.
+type consumerStats []stream.ConsumerStats
+
+func (cs consumerStats) MarshalLogArray(enc zapcore.ArrayEncoder) error {
+	for _, c := range cs {
+		enc.AppendObject(zapcore.ObjectMarshalerFunc(func(o zapcore.ObjectEncoder) error {
+			o.AddString("name", c.Name)
+			o.AddUint64("delivered", c.Delivered)
+			o.AddUint64("dropped", c.Dropped)
+			o.AddUint64("failed", c.Failed)
+			if c.LastError != nil {
+				o.AddString("error", c.LastError.Error())
+			}
+			return nil
+		}))
+	}
+	return nil
+}

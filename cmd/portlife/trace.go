@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+
+	"github.com/portlife/portlife/internal/encode"
+	"github.com/portlife/portlife/internal/sink"
+	"github.com/portlife/portlife/internal/stream"
+	"github.com/portlife/portlife/tracer"
+)
+
+// options is the parsed command line of `portlife trace`.
+type options struct {
+	output        string // text or json
+	log           logOptions
+	statsInterval time.Duration // how often to warn while events are lost
+	version       bool
+	cfg           tracer.Config
+}
+
+// parseFlags reads the arguments of `portlife trace` into options. Every
+// value is checked here, so a mistake is reported before anything is loaded
+// into the kernel.
+func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage func(*pflag.FlagSet)) (options, error) {
+	fs := pflag.NewFlagSet("portlife", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.Usage = func() { usage(fs) }
+
+	o := options{cfg: tracer.DefaultConfig(), statsInterval: 10 * time.Second}
+	fs.Var(&choiceValue{p: &o.output, choices: []string{"text", "json"}}, "output", "event format: text or json (default text on a terminal, json otherwise)")
+	addFilterFlags(fs, &o.cfg.Filter)
+	fs.Var(ringSizeValue{&o.cfg.RingBufferSize}, "ring-buffer", "kernel-to-user buffer: a power of two from 4KiB to 1GiB; it costs twice this in RSS")
+	fs.Var(durationValue{&o.cfg.FlushInterval}, "flush-interval", "longest an event waits before it is written; 0 wakes the reader for each event, at more CPU")
+	fs.Var(durationValue{&o.statsInterval}, "stats-interval", "how often to warn while events are being lost; 0 only at exit")
+	fs.Var(niceValue{&o.cfg.ReaderNice}, "reader-nice", "nice value of the thread that reads and writes events, so a CPU-saturated host cannot starve it; 0 leaves it unchanged")
+	addLogFlags(fs, &o.log)
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q: portlife trace takes only flags", fs.Arg(0))
+	}
+	o.output = defaultTo(o.output, "text", "json", stdoutIsTerminal)
+	o.log.format = defaultTo(o.log.format, "console", "json", stderrIsTerminal)
+	// The flag values applied each rule as they parsed; this catches a rule
+	// the filter adds that no flag knows of yet.
+	return o, o.cfg.Filter.Validate()
+}
+
+func runTrace(ctx context.Context, args []string, stdout, stderr *os.File) int {
+	opts, err := parseFlags(args, isTerminal(stdout), isTerminal(stderr), func(fs *pflag.FlagSet) {
+		fmt.Fprintf(stderr, "%sTraces every TCP and UDP port's lifetime on this host. Needs root.\n\nFlags:\n%s", usageHead, fs.FlagUsages())
+	})
+	switch {
+	case errors.Is(err, pflag.ErrHelp):
+		return exitOK
+	case err != nil:
+		fmt.Fprintf(stderr, "portlife: %v (see portlife --help)\n", err)
+		return exitUsage
+	case opts.version:
+		printVersion(stdout)
+		return exitOK
+	}
+
+	log := newLogger(stderr, opts.log)
+	defer log.Sync()
+	if err := trace(ctx, opts, stdout, log); err != nil {
+		log.Error("portlife failed", zap.Error(err))
+		return exitError
+	}
+	return exitOK
+}
+
+// trace wires the flow: the tracer reads the kernel's ring and decodes, the
+// stream fans each event out, and stdout, the primary output, gets it
+// inline. A consumer that must never slow the reader (a network sink, the
+// store, accounting, metrics) subscribes to the stream with a queue of its
+// own, between New and Run.
+func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger) error {
+	t, err := tracer.New(opts.cfg, log)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+
+	var out *sink.Writer
+	if opts.output == "text" {
+		out = sink.NewWriter(stdout, &encode.Text{}, 64<<10)
+	} else {
+		out = sink.NewWriter(stdout, &encode.JSON{}, 256<<10)
+	}
+	s := stream.New(out)
+	l := losses{tracer: t, stream: s}
+
+	watchCtx, stopWatching := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		l.watch(watchCtx, log, opts.statsInterval)
+	}()
+
+	log.Info("tracing started", zap.String("output", opts.output))
+	runErr := t.Run(ctx, s)
+	closeErr := s.Close()
+	stopWatching()
+	wg.Wait()
+
+	statsErr := l.summary(log)
+	return errors.Join(runErr, closeErr, statsErr)
+}

@@ -1,0 +1,203 @@
+// Package event is portlife's domain model: the port lifetime Event that
+// every consumer of the stream reads, its enums, and the Filter that selects
+// events, with the one set of rules that validates each filter value. It
+// imports no eBPF: the tracer turns kernel records into Events, and
+// everything downstream (encoders, sinks, accounting, metrics, the store)
+// sees only this package.
+package event
+
+import (
+	"net/netip"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Kind says what happened to a port. The values are the kernel's enum
+// event_kind (bpf/portlife.h); a tracer test checks them against its BTF.
+type Kind uint8
+
+const (
+	KindOpen          Kind = 1
+	KindClose         Kind = 2
+	KindConnectFailed Kind = 3
+)
+
+var kindNames = [...]string{KindOpen: "open", KindClose: "close", KindConnectFailed: "connect_failed"}
+
+func (k Kind) String() string { return name(kindNames[:], int(k)) }
+
+// Kinds lists every event kind, in the order of the README.
+var Kinds = []Kind{KindOpen, KindClose, KindConnectFailed}
+
+// Proto is the transport protocol, by its IP protocol number.
+type Proto uint8
+
+const (
+	ProtoTCP Proto = unix.IPPROTO_TCP
+	ProtoUDP Proto = unix.IPPROTO_UDP
+)
+
+// Protos lists every protocol portlife traces.
+var Protos = []Proto{ProtoTCP, ProtoUDP}
+
+func (p Proto) String() string {
+	switch p {
+	case ProtoTCP:
+		return "tcp"
+	case ProtoUDP:
+		return "udp"
+	}
+	return "unknown"
+}
+
+// Direction says which side initiated the connection (enum direction).
+type Direction uint8
+
+const (
+	DirectionUnknown  Direction = 0
+	DirectionOutbound Direction = 1
+	DirectionInbound  Direction = 2
+)
+
+var directionNames = [...]string{DirectionUnknown: "unknown", DirectionOutbound: "outbound", DirectionInbound: "inbound"}
+
+func (d Direction) String() string { return name(directionNames[:], int(d)) }
+
+// PIDSource says how the process in an event was learned (enum pid_source).
+type PIDSource uint8
+
+const (
+	PIDSourceUnknown  PIDSource = 0
+	PIDSourceConnect  PIDSource = 1
+	PIDSourceListener PIDSource = 2
+	PIDSourceClose    PIDSource = 3
+	PIDSourceSocket   PIDSource = 4
+	PIDSourceFDOwner  PIDSource = 5
+)
+
+var pidSourceNames = [...]string{
+	PIDSourceUnknown:  "unknown",
+	PIDSourceConnect:  "connect",
+	PIDSourceListener: "listener",
+	PIDSourceClose:    "close",
+	PIDSourceSocket:   "socket",
+	PIDSourceFDOwner:  "fd_owner",
+}
+
+func (s PIDSource) String() string { return name(pidSourceNames[:], int(s)) }
+
+// ClosedBy says which side ended a connection first (enum closed_by).
+type ClosedBy uint8
+
+const (
+	ClosedByUnknown ClosedBy = 0
+	ClosedByLocal   ClosedBy = 1
+	ClosedByRemote  ClosedBy = 2
+)
+
+var closedByNames = [...]string{ClosedByUnknown: "unknown", ClosedByLocal: "local", ClosedByRemote: "remote"}
+
+func (c ClosedBy) String() string { return name(closedByNames[:], int(c)) }
+
+func name(names []string, i int) string {
+	if i < len(names) && names[i] != "" {
+		return names[i]
+	}
+	return "unknown"
+}
+
+// Comm is a task's command name as the kernel keeps it: at most 15 bytes.
+type Comm [16]byte
+
+// Bytes returns the name without its NUL padding, without allocating.
+func (c *Comm) Bytes() []byte {
+	for i, b := range c {
+		if b == 0 {
+			return c[:i]
+		}
+	}
+	return c[:]
+}
+
+func (c *Comm) String() string { return string(c.Bytes()) }
+
+// Event is one port lifetime event. It is a plain value: the stream copies
+// it into each consumer's queue, so it holds no pointers to shared state.
+type Event struct {
+	Kind        Kind
+	Proto       Proto
+	Family      int       // 4 or 6: the address family on the wire (v4-mapped IPv6 is 4)
+	Time        time.Time // when it happened; for close, when the port was released
+	Start       time.Time // when the lifetime began; zero if before tracing
+	Established time.Time // when the handshake completed; zero if never
+
+	PID       uint32
+	TID       uint32
+	UID       uint32
+	Comm      Comm
+	CgroupID  uint64
+	NetNS     uint32
+	PIDSource PIDSource
+
+	Local     netip.AddrPort
+	Remote    netip.AddrPort
+	Direction Direction
+	Ephemeral bool // the ephemeral side's port lies in ip_local_port_range
+	Cookie    uint64
+
+	TxBytes      uint64
+	RxBytes      uint64
+	TxPackets    uint32
+	RxPackets    uint32
+	Retransmits  uint32
+	Destinations uint32
+	ClosedBy     ClosedBy
+	Reset        bool
+	TimeWait     bool
+	PreExisting  bool
+	Connected    bool // UDP: the peer was fixed by connect()
+
+	Errno unix.Errno // connect_failed: the error connect() reported, 0 if none
+}
+
+// Duration is how long the port lived (close) or the connect tried
+// (connect_failed). It is 0 when the start was not seen.
+func (e *Event) Duration() time.Duration {
+	if e.Start.IsZero() {
+		return 0
+	}
+	return e.Time.Sub(e.Start)
+}
+
+// ConnectLatency is the time from connect() to the completed handshake.
+func (e *Event) ConnectLatency() time.Duration {
+	if e.Start.IsZero() || e.Established.IsZero() || e.Direction != DirectionOutbound {
+		return 0
+	}
+	return e.Established.Sub(e.Start)
+}
+
+// Reason says why a connect failed, in words a runbook can match on.
+// Strings are constants, so this never allocates.
+func (e *Event) Reason() string {
+	switch {
+	case e.Kind != KindConnectFailed:
+		return ""
+	case e.Local.Port() == 0:
+		// No local port could be allocated: connect() returned EADDRNOTAVAIL.
+		return "no_ephemeral_port"
+	case e.Errno == unix.ECONNREFUSED:
+		return "refused"
+	case e.Errno == unix.ETIMEDOUT:
+		return "timeout"
+	case e.Errno == unix.EHOSTUNREACH, e.Errno == unix.ENETUNREACH:
+		return "unreachable"
+	case e.Errno == 0:
+		return "aborted"
+	}
+	if n := unix.ErrnoName(e.Errno); n != "" {
+		return n
+	}
+	return "error"
+}

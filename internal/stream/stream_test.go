@@ -1,0 +1,310 @@
+package stream
+
+import (
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/portlife/portlife/internal/event"
+)
+
+// recorder keeps the cookie of every event it gets, so a test can check
+// which events arrived, in which order.
+type recorder struct {
+	mu      sync.Mutex
+	cookies []uint64
+	flushes int
+	// stall, if set, blocks the first Write until it is closed; entered is
+	// closed when that Write starts.
+	stall, entered chan struct{}
+	fail           error
+	closed         bool // the stream said nothing more will come
+}
+
+func (r *recorder) Write(e *event.Event) error {
+	if r.stall != nil {
+		select {
+		case <-r.entered:
+		default:
+			close(r.entered)
+			<-r.stall
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		panic("an event was delivered after Close returned")
+	}
+	r.cookies = append(r.cookies, e.Cookie)
+	return r.fail
+}
+
+func (r *recorder) Flush() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		panic("a flush was delivered after Close returned")
+	}
+	r.flushes++
+	return nil
+}
+
+func (r *recorder) got() []uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]uint64(nil), r.cookies...)
+}
+
+// seal makes any later delivery panic.
+func (r *recorder) seal() {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+}
+
+func stalled() *recorder {
+	return &recorder{stall: make(chan struct{}), entered: make(chan struct{})}
+}
+
+// publish writes events with cookies from..to-1 through s.
+func publish(t *testing.T, s *Stream, from, to uint64) {
+	t.Helper()
+	var ev event.Event // reused, as the tracer does
+	for c := from; c < to; c++ {
+		ev.Cookie = c
+		if err := s.Write(&ev); err != nil {
+			t.Fatalf("Write: %v", err)
+		}
+	}
+}
+
+func sequence(from, to uint64) []uint64 {
+	var s []uint64
+	for c := from; c < to; c++ {
+		s = append(s, c)
+	}
+	return s
+}
+
+func equal(a, b []uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Three consumers, one of them stalled: the primary and the healthy
+// subscriber get every event in order; the stalled one loses exactly what
+// did not fit in its queue, and says so.
+func TestFanOutWithAStalledConsumer(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	const (
+		events   = 10_000
+		capacity = 64
+	)
+	tests := []struct {
+		name         string
+		healthyQueue int
+	}{
+		{"healthy queue as large as the burst", events},
+		{"healthy queue smaller than the burst, drained as it goes", 1024},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			primary, healthy, slow := &recorder{}, &recorder{}, stalled()
+			s := New(primary)
+			s.Subscribe("healthy", healthy, tt.healthyQueue)
+			s.Subscribe("slow", slow, capacity)
+
+			// The first event reaches the slow consumer, which then blocks
+			// with it in hand; its queue takes the next capacity events.
+			publish(t, s, 0, 1)
+			<-slow.entered
+			for c := uint64(1); c < events; c++ {
+				ev := event.Event{Cookie: c}
+				if err := s.Write(&ev); err != nil {
+					t.Fatal(err)
+				}
+				if tt.healthyQueue < events && c%512 == 0 {
+					waitDelivered(t, s, "healthy", c+1)
+				}
+			}
+			if got := s.Stats()[1].Dropped; got != events-1-capacity {
+				t.Errorf("slow consumer dropped %d while stalled, want exactly %d", got, events-1-capacity)
+			}
+			close(slow.stall)
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range []*recorder{primary, healthy, slow} {
+				r.seal()
+			}
+
+			if got := primary.got(); !equal(got, sequence(0, events)) {
+				t.Errorf("primary got %d events, want all %d in order", len(got), events)
+			}
+			if got := healthy.got(); !equal(got, sequence(0, events)) {
+				t.Errorf("healthy subscriber got %d events, want all %d in order", len(got), events)
+			}
+			if got := slow.got(); !equal(got, sequence(0, capacity+1)) {
+				t.Errorf("slow subscriber got %v, want the first %d events", got, capacity+1)
+			}
+			want := []ConsumerStats{
+				{Name: "healthy", Delivered: events},
+				{Name: "slow", Delivered: capacity + 1, Dropped: events - 1 - capacity},
+			}
+			if got := s.Stats(); len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+				t.Errorf("Stats() = %+v, want %+v", got, want)
+			}
+			if s.Dropped() != events-1-capacity {
+				t.Errorf("Dropped() = %d, want %d", s.Dropped(), events-1-capacity)
+			}
+		})
+	}
+}
+
+func waitDelivered(t *testing.T, s *Stream, name string, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, st := range s.Stats() {
+			if st.Name == name && st.Delivered >= n {
+				return
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("%s did not get %d events in 10s", name, n)
+}
+
+// Close waits for every subscriber to write its queue and flush: events
+// written before Close are delivered, nothing after, and no goroutine is
+// left behind.
+func TestCloseDrainsAndJoins(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	subs := []*recorder{{}, {}, {}}
+	s := New(nil)
+	for i, r := range subs {
+		s.Subscribe(string(rune('a'+i)), r, 100)
+	}
+	publish(t, s, 0, 100)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range subs {
+		r.seal() // a delivery from now on panics
+		if got := r.got(); !equal(got, sequence(0, 100)) {
+			t.Errorf("subscriber %d got %d events, want 100 in order", i, len(got))
+		}
+		if r.flushes < 1 {
+			t.Errorf("subscriber %d was not flushed at Close", i)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("a second Close: %v", err)
+	}
+}
+
+// A Flush reaches a subscriber after what was queued before it.
+func TestFlushFollowsQueuedEvents(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	r := &flushOrder{}
+	s := New(nil)
+	s.Subscribe("ordered", r, 16)
+	publish(t, s, 0, 10)
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r.firstFlushAfter != 10 {
+		t.Errorf("the first flush came after %d events, want after all 10 queued before it", r.firstFlushAfter)
+	}
+}
+
+type flushOrder struct {
+	n               int
+	firstFlushAfter int
+	flushed         bool
+}
+
+func (f *flushOrder) Write(*event.Event) error { f.n++; return nil }
+func (f *flushOrder) Flush() error {
+	if !f.flushed {
+		f.flushed, f.firstFlushAfter = true, f.n
+	}
+	return nil
+}
+
+// The primary consumer's error ends the stream's Write: the output is gone.
+// A subscriber's errors are counted and do not stop it.
+func TestErrors(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	broken := errors.New("broken pipe")
+	t.Run("primary", func(t *testing.T) {
+		s := New(&recorder{fail: broken})
+		defer s.Close()
+		if err := s.Write(&event.Event{}); !errors.Is(err, broken) {
+			t.Errorf("Write = %v, want the primary's error", err)
+		}
+	})
+	t.Run("subscriber", func(t *testing.T) {
+		s := New(nil)
+		s.Subscribe("failing", &recorder{fail: broken}, 8)
+		publish(t, s, 0, 5)
+		if err := s.Close(); err != nil {
+			t.Fatalf("Close = %v, want nil: a subscriber's error is its own", err)
+		}
+		st := s.Stats()[0]
+		if st.Delivered != 5 || st.Failed != 5 || !errors.Is(st.LastError, broken) {
+			t.Errorf("Stats = %+v, want 5 delivered, 5 failed, last error %v", st, broken)
+		}
+	})
+}
+
+// The reader's path through the stream allocates nothing per event.
+func TestWriteDoesNotAllocate(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	full := stalled()
+	s := New(&recorder{})
+	s.Subscribe("keeping up", discard{}, 1<<16)
+	s.Subscribe("full", full, 1)
+	ev := event.Event{Cookie: 1}
+	if n := testing.AllocsPerRun(1000, func() { s.Write(&ev) }); n != 0 {
+		t.Errorf("Write allocates %.1f times per event, want 0", n)
+	}
+	close(full.stall)
+	s.Close()
+}
+
+func BenchmarkWrite(b *testing.B) {
+	for _, subs := range []int{0, 1, 3} {
+		b.Run(string(rune('0'+subs))+"-subscribers", func(b *testing.B) {
+			s := New(discard{})
+			for i := 0; i < subs; i++ {
+				s.Subscribe("discard", discard{}, 4096)
+			}
+			ev := event.Event{Cookie: 1}
+			b.ReportAllocs()
+			for b.Loop() {
+				s.Write(&ev)
+			}
+			b.StopTimer()
+			s.Close()
+		})
+	}
+}
+
+type discard struct{}
+
+func (discard) Write(*event.Event) error { return nil }
+func (discard) Flush() error             { return nil }
