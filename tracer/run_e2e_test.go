@@ -1,0 +1,102 @@
+package tracer
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/portlife/portlife/internal/event"
+	"go.uber.org/goleak"
+	"go.uber.org/zap/zaptest"
+)
+
+// Run may be observed while it runs (a metrics endpoint reads Stats), and
+// when it returns every goroutine it started has ended, so Close cannot race
+// one of them.
+func TestRunIsObservableAndJoinsItsGoroutines(t *testing.T) {
+	requireRoot(t)
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+
+	cfg := DefaultConfig()
+	cfg.FlushInterval = 10 * time.Millisecond
+	tr, err := New(cfg, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := newCollector()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx, events) }()
+
+	// Read the counters from another goroutine while events flow; the race
+	// detector (make test runs with -race) checks that this is safe.
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := tr.Stats(); err != nil {
+				t.Errorf("Stats while running: %v", err)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := addrPort(t, c.LocalAddr())
+	c.Close()
+	events.waitFor(t, 1, ofConn(local, addrPort(t, ln.Addr())))
+
+	close(stop)
+	wg.Wait()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	s, err := tr.Stats()
+	if err != nil || s.Events == 0 {
+		t.Errorf("Stats after Run = %+v, %v: want the events counted", s, err)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
+// A step of the wall clock (NTP, a resumed VM) shows in event times once
+// Run re-anchors, which it does at most every anchorEvery.
+func TestReanchorFollowsTheWallClock(t *testing.T) {
+	tr := &Tracer{log: zaptest.NewLogger(t), dec: decoder{bootTime: time.Unix(0, 0)}}
+	last := time.Now()
+	tr.reanchor(&last)
+	if !tr.dec.bootTime.Equal(time.Unix(0, 0)) {
+		t.Fatalf("re-anchored %v after the last anchor, want to wait %v", time.Since(last), anchorEvery)
+	}
+	last = time.Now().Add(-anchorEvery)
+	tr.reanchor(&last)
+	fresh, err := newDecoder(event.PortRange{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if off := tr.dec.bootTime.Sub(fresh.bootTime); off < -time.Second || off > time.Second {
+		t.Errorf("after re-anchoring, boot time is %v off the clocks", off)
+	}
+	if time.Since(last) > time.Second {
+		t.Errorf("the anchor's time was not moved on")
+	}
+}
