@@ -100,3 +100,62 @@ func TestReanchorFollowsTheWallClock(t *testing.T) {
 		t.Errorf("the anchor's time was not moved on")
 	}
 }
+
+// flushed keeps events written to it out of sight until Flush, as a
+// buffered stdout would.
+type flushed struct {
+	pending []event.Event
+	*collector
+}
+
+func (f *flushed) Write(e *event.Event) error {
+	f.pending = append(f.pending, *e)
+	return nil
+}
+
+func (f *flushed) Flush() error {
+	for i := range f.pending {
+		f.collector.Write(&f.pending[i])
+	}
+	f.pending = f.pending[:0]
+	return nil
+}
+
+// --flush-interval 0 writes each event as soon as it is read: the reader
+// has no deadline then, so only flushing whenever it has caught up makes
+// the events visible at all.
+func TestFlushIntervalZeroWritesAtOnce(t *testing.T) {
+	requireRoot(t)
+	cfg := DefaultConfig()
+	cfg.FlushInterval = 0
+	tr, err := New(cfg, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &flushed{collector: newCollector()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx, out) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		tr.Close()
+	}()
+
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The open of our connection, flushed while tracing still runs.
+	out.waitFor(t, 1, func(e *event.Event) bool {
+		return e.Kind == event.KindOpen && e.Local == addrPort(t, c.LocalAddr())
+	})
+}

@@ -39,7 +39,8 @@ type Config struct {
 	// and a multiple of the page size.
 	RingBufferSize int
 	// FlushInterval bounds how long an event waits in the kernel's ring and
-	// the Sink's buffer. 0 wakes the reader for every event.
+	// the Output's buffer. 0 wakes the reader for every event and flushes
+	// the Output whenever the ring is empty: each event is written at once.
 	FlushInterval time.Duration
 	// ReaderNice is the nice value of the thread that reads, decodes and
 	// writes events. On a CPU-saturated host a default-priority reader gets
@@ -246,13 +247,17 @@ func (t *Tracer) Run(ctx context.Context, out Output) error {
 	var (
 		rec      ringbuf.Record
 		ev       event.Event
-		interval = t.cfg.FlushInterval
 		anchored = time.Now()
+		// With a flush interval, the reader drains the ring at least that
+		// often and flushes when it finds it empty. Without one, the kernel
+		// wakes it for every event and it flushes whenever it has caught
+		// up, so each event is written as soon as it is read.
+		interval = t.cfg.FlushInterval
+		eager    = interval <= 0
 	)
-	if interval <= 0 {
-		interval = 100 * time.Millisecond
+	if !eager {
+		t.reader.SetDeadline(time.Now().Add(interval))
 	}
-	t.reader.SetDeadline(time.Now().Add(interval))
 	for {
 		err := t.reader.ReadInto(&rec)
 		switch {
@@ -267,6 +272,12 @@ func (t *Tracer) Run(ctx context.Context, out Output) error {
 			}
 			if err := out.Write(&ev); err != nil {
 				return fmt.Errorf("writing an event: %w", err)
+			}
+			if eager && t.reader.AvailableBytes() == 0 {
+				if err := out.Flush(); err != nil {
+					return fmt.Errorf("writing events: %w", err)
+				}
+				t.reanchor(&anchored)
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// The ring is empty and the interval is up.

@@ -23,6 +23,10 @@ const (
 	exitOK    = 0
 	exitError = 1
 	exitUsage = 2
+	// exitOutputClosed: whoever read stdout stopped reading (`| head`).
+	// The run ended as on a signal, with its summary on stderr; a service
+	// manager sees it as a failure worth a restart.
+	exitOutputClosed = 3
 )
 
 const usageHead = `Usage: portlife [trace] [flags]    trace every port's lifetime (needs root)
@@ -32,6 +36,9 @@ const usageHead = `Usage: portlife [trace] [flags]    trace every port's lifetim
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// A closed stdout must end the run like a signal, with the summary:
+	// with SIGPIPE ignored, the write fails with EPIPE instead of killing us.
+	signal.Ignore(syscall.SIGPIPE)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)

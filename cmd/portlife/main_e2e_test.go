@@ -49,6 +49,7 @@ var requireRoot = kerneltest.RequireRoot
 type process struct {
 	cmd            *exec.Cmd
 	stdout, stderr bytes.Buffer
+	stderrDone     chan struct{} // closed once stderr was read to its end: read p.stderr after it
 	started        chan struct{}
 }
 
@@ -57,6 +58,13 @@ func start(t *testing.T, args ...string) *process {
 	t.Helper()
 	p := &process{cmd: exec.Command(binary, args...), started: make(chan struct{})}
 	p.cmd.Stdout = &p.stdout
+	return p.begin(t)
+}
+
+// begin starts p.cmd and waits for "tracing started", or fails as soon as
+// portlife exits without it.
+func (p *process) begin(t *testing.T) *process {
+	t.Helper()
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +72,9 @@ func start(t *testing.T, args ...string) *process {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan struct{})
 	go func() {
+		defer close(exited)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			p.stderr.WriteString(sc.Text() + "\n")
@@ -73,8 +83,13 @@ func start(t *testing.T, args ...string) *process {
 			}
 		}
 	}()
+	p.stderrDone = exited
 	select {
 	case <-p.started:
+	case <-exited:
+		p.cmd.Wait()
+		t.Fatalf("portlife exited before 'tracing started'; stderr:\n%s", p.stderr.String())
+		return nil
 	case <-time.After(20 * time.Second):
 		p.cmd.Process.Kill()
 		t.Fatalf("no 'tracing started' within 20s; stderr:\n%s", p.stderr.String())
@@ -87,23 +102,28 @@ func start(t *testing.T, args ...string) *process {
 func (p *process) stop(t *testing.T, sig os.Signal) int {
 	t.Helper()
 	p.cmd.Process.Signal(sig)
-	done := make(chan error, 1)
-	go func() { done <- p.cmd.Wait() }()
+	return p.wait(t)
+}
+
+// wait returns portlife's exit code once it has exited and all it wrote to
+// stderr was read (Wait closes the pipe, so it must come after).
+func (p *process) wait(t *testing.T) int {
+	t.Helper()
 	select {
-	case err := <-done:
-		var exit *exec.ExitError
-		if errors.As(err, &exit) {
-			return exit.ExitCode()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return 0
+	case <-p.stderrDone:
 	case <-time.After(20 * time.Second):
 		p.cmd.Process.Kill()
-		t.Fatal("portlife did not exit within 20s of the signal")
-		return -1
+		t.Fatal("portlife did not exit within 20s")
 	}
+	err := p.cmd.Wait()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return exit.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 0
 }
 
 // roundTrip makes one loopback connection that the client closes first.
@@ -348,4 +368,44 @@ func loaded(progs map[ebpf.ProgramID]string) []string {
 		}
 	}
 	return left
+}
+
+// When whoever reads stdout goes away (`portlife | head -1`), portlife ends
+// the run as on a signal: it detaches, logs its summary, and exits with
+// its own code rather than dying of SIGPIPE.
+func TestClosedStdoutEndsTheRun(t *testing.T) {
+	requireRoot(t)
+	before := ourPrograms(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &process{cmd: exec.Command(binary, "--output", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms"), started: make(chan struct{})}
+	p.cmd.Stdout = w
+	p.begin(t)
+	w.Close() // portlife holds the only write end now
+	loaded := newPrograms(t, before)
+
+	roundTrip(t)
+	if _, err := bufio.NewReader(r).ReadString('\n'); err != nil {
+		t.Fatalf("reading the first event: %v", err)
+	}
+	r.Close() // as head does after its line
+	// More events, so portlife writes into the closed pipe.
+	for i := 0; i < 3; i++ {
+		roundTrip(t)
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code := p.wait(t); code != exitOutputClosed {
+		t.Fatalf("exit code %d, want %d (exitOutputClosed); stderr:\n%s", code, exitOutputClosed, p.stderr.String())
+	}
+	stderr := p.stderr.String()
+	for _, want := range []string{`"msg":"tracing stopped"`, "stdout was closed"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %s:\n%s", want, stderr)
+		}
+	}
+	if left := stillLoaded(loaded); len(left) > 0 {
+		t.Errorf("programs still loaded after exit: %v", left)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -75,7 +76,12 @@ func runTrace(ctx context.Context, args []string, stdout, stderr *os.File) int {
 
 	log := newLogger(stderr, opts.log)
 	defer log.Sync()
-	if err := trace(ctx, opts, stdout, log); err != nil {
+	err = trace(ctx, opts, stdout, log)
+	switch {
+	case errors.Is(err, syscall.EPIPE):
+		log.Warn("stdout was closed by its reader: tracing stopped")
+		return exitOutputClosed
+	case err != nil:
 		log.Error("portlife failed", zap.Error(err))
 		return exitError
 	}
