@@ -109,22 +109,6 @@ static __always_inline __u64 wakeup_flags(void)
 	return BPF_RB_NO_WAKEUP;
 }
 
-static __always_inline void emit(const struct event *src, __u8 kind)
-{
-	struct event *e;
-
-	if (!(cfg.events & (1 << kind)))
-		return;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_drop(DROP_RINGBUF_FULL);
-		return;
-	}
-	__builtin_memcpy(e, src, sizeof(*e));
-	e->kind = kind;
-	bpf_ringbuf_submit(e, wakeup_flags());
-}
-
 /* The current task, as the owner of a socket. */
 static __always_inline void set_owner(struct event *e, __u8 source)
 {
@@ -167,20 +151,70 @@ static __always_inline bool port_in(const volatile struct port_range *r, __u8 n,
 }
 
 /*
+ * Whether port is in net.ipv4.ip_local_port_range of sk's own network
+ * namespace, as it is now: a container may have a range of its own, and the
+ * range may change while portlife runs. BPF_CORE_READ works from every
+ * program type here, the cgroup hooks included. Kernels before 6.8 guard
+ * the two bounds with a seqlock, which this cannot take: a read racing a
+ * sysctl write may mix the old and new bounds, for that one event.
+ */
+static __always_inline bool in_ephemeral_range(struct sock *sk, __u16 port)
+{
+	struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	struct local_ports *ports = &net->ipv4.ip_local_ports;
+	__u16 lo, hi;
+
+	if (bpf_core_field_exists(struct local_ports___old, range)) {
+		struct local_ports___old *old = (void *)ports;
+
+		lo = BPF_CORE_READ(old, range[0]);
+		hi = BPF_CORE_READ(old, range[1]);
+	} else {
+		__u32 range = BPF_CORE_READ(ports, range);
+
+		lo = range;
+		hi = range >> 16;
+	}
+	return port >= lo && port <= hi;
+}
+
+/*
  * The ephemeral side is ours when we connected and the peer's when we
  * accepted. A connect that got no port at all failed to get an ephemeral one,
- * so it counts. Keep in step with Event.Ephemeral in Go.
+ * so it counts.
  */
-static __always_inline bool is_ephemeral(const struct event *e)
+static __always_inline bool is_ephemeral(struct sock *sk, const struct event *e)
 {
 	__u16 port = e->direction == DIRECTION_INBOUND ? e->rport : e->lport;
 
 	if (e->direction == DIRECTION_OUTBOUND && !port)
 		return true;
-	return port >= cfg.ephemeral.lo && port <= cfg.ephemeral.hi;
+	return in_ephemeral_range(sk, port);
 }
 
-static __always_inline bool tuple_wanted(const struct event *e)
+/* Sends one event of sk, judging its ephemeral side now. */
+static __always_inline void emit(struct sock *sk, const struct event *src, __u8 kind)
+{
+	struct event *e;
+	__u8 flags;
+
+	if (!(cfg.events & (1 << kind)))
+		return;
+	flags = src->flags;
+	if (is_ephemeral(sk, src))
+		flags |= EVENT_F_EPHEMERAL;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_drop(DROP_RINGBUF_FULL);
+		return;
+	}
+	__builtin_memcpy(e, src, sizeof(*e));
+	e->kind = kind;
+	e->flags = flags;
+	bpf_ringbuf_submit(e, wakeup_flags());
+}
+
+static __always_inline bool tuple_wanted(struct sock *sk, const struct event *e)
 {
 	if (cfg.family && e->family != cfg.family)
 		return false;
@@ -188,7 +222,7 @@ static __always_inline bool tuple_wanted(const struct event *e)
 		return false;
 	if (cfg.n_rports && !port_in(cfg.rports, cfg.n_rports, e->rport))
 		return false;
-	if (cfg.ephemeral_only && !is_ephemeral(e))
+	if (cfg.ephemeral_only && !is_ephemeral(sk, e))
 		return false;
 	if (cfg.match_raddr) {
 		struct raddr_key key = { .prefixlen = 128 };
@@ -257,12 +291,12 @@ static __always_inline void begin(struct conn *c, struct sock *sk, const struct 
 }
 
 /* A socket's close event, once both its end and its destruction were seen. */
-static __always_inline void emit_close(struct conn *c)
+static __always_inline void emit_close(struct sock *sk, struct conn *c)
 {
 	if (cfg.min_duration_ns && c->e.start_ns &&
 	    c->e.end_ns - c->e.start_ns < cfg.min_duration_ns)
 		return;
-	emit(&c->e, EVENT_CLOSE);
+	emit(sk, &c->e, EVENT_CLOSE);
 }
 
 #endif /* __PORTLIFE_COMMON_BPF_H */

@@ -111,7 +111,7 @@ static __always_inline int adopt_tcp(struct sock_common *skc)
 	}
 
 	owner.direction = bpf_map_lookup_elem(&listen_ports, &lk) ? DIRECTION_INBOUND : DIRECTION_OUTBOUND;
-	if (!owner_wanted(&owner) || !tuple_wanted(&owner))
+	if (!owner_wanted(&owner) || !tuple_wanted(sk, &owner))
 		return 0;
 	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!c) {
@@ -150,9 +150,8 @@ static __always_inline int adopt_udp(struct sock *sk)
 	if (!owner.lport)
 		return 0;
 	/* Which side chose the port is not recorded anywhere: infer it. */
-	owner.direction = rport || (owner.lport >= cfg.ephemeral.lo && owner.lport <= cfg.ephemeral.hi) ?
-		DIRECTION_OUTBOUND : DIRECTION_INBOUND;
-	if (!owner_wanted(&owner) || !tuple_wanted(&owner))
+	owner.direction = rport || in_ephemeral_range(sk, owner.lport) ? DIRECTION_OUTBOUND : DIRECTION_INBOUND;
+	if (!owner_wanted(&owner) || !tuple_wanted(sk, &owner))
 		return 0;
 	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!c) {

@@ -34,7 +34,7 @@ static __always_inline void on_connect(struct sock *sk)
 		/* A socket reconnected after disconnect may hold a stale lifetime. */
 		c = bpf_sk_storage_get(&conns, sk, 0, 0);
 		if (c && c->phase == PHASE_CLOSED)
-			emit_close(c);
+			emit_close(sk, c);
 		if (c)
 			bpf_sk_storage_delete(&conns, sk);
 		return;
@@ -45,7 +45,7 @@ static __always_inline void on_connect(struct sock *sk)
 		return;
 	}
 	if (c->phase == PHASE_CLOSED)
-		emit_close(c);
+		emit_close(sk, c);
 	begin(c, sk, &owner, DIRECTION_OUTBOUND, PHASE_CONNECTING);
 }
 
@@ -89,14 +89,14 @@ static __always_inline void on_established(struct sock *sk)
 	if (!c || (c->phase != PHASE_CONNECTING && c->phase != PHASE_HANDSHAKE))
 		return;
 	read_tuple(sk, &c->e);
-	if (!tuple_wanted(&c->e)) {
+	if (!tuple_wanted(sk, &c->e)) {
 		bpf_sk_storage_delete(&conns, sk);
 		return;
 	}
 	c->e.established_ns = bpf_ktime_get_boot_ns();
 	c->e.end_ns = c->e.established_ns;
 	c->phase = PHASE_OPEN;
-	emit(&c->e, EVENT_OPEN);
+	emit(sk, &c->e, EVENT_OPEN);
 }
 
 /* Into FIN_WAIT1, CLOSE_WAIT or LAST_ACK. */
@@ -133,8 +133,8 @@ static __always_inline void on_close(struct sock *sk, int oldstate)
 		c->e.error = sk->sk_err;
 		c->e.end_ns = bpf_ktime_get_boot_ns();
 		c->e.last_state = oldstate;
-		if (tuple_wanted(&c->e))
-			emit(&c->e, EVENT_CONNECT_FAILED);
+		if (tuple_wanted(sk, &c->e))
+			emit(sk, &c->e, EVENT_CONNECT_FAILED);
 		bpf_sk_storage_delete(&conns, sk);
 		return;
 	}
@@ -232,7 +232,7 @@ static __always_inline int tcp_destroyed(struct sock *sk)
 
 	if (!c || c->phase != PHASE_CLOSED)
 		return 0;
-	emit_close(c);
+	emit_close(sk, c);
 	c->phase = PHASE_DONE;
 	return 0;
 }

@@ -87,13 +87,13 @@ static __always_inline void udp_open(struct sock *sk, struct conn *c)
 	udp_local(sk, &c->e);
 	if (!c->e.lport)
 		return;
-	if (!tuple_wanted(&c->e)) {
+	if (!tuple_wanted(sk, &c->e)) {
 		c->phase = PHASE_IGNORED;
 		return;
 	}
 	c->phase = PHASE_OPEN;
 	c->e.end_ns = bpf_ktime_get_boot_ns();
-	emit(&c->e, EVENT_OPEN);
+	emit(sk, &c->e, EVENT_OPEN);
 }
 
 static __always_inline bool is_udp(const struct bpf_sock_addr *ctx)
@@ -263,13 +263,14 @@ static __always_inline void udp_unused(struct bpf_sock *ctx)
 	e.flags = EVENT_F_CONNECTED;
 	e.cookie = bpf_get_socket_cookie(ctx);
 	e.end_ns = bpf_ktime_get_boot_ns();
-	if (owner_wanted(&e) && tuple_wanted(&e))
-		emit(&e, EVENT_CLOSE);
+	if (owner_wanted(&e) && tuple_wanted(sk, &e))
+		emit(sk, &e, EVENT_CLOSE);
 }
 
 /* close() of the last descriptor: the port's lifetime ends. */
 static __always_inline int udp_released(struct bpf_sock *ctx)
 {
+	struct sock *sk = (struct sock *)ctx;
 	struct conn *c;
 
 	if (ctx->protocol != IPPROTO_UDP)
@@ -281,8 +282,8 @@ static __always_inline int udp_released(struct bpf_sock *ctx)
 	}
 	if (c->phase == PHASE_PENDING) {
 		/* Bound, never used: the port is read here, with no open. */
-		udp_local((struct sock *)ctx, &c->e);
-		if (!c->e.lport || !tuple_wanted(&c->e))
+		udp_local(sk, &c->e);
+		if (!c->e.lport || !tuple_wanted(sk, &c->e))
 			return 1;
 		c->phase = PHASE_OPEN;
 	}
@@ -290,7 +291,7 @@ static __always_inline int udp_released(struct bpf_sock *ctx)
 		return 1;
 	c->e.end_ns = bpf_ktime_get_boot_ns();
 	c->phase = PHASE_DONE;
-	emit_close(c);
+	emit_close(sk, c);
 	return 1;
 }
 

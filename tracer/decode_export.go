@@ -9,10 +9,9 @@ import (
 // that replay captured records. The Tracer uses the same code internally.
 type Decoder struct{ d decoder }
 
-// NewDecoder anchors the kernel's CLOCK_BOOTTIME to the wall clock now and
-// judges ports against the given ephemeral range (ip_local_port_range).
-func NewDecoder(ephemeral PortRange) (*Decoder, error) {
-	d, err := newDecoder(ephemeral)
+// NewDecoder anchors the kernel's CLOCK_BOOTTIME to the wall clock now.
+func NewDecoder() (*Decoder, error) {
+	d, err := newDecoder()
 	if err != nil {
 		return nil, err
 	}
@@ -53,7 +52,7 @@ func SampleRecord() []byte {
 		Direction:     uint8(portlifeDirectionDIRECTION_OUTBOUND),
 		PidSource:     uint8(portlifePidSourcePID_SOURCE_CONNECT),
 		ClosedBy:      uint8(portlifeClosedByCLOSED_BY_LOCAL),
-		Flags:         uint8(portlifeEventFlagEVENT_F_TIME_WAIT),
+		Flags:         uint8(portlifeEventFlagEVENT_F_TIME_WAIT | portlifeEventFlagEVENT_F_EPHEMERAL),
 		LastState:     5, // TCP_FIN_WAIT2: the active closer's last state before TIME_WAIT
 	}
 	for i, c := range []byte("curl") {

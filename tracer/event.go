@@ -144,7 +144,7 @@ type Event struct {
 	Local     netip.AddrPort
 	Remote    netip.AddrPort
 	Direction Direction
-	Ephemeral bool // the ephemeral side's port lies in ip_local_port_range
+	Ephemeral bool // the ephemeral side's port lies in its netns's ip_local_port_range
 	Cookie    uint64
 
 	TxBytes      uint64
@@ -206,16 +206,15 @@ func (e *Event) Reason() string {
 // decoder turns kernel records into Events. The kernel's clock is
 // CLOCK_BOOTTIME; bootTime anchors it to the wall clock once, at start.
 type decoder struct {
-	bootTime  time.Time
-	ephemeral PortRange
+	bootTime time.Time
 }
 
-func newDecoder(ephemeral PortRange) (decoder, error) {
+func newDecoder() (decoder, error) {
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
 		return decoder{}, fmt.Errorf("reading CLOCK_BOOTTIME: %w", err)
 	}
-	return decoder{bootTime: time.Now().Add(-time.Duration(ts.Nano())), ephemeral: ephemeral}, nil
+	return decoder{bootTime: time.Now().Add(-time.Duration(ts.Nano()))}, nil
 }
 
 const recordSize = int(unsafe.Sizeof(portlifeEvent{}))
@@ -256,6 +255,7 @@ func (d *decoder) decode(raw []byte, ev *Event) error {
 		TimeWait:     r.Flags&uint8(portlifeEventFlagEVENT_F_TIME_WAIT) != 0,
 		PreExisting:  r.Flags&uint8(portlifeEventFlagEVENT_F_PRE_EXISTING) != 0,
 		Connected:    r.Flags&uint8(portlifeEventFlagEVENT_F_CONNECTED) != 0,
+		Ephemeral:    r.Flags&uint8(portlifeEventFlagEVENT_F_EPHEMERAL) != 0,
 		Errno:        unix.Errno(r.Error),
 		Family:       int(r.Family),
 	}
@@ -265,7 +265,6 @@ func (d *decoder) decode(raw []byte, ev *Event) error {
 		ev.Errno = unix.EADDRNOTAVAIL
 	}
 	ev.Comm = *(*Comm)(unsafe.Pointer(&r.Comm))
-	ev.Ephemeral = isEphemeral(ev, d.ephemeral)
 	return nil
 }
 
@@ -283,15 +282,4 @@ func addr(b [16]byte, family uint8) netip.Addr {
 		return netip.AddrFrom4([4]byte(b[12:]))
 	}
 	return netip.AddrFrom16(b)
-}
-
-// isEphemeral mirrors is_ephemeral() in bpf/portlife.bpf.c.
-func isEphemeral(ev *Event, r PortRange) bool {
-	port := ev.Local.Port()
-	if ev.Direction == DirectionInbound {
-		port = ev.Remote.Port()
-	} else if ev.Direction == DirectionOutbound && port == 0 {
-		return true
-	}
-	return r.Contains(port)
 }

@@ -3,7 +3,6 @@ package tracer
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -47,19 +46,6 @@ func parsePort(s string) (uint16, error) {
 		return 0, fmt.Errorf("%q is not a port (0-65535)", s)
 	}
 	return uint16(n), nil
-}
-
-// ReadEphemeralRange reads a net.ipv4.ip_local_port_range file ("32768\t60999").
-func ReadEphemeralRange(path string) (PortRange, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return PortRange{}, fmt.Errorf("reading the ephemeral port range: %w", err)
-	}
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return PortRange{}, fmt.Errorf("reading the ephemeral port range: %s holds %q, want two ports", path, b)
-	}
-	return ParsePortRange(f[0] + "-" + f[1])
 }
 
 // Filter selects the events to report. The zero Filter selects everything.
@@ -116,7 +102,7 @@ const (
 )
 
 // kernelConfig is the Filter as the kernel program reads it.
-func (f *Filter) kernelConfig(ephemeral PortRange, wakeupBytes uint64) portlifeConfig {
+func (f *Filter) kernelConfig(wakeupBytes uint64) portlifeConfig {
 	var c portlifeConfig
 	c.MinDurationNs = uint64(f.MinDuration)
 	c.WakeupBytes = wakeupBytes
@@ -136,7 +122,6 @@ func (f *Filter) kernelConfig(ephemeral PortRange, wakeupBytes uint64) portlifeC
 		c.Rports[i].Lo, c.Rports[i].Hi = r.Lo, r.Hi
 	}
 	c.N_rports = uint8(len(f.RemotePorts))
-	c.Ephemeral.Lo, c.Ephemeral.Hi = ephemeral.Lo, ephemeral.Hi
 	c.Family = uint8(f.Family)
 	c.Direction = uint8(f.Direction)
 	c.EphemeralOnly = boolByte(f.EphemeralOnly)

@@ -5,8 +5,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,11 +55,7 @@ func TestFilters(t *testing.T) {
 	}
 	v4 := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
 	server6 := echoServer6(t)
-	ephemeral, err := ReadEphemeralRange(DefaultConfig().EphemeralRangeFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fixedPort := freePortOutside(t, ephemeral)
+	fixedPort := freePortOutside(t, hostEphemeralRange(t))
 
 	var (
 		toServer  = echoTo("tcp4", v4, netip.AddrPort{})
@@ -128,6 +126,25 @@ func TestFilters(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hostEphemeralRange is net.ipv4.ip_local_port_range of the test's own
+// network namespace, now.
+func hostEphemeralRange(t *testing.T) PortRange {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		t.Fatalf("ip_local_port_range holds %q, want two ports", b)
+	}
+	r, err := ParsePortRange(f[0] + "-" + f[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 // freePortOutside finds a local port outside the ephemeral range that no

@@ -2,8 +2,6 @@ package tracer
 
 import (
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -67,49 +65,6 @@ func TestPortRangeString(t *testing.T) {
 			t.Errorf("%#v.String() = %q, want %q", tt.r, got, tt.want)
 		}
 	}
-}
-
-func TestReadEphemeralRange(t *testing.T) {
-	tests := []struct {
-		name    string
-		content string
-		want    PortRange
-		wantErr bool
-	}{
-		{"the kernel's tab-separated format", "32768\t60999\n", PortRange{32768, 60999}, false},
-		{"spaces work too", "1024 65535", PortRange{1024, 65535}, false},
-		{"one number", "32768\n", PortRange{}, true},
-		{"three numbers", "1 2 3\n", PortRange{}, true},
-		{"text", "low\thigh\n", PortRange{}, true},
-		{"reversed", "60999\t32768\n", PortRange{}, true},
-		{"empty", "", PortRange{}, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "ip_local_port_range")
-			if err := os.WriteFile(path, []byte(tt.content), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			got, err := ReadEphemeralRange(path)
-			if tt.wantErr {
-				if err == nil {
-					t.Errorf("ReadEphemeralRange(%q) = %v, want an error", tt.content, got)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("ReadEphemeralRange(%q): %v", tt.content, err)
-			}
-			if got != tt.want {
-				t.Errorf("ReadEphemeralRange(%q) = %v, want %v", tt.content, got, tt.want)
-			}
-		})
-	}
-	t.Run("missing file", func(t *testing.T) {
-		if got, err := ReadEphemeralRange(filepath.Join(t.TempDir(), "nope")); err == nil {
-			t.Errorf("ReadEphemeralRange of a missing file = %v, want an error", got)
-		}
-	})
 }
 
 func ranges(n int) []PortRange {
@@ -189,7 +144,6 @@ func TestFilterWantsProto(t *testing.T) {
 }
 
 func TestKernelConfig(t *testing.T) {
-	eph := PortRange{32768, 60999}
 	const (
 		bitOpen   = 1 << 1 // 1 << EVENT_OPEN
 		bitClose  = 1 << 2 // 1 << EVENT_CLOSE
@@ -201,8 +155,7 @@ func TestKernelConfig(t *testing.T) {
 		var want portlifeConfig
 		want.WakeupBytes = 4096
 		want.Events = bitOpen | bitClose | bitFailed
-		want.Ephemeral.Lo, want.Ephemeral.Hi = 32768, 60999
-		if got := f.kernelConfig(eph, 4096); got != want {
+		if got := f.kernelConfig(4096); got != want {
 			t.Errorf("kernelConfig:\n got  %+v\n want %+v", got, want)
 		}
 	})
@@ -231,14 +184,13 @@ func TestKernelConfig(t *testing.T) {
 		want.N_lports = 2
 		want.Rports[0].Lo, want.Rports[0].Hi = 53, 53
 		want.N_rports = 1
-		want.Ephemeral.Lo, want.Ephemeral.Hi = 32768, 60999
 		want.Family = 6
 		want.Direction = uint8(portlifeDirectionDIRECTION_INBOUND)
 		want.EphemeralOnly = 1
 		want.MatchRaddr = 1
 		want.MatchComm = 1
 		want.Comm = [16]int8{'n', 'g', 'i', 'n', 'x'}
-		if got := f.kernelConfig(eph, 1<<20); got != want {
+		if got := f.kernelConfig(1 << 20); got != want {
 			t.Errorf("kernelConfig:\n got  %+v\n want %+v", got, want)
 		}
 	})
@@ -249,7 +201,7 @@ func TestKernelConfig(t *testing.T) {
 			want uint32
 		}{{KindOpen, bitOpen}, {KindClose, bitClose}, {KindConnectFailed, bitFailed}} {
 			f := Filter{Kinds: []Kind{tt.k}}
-			if got := f.kernelConfig(eph, 0).Events; got != tt.want {
+			if got := f.kernelConfig(0).Events; got != tt.want {
 				t.Errorf("Kinds [%v]: events = %#x, want %#x", tt.k, got, tt.want)
 			}
 		}
@@ -257,7 +209,7 @@ func TestKernelConfig(t *testing.T) {
 
 	t.Run("a full comm fills 15 bytes and keeps the NUL", func(t *testing.T) {
 		f := Filter{Comm: "systemd-resolve"}
-		c := f.kernelConfig(eph, 0)
+		c := f.kernelConfig(0)
 		if c.MatchComm != 1 {
 			t.Errorf("MatchComm = %d, want 1", c.MatchComm)
 		}
@@ -273,7 +225,7 @@ func TestKernelConfig(t *testing.T) {
 
 	t.Run("the maximum number of port ranges fits", func(t *testing.T) {
 		f := Filter{LocalPorts: ranges(MaxPortRanges), RemotePorts: ranges(MaxPortRanges)}
-		c := f.kernelConfig(eph, 0)
+		c := f.kernelConfig(0)
 		if int(c.N_lports) != MaxPortRanges || int(c.N_rports) != MaxPortRanges {
 			t.Errorf("N_lports, N_rports = %d, %d, want %d", c.N_lports, c.N_rports, MaxPortRanges)
 		}
@@ -285,7 +237,7 @@ func TestKernelConfig(t *testing.T) {
 
 	t.Run("outbound direction", func(t *testing.T) {
 		f := Filter{Direction: DirectionOutbound, Family: 4}
-		c := f.kernelConfig(eph, 0)
+		c := f.kernelConfig(0)
 		if c.Direction != uint8(portlifeDirectionDIRECTION_OUTBOUND) || c.Family != 4 {
 			t.Errorf("Direction, Family = %d, %d, want %d, 4", c.Direction, c.Family, portlifeDirectionDIRECTION_OUTBOUND)
 		}
