@@ -147,8 +147,7 @@ func hostEphemeralRange(t *testing.T) PortRange {
 	return r
 }
 
-// freePortOutside finds a local port outside the ephemeral range that no
-// socket holds, not even in TIME_WAIT from an earlier run.
+// freePortOutside finds a free local port outside the ephemeral range.
 func freePortOutside(t *testing.T, ephemeral PortRange) uint16 {
 	t.Helper()
 	lo, hi := uint16(1024), ephemeral.Lo-1
@@ -158,8 +157,15 @@ func freePortOutside(t *testing.T, ephemeral PortRange) uint16 {
 	if lo >= hi {
 		t.Fatalf("ip_local_port_range %v leaves no port to test --ephemeral-only with", ephemeral)
 	}
+	return freePortIn(t, PortRange{lo, hi})
+}
+
+// freePortIn finds a local port in r that no socket holds, not even in
+// TIME_WAIT from an earlier run.
+func freePortIn(t *testing.T, r PortRange) uint16 {
+	t.Helper()
 	for i := 0; i < 100; i++ {
-		p := lo + uint16(rand.IntN(int(hi-lo)))
+		p := r.Lo + uint16(rand.IntN(int(r.Hi-r.Lo)))
 		// A plain bind, without the SO_REUSEADDR that net.Listen sets, fails
 		// as the dial's bind would.
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -172,7 +178,7 @@ func freePortOutside(t *testing.T, ephemeral PortRange) uint16 {
 			return p
 		}
 	}
-	t.Fatal("no free port outside the ephemeral range")
+	t.Fatalf("no free port in %v", r)
 	return 0
 }
 
