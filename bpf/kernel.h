@@ -112,8 +112,29 @@ struct ns_common {
 	unsigned int inum;
 };
 
+/*
+ * A namespace's net.ipv4.ip_local_port_range (include/net/netns/ipv4.h).
+ * Since Linux 6.8 it is one u32, lo in the low 16 bits and hi in the high
+ * 16. Before, it was int range[2] behind a seqlock: the ___old flavour,
+ * which CO-RE also matches to the kernel's struct local_ports. Each flavour
+ * matches only the kernel whose range has its type, so
+ * bpf_core_field_exists() on the old one tells the layouts apart.
+ */
+struct local_ports {
+	__u32 range;
+};
+
+struct local_ports___old {
+	int range[2];
+};
+
+struct netns_ipv4 {
+	struct local_ports ip_local_ports;
+};
+
 struct net {
 	struct ns_common ns;
+	struct netns_ipv4 ipv4;
 };
 
 typedef struct {

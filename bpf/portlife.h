@@ -44,6 +44,7 @@ enum event_flag {
 	EVENT_F_TIME_WAIT = 1 << 2,    /* the local port now waits in TIME_WAIT */
 	EVENT_F_PRE_EXISTING = 1 << 3, /* the socket existed before tracing started */
 	EVENT_F_CONNECTED = 1 << 4,    /* UDP: connect() fixed the peer */
+	EVENT_F_EPHEMERAL = 1 << 5,    /* the ephemeral-side port is in its netns's ip_local_port_range */
 };
 
 /* Why the kernel side could not deliver or track something; indexes drops. */
@@ -111,7 +112,6 @@ struct config {
 	__u32 events;          /* bit (1 << enum event_kind) per kind to send */
 	struct port_range lports[MAX_PORT_RANGES];
 	struct port_range rports[MAX_PORT_RANGES];
-	struct port_range ephemeral; /* ip_local_port_range at start */
 	__u8 n_lports;         /* 0: any local port */
 	__u8 n_rports;         /* 0: any remote port */
 	__u8 family;           /* 0: any; 4 or 6 */

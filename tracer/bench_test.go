@@ -87,7 +87,7 @@ func sampleRecord() []byte {
 		Direction:     uint8(portlifeDirectionDIRECTION_OUTBOUND),
 		PidSource:     uint8(portlifePidSourcePID_SOURCE_CONNECT),
 		ClosedBy:      uint8(portlifeClosedByCLOSED_BY_LOCAL),
-		Flags:         uint8(portlifeEventFlagEVENT_F_TIME_WAIT),
+		Flags:         uint8(portlifeEventFlagEVENT_F_TIME_WAIT | portlifeEventFlagEVENT_F_EPHEMERAL),
 		LastState:     5, // TCP_FIN_WAIT2: the active closer's last state before TIME_WAIT
 	}
 	for i, c := range []byte("curl") {

@@ -16,12 +16,11 @@ import (
 // it when the wall clock is stepped (NTP, a suspended VM), so that events
 // of a week-long run still carry the right time.
 type decoder struct {
-	bootTime  time.Time
-	ephemeral event.PortRange
+	bootTime time.Time
 }
 
-func newDecoder(ephemeral event.PortRange) (decoder, error) {
-	d := decoder{ephemeral: ephemeral}
+func newDecoder() (decoder, error) {
+	var d decoder
 	return d, d.anchor()
 }
 
@@ -74,6 +73,7 @@ func (d *decoder) decode(raw []byte, ev *event.Event) error {
 		TimeWait:     r.Flags&uint8(portlifeEventFlagEVENT_F_TIME_WAIT) != 0,
 		PreExisting:  r.Flags&uint8(portlifeEventFlagEVENT_F_PRE_EXISTING) != 0,
 		Connected:    r.Flags&uint8(portlifeEventFlagEVENT_F_CONNECTED) != 0,
+		Ephemeral:    r.Flags&uint8(portlifeEventFlagEVENT_F_EPHEMERAL) != 0,
 		Errno:        unix.Errno(r.Error),
 		Family:       int(r.Family),
 	}
@@ -83,7 +83,6 @@ func (d *decoder) decode(raw []byte, ev *event.Event) error {
 		ev.Errno = unix.EADDRNOTAVAIL
 	}
 	ev.Comm = *(*event.Comm)(unsafe.Pointer(&r.Comm))
-	ev.Ephemeral = isEphemeral(ev, d.ephemeral)
 	return nil
 }
 
@@ -101,15 +100,4 @@ func addr(b [16]byte, family uint8) netip.Addr {
 		return netip.AddrFrom4([4]byte(b[12:]))
 	}
 	return netip.AddrFrom16(b)
-}
-
-// isEphemeral mirrors is_ephemeral() in bpf/portlife.bpf.c.
-func isEphemeral(ev *event.Event, r event.PortRange) bool {
-	port := ev.Local.Port()
-	if ev.Direction == event.DirectionInbound {
-		port = ev.Remote.Port()
-	} else if ev.Direction == event.DirectionOutbound && port == 0 {
-		return true
-	}
-	return r.Contains(port)
 }

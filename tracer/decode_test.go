@@ -34,10 +34,7 @@ func commOf(s string) (c [16]int8) {
 // instead of being computed the way decode computes them.
 var bootTime = time.Date(2024, 3, 5, 12, 0, 0, 0, time.UTC)
 
-// testEphemeral is Linux's default ip_local_port_range.
-var testEphemeral = event.PortRange{Lo: 32768, Hi: 60999}
-
-func testDecoder() decoder { return decoder{bootTime: bootTime, ephemeral: testEphemeral} }
+func testDecoder() decoder { return decoder{bootTime: bootTime} }
 
 const (
 	kOpen    = uint8(portlifeEventKindEVENT_OPEN)
@@ -50,6 +47,7 @@ const (
 	fTW      = uint8(portlifeEventFlagEVENT_F_TIME_WAIT)
 	fPre     = uint8(portlifeEventFlagEVENT_F_PRE_EXISTING)
 	fConn    = uint8(portlifeEventFlagEVENT_F_CONNECTED)
+	fEph     = uint8(portlifeEventFlagEVENT_F_EPHEMERAL)
 )
 
 func TestDecode(t *testing.T) {
@@ -71,7 +69,7 @@ func TestDecode(t *testing.T) {
 				Kind: kClose, Proto: unix.IPPROTO_TCP, Family: 4, Direction: dOut,
 				PidSource: uint8(portlifePidSourcePID_SOURCE_CONNECT),
 				ClosedBy:  uint8(portlifeClosedByCLOSED_BY_LOCAL),
-				Flags:     fTW, LastState: 5,
+				Flags:     fTW | fEph, LastState: 5,
 				Comm: commOf("curl"),
 			},
 			want: event.Event{
@@ -97,6 +95,7 @@ func TestDecode(t *testing.T) {
 				Pid: 7, Lport: 443, Rport: 50000,
 				Kind: kOpen, Proto: unix.IPPROTO_TCP, Family: 6, Direction: dIn,
 				PidSource: uint8(portlifePidSourcePID_SOURCE_LISTENER),
+				Flags:     fEph,
 				Comm:      commOf("nginx"),
 			},
 			want: event.Event{
@@ -117,7 +116,7 @@ func TestDecode(t *testing.T) {
 				StartNs: 0, EndNs: 9_000_000_000, Lport: 5432, Rport: 40000,
 				Kind: kClose, Proto: unix.IPPROTO_TCP, Family: 4, Direction: dIn,
 				ClosedBy: uint8(portlifeClosedByCLOSED_BY_REMOTE),
-				Flags:    fPre | fRstRecv,
+				Flags:    fPre | fRstRecv | fEph,
 			},
 			want: event.Event{
 				Kind: event.KindClose, Proto: event.ProtoTCP,
@@ -152,7 +151,7 @@ func TestDecode(t *testing.T) {
 				TxBytes: 64, RxBytes: 512, TxPackets: 1, RxPackets: 1, Destinations: 3,
 				Kind: kClose, Proto: unix.IPPROTO_UDP, Family: 6, Direction: dOut,
 				PidSource: uint8(portlifePidSourcePID_SOURCE_SOCKET),
-				Flags:     fConn,
+				Flags:     fConn | fEph,
 				Comm:      commOf("dig"),
 			},
 			want: event.Event{
@@ -169,12 +168,13 @@ func TestDecode(t *testing.T) {
 			},
 		},
 		{
-			name: "connect_failed keeps the errno, and no local port still counts as ephemeral",
+			name: "connect_failed keeps the errno and the ephemeral flag",
 			rec: portlifeEvent{
 				Laddr: mapped("0.0.0.0"), Raddr: mapped("192.0.2.1"),
 				StartNs: 3_000_000_000, EndNs: 4_000_000_000, Lport: 0, Rport: 443,
 				Error: int32(unix.ECONNREFUSED),
 				Kind:  kFailed, Proto: unix.IPPROTO_TCP, Family: 4, Direction: dOut,
+				Flags: fEph,
 				// A full 16-byte comm has no NUL to stop at: all of it is the name.
 				Comm: commOf("0123456789abcdef"),
 			},
@@ -255,37 +255,33 @@ func TestDecodeCommTrimming(t *testing.T) {
 	}
 }
 
-// The ephemeral side of a connection is ours when we connected (the local
-// port) and the peer's when we accepted (the remote port).
+// The kernel judges the ephemeral side against the socket's own namespace's
+// range; Ephemeral is its flag, whatever the ports look like to user space.
 func TestDecodeEphemeral(t *testing.T) {
 	tests := []struct {
 		name         string
 		direction    uint8
 		lport, rport uint16
+		flags        uint8
 		want         bool
 	}{
-		{"outbound uses the local port, inside the range", dOut, 40000, 443, true},
-		{"outbound uses the local port, below the range", dOut, 1234, 40000, false},
-		{"outbound with no local port allocated is ephemeral", dOut, 0, 443, true},
-		{"outbound at the range's low edge", dOut, 32768, 443, true},
-		{"outbound at the range's high edge", dOut, 60999, 443, true},
-		{"outbound just above the range", dOut, 61000, 443, false},
-		{"inbound uses the remote port, inside the range", dIn, 443, 40000, true},
-		{"inbound uses the remote port, not the local one", dIn, 40000, 1234, false},
-		{"inbound with remote port 0 is not ephemeral", dIn, 40000, 0, false},
-		{"unknown direction falls back to the local port", 0, 40000, 80, true},
-		{"unknown direction with local port 0 is not ephemeral", 0, 0, 40000, false},
+		{"flag set", dOut, 40000, 443, fEph, true},
+		{"flag clear, though the port is in the host's default range", dOut, 40000, 443, 0, false},
+		{"flag set on a port outside the host's default range", dOut, 10000, 443, fEph, true},
+		{"flag set on an inbound connection", dIn, 443, 40000, fEph, true},
+		{"flag set among the others", dOut, 40000, 443, fTW | fEph | fConn, true},
+		{"other flags alone", dOut, 40000, 443, fTW | fPre | fConn | fRstSent | fRstRecv, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := testDecoder()
-			rec := portlifeEvent{Kind: kClose, Family: 4, Direction: tt.direction, Lport: tt.lport, Rport: tt.rport}
+			rec := portlifeEvent{Kind: kClose, Family: 4, Direction: tt.direction, Lport: tt.lport, Rport: tt.rport, Flags: tt.flags}
 			var ev event.Event
 			if err := d.decode(rawRecord(&rec), &ev); err != nil {
 				t.Fatal(err)
 			}
 			if ev.Ephemeral != tt.want {
-				t.Errorf("Ephemeral = %v, want %v (range %v)", ev.Ephemeral, tt.want, testEphemeral)
+				t.Errorf("Ephemeral = %v, want %v (flags %#x)", ev.Ephemeral, tt.want, tt.flags)
 			}
 		})
 	}
@@ -346,7 +342,7 @@ func TestDecodeShortRecord(t *testing.T) {
 // newDecoder anchors CLOCK_BOOTTIME to the wall clock: a kernel timestamp
 // taken now must decode to about now, not to boot time or the future.
 func TestNewDecoderAnchorsBootClock(t *testing.T) {
-	d, err := newDecoder(testEphemeral)
+	d, err := newDecoder()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,9 +356,6 @@ func TestNewDecoderAnchorsBootClock(t *testing.T) {
 	}
 	if !d.clock(0).IsZero() {
 		t.Errorf("clock(0) = %v, want the zero time (not seen)", d.clock(0))
-	}
-	if d.ephemeral != testEphemeral {
-		t.Errorf("ephemeral = %v, want %v", d.ephemeral, testEphemeral)
 	}
 }
 

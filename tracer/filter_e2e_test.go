@@ -5,8 +5,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -55,11 +57,7 @@ func TestFilters(t *testing.T) {
 	}
 	v4 := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
 	server6 := echoServer6(t)
-	ephemeral, err := ReadEphemeralRange(DefaultConfig().EphemeralRangeFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fixedPort := freePortOutside(t, ephemeral)
+	fixedPort := freePortOutside(t, hostEphemeralRange(t))
 
 	var (
 		toServer  = echoTo("tcp4", v4, netip.AddrPort{})
@@ -132,6 +130,25 @@ func TestFilters(t *testing.T) {
 	}
 }
 
+// hostEphemeralRange is net.ipv4.ip_local_port_range of the test's own
+// network namespace, now.
+func hostEphemeralRange(t *testing.T) event.PortRange {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		t.Fatalf("ip_local_port_range holds %q, want two ports", b)
+	}
+	r, err := event.ParsePortRange(f[0] + "-" + f[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // freePortOutside finds a local port outside the ephemeral range that no
 // socket holds, not even in TIME_WAIT from an earlier run.
 func freePortOutside(t *testing.T, ephemeral event.PortRange) uint16 {
@@ -143,8 +160,15 @@ func freePortOutside(t *testing.T, ephemeral event.PortRange) uint16 {
 	if lo >= hi {
 		t.Fatalf("ip_local_port_range %v leaves no port to test --ephemeral-only with", ephemeral)
 	}
+	return freePortIn(t, event.PortRange{Lo: lo, Hi: hi})
+}
+
+// freePortIn finds a local port in r that no socket holds, not even in
+// TIME_WAIT from an earlier run.
+func freePortIn(t *testing.T, r event.PortRange) uint16 {
+	t.Helper()
 	for i := 0; i < 100; i++ {
-		p := lo + uint16(rand.IntN(int(hi-lo)))
+		p := r.Lo + uint16(rand.IntN(int(r.Hi-r.Lo)))
 		// A plain bind, without the SO_REUSEADDR that net.Listen sets, fails
 		// as the dial's bind would.
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -157,7 +181,7 @@ func freePortOutside(t *testing.T, ephemeral event.PortRange) uint16 {
 			return p
 		}
 	}
-	t.Fatal("no free port outside the ephemeral range")
+	t.Fatalf("no free port in %v", r)
 	return 0
 }
 

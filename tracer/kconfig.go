@@ -1,30 +1,14 @@
 package tracer
 
 import (
-	"fmt"
 	"net/netip"
-	"os"
-	"strings"
 
 	"github.com/portlife/portlife/internal/event"
 )
 
-// ReadEphemeralRange reads a net.ipv4.ip_local_port_range file ("32768\t60999").
-func ReadEphemeralRange(path string) (event.PortRange, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return event.PortRange{}, fmt.Errorf("reading the ephemeral port range: %w", err)
-	}
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return event.PortRange{}, fmt.Errorf("reading the ephemeral port range: %s holds %q, want two ports", path, b)
-	}
-	return event.ParsePortRange(f[0] + "-" + f[1])
-}
-
 // kernelConfig is the filter as the kernel program reads it. The filter was
 // validated, so it fits the kernel's tables.
-func kernelConfig(f *event.Filter, ephemeral event.PortRange, wakeupBytes uint64) portlifeConfig {
+func kernelConfig(f *event.Filter, wakeupBytes uint64) portlifeConfig {
 	var c portlifeConfig
 	c.MinDurationNs = uint64(f.MinDuration)
 	c.WakeupBytes = wakeupBytes
@@ -44,7 +28,6 @@ func kernelConfig(f *event.Filter, ephemeral event.PortRange, wakeupBytes uint64
 		c.Rports[i].Lo, c.Rports[i].Hi = r.Lo, r.Hi
 	}
 	c.N_rports = uint8(len(f.RemotePorts))
-	c.Ephemeral.Lo, c.Ephemeral.Hi = ephemeral.Lo, ephemeral.Hi
 	c.Family = uint8(f.Family)
 	c.Direction = uint8(f.Direction)
 	c.EphemeralOnly = boolByte(f.EphemeralOnly)

@@ -2,59 +2,13 @@ package tracer
 
 import (
 	"net/netip"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/portlife/portlife/internal/event"
 )
 
-func TestReadEphemeralRange(t *testing.T) {
-	tests := []struct {
-		name    string
-		content string
-		want    event.PortRange
-		wantErr bool
-	}{
-		{"the kernel's tab-separated format", "32768\t60999\n", event.PortRange{Lo: 32768, Hi: 60999}, false},
-		{"spaces work too", "1024 65535", event.PortRange{Lo: 1024, Hi: 65535}, false},
-		{"one number", "32768\n", event.PortRange{}, true},
-		{"three numbers", "1 2 3\n", event.PortRange{}, true},
-		{"text", "low\thigh\n", event.PortRange{}, true},
-		{"reversed", "60999\t32768\n", event.PortRange{}, true},
-		{"empty", "", event.PortRange{}, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "ip_local_port_range")
-			if err := os.WriteFile(path, []byte(tt.content), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			got, err := ReadEphemeralRange(path)
-			if tt.wantErr {
-				if err == nil {
-					t.Errorf("ReadEphemeralRange(%q) = %v, want an error", tt.content, got)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("ReadEphemeralRange(%q): %v", tt.content, err)
-			}
-			if got != tt.want {
-				t.Errorf("ReadEphemeralRange(%q) = %v, want %v", tt.content, got, tt.want)
-			}
-		})
-	}
-	t.Run("missing file", func(t *testing.T) {
-		if got, err := ReadEphemeralRange(filepath.Join(t.TempDir(), "nope")); err == nil {
-			t.Errorf("ReadEphemeralRange of a missing file = %v, want an error", got)
-		}
-	})
-}
-
 func TestKernelConfig(t *testing.T) {
-	eph := event.PortRange{Lo: 32768, Hi: 60999}
 	const (
 		bitOpen   = 1 << 1 // 1 << EVENT_OPEN
 		bitClose  = 1 << 2 // 1 << EVENT_CLOSE
@@ -66,8 +20,7 @@ func TestKernelConfig(t *testing.T) {
 		var want portlifeConfig
 		want.WakeupBytes = 4096
 		want.Events = bitOpen | bitClose | bitFailed
-		want.Ephemeral.Lo, want.Ephemeral.Hi = 32768, 60999
-		if got := kernelConfig(&f, eph, 4096); got != want {
+		if got := kernelConfig(&f, 4096); got != want {
 			t.Errorf("kernelConfig:\n got  %+v\n want %+v", got, want)
 		}
 	})
@@ -96,14 +49,13 @@ func TestKernelConfig(t *testing.T) {
 		want.N_lports = 2
 		want.Rports[0].Lo, want.Rports[0].Hi = 53, 53
 		want.N_rports = 1
-		want.Ephemeral.Lo, want.Ephemeral.Hi = 32768, 60999
 		want.Family = 6
 		want.Direction = uint8(portlifeDirectionDIRECTION_INBOUND)
 		want.EphemeralOnly = 1
 		want.MatchRaddr = 1
 		want.MatchComm = 1
 		want.Comm = [16]int8{'n', 'g', 'i', 'n', 'x'}
-		if got := kernelConfig(&f, eph, 1<<20); got != want {
+		if got := kernelConfig(&f, 1<<20); got != want {
 			t.Errorf("kernelConfig:\n got  %+v\n want %+v", got, want)
 		}
 	})
@@ -114,7 +66,7 @@ func TestKernelConfig(t *testing.T) {
 			want uint32
 		}{{event.KindOpen, bitOpen}, {event.KindClose, bitClose}, {event.KindConnectFailed, bitFailed}} {
 			f := event.Filter{Kinds: []event.Kind{tt.k}}
-			if got := kernelConfig(&f, eph, 0).Events; got != tt.want {
+			if got := kernelConfig(&f, 0).Events; got != tt.want {
 				t.Errorf("Kinds [%v]: events = %#x, want %#x", tt.k, got, tt.want)
 			}
 		}
@@ -122,7 +74,7 @@ func TestKernelConfig(t *testing.T) {
 
 	t.Run("a full comm fills 15 bytes and keeps the NUL", func(t *testing.T) {
 		f := event.Filter{Comm: "systemd-resolve"}
-		c := kernelConfig(&f, eph, 0)
+		c := kernelConfig(&f, 0)
 		if c.MatchComm != 1 {
 			t.Errorf("MatchComm = %d, want 1", c.MatchComm)
 		}
@@ -138,7 +90,7 @@ func TestKernelConfig(t *testing.T) {
 
 	t.Run("the maximum number of port ranges fits", func(t *testing.T) {
 		f := event.Filter{LocalPorts: ranges(event.MaxPortRanges), RemotePorts: ranges(event.MaxPortRanges)}
-		c := kernelConfig(&f, eph, 0)
+		c := kernelConfig(&f, 0)
 		if int(c.N_lports) != event.MaxPortRanges || int(c.N_rports) != event.MaxPortRanges {
 			t.Errorf("N_lports, N_rports = %d, %d, want %d", c.N_lports, c.N_rports, event.MaxPortRanges)
 		}
@@ -150,7 +102,7 @@ func TestKernelConfig(t *testing.T) {
 
 	t.Run("outbound direction", func(t *testing.T) {
 		f := event.Filter{Direction: event.DirectionOutbound, Family: 4}
-		c := kernelConfig(&f, eph, 0)
+		c := kernelConfig(&f, 0)
 		if c.Direction != uint8(portlifeDirectionDIRECTION_OUTBOUND) || c.Family != 4 {
 			t.Errorf("Direction, Family = %d, %d, want %d, 4", c.Direction, c.Family, portlifeDirectionDIRECTION_OUTBOUND)
 		}

@@ -108,6 +108,8 @@ func runHelper(role, arg string) error {
 		return udpQueries(arg)
 	case "exhaust":
 		return exhaustPorts(arg)
+	case "netnsconns":
+		return netnsConns(arg)
 	}
 	return fmt.Errorf("unknown role %q", role)
 }

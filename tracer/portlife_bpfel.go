@@ -37,11 +37,6 @@ type portlifeConfig struct {
 		Lo uint16
 		Hi uint16
 	}
-	Ephemeral struct {
-		_  structs.HostLayout
-		Lo uint16
-		Hi uint16
-	}
 	N_lports      uint8
 	N_rports      uint8
 	Family        uint8
@@ -51,7 +46,6 @@ type portlifeConfig struct {
 	MatchComm     uint8
 	Pad           uint8
 	Comm          [16]int8
-	_             [4]byte
 }
 
 type portlifeConn struct {
@@ -121,6 +115,7 @@ const (
 	portlifeEventFlagEVENT_F_TIME_WAIT      portlifeEventFlag = 4
 	portlifeEventFlagEVENT_F_PRE_EXISTING   portlifeEventFlag = 8
 	portlifeEventFlagEVENT_F_CONNECTED      portlifeEventFlag = 16
+	portlifeEventFlagEVENT_F_EPHEMERAL      portlifeEventFlag = 32
 )
 
 type portlifeEventKind uint32

@@ -89,7 +89,7 @@ func TestReanchorFollowsTheWallClock(t *testing.T) {
 	}
 	last = time.Now().Add(-anchorEvery)
 	tr.reanchor(&last)
-	fresh, err := newDecoder(event.PortRange{})
+	fresh, err := newDecoder()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,17 +47,14 @@ type Config struct {
 	// too small a share of the CPU to keep up, and the ring overflows.
 	// 0 leaves it as it is.
 	ReaderNice int
-	// EphemeralRangeFile is net.ipv4.ip_local_port_range, read at start.
-	EphemeralRangeFile string
 }
 
 // DefaultConfig traces everything with the buffer sizes the benchmark chose.
 func DefaultConfig() Config {
 	return Config{
-		RingBufferSize:     4 << 20,
-		FlushInterval:      100 * time.Millisecond,
-		ReaderNice:         -10,
-		EphemeralRangeFile: "/proc/sys/net/ipv4/ip_local_port_range",
+		RingBufferSize: 4 << 20,
+		FlushInterval:  100 * time.Millisecond,
+		ReaderNice:     -10,
 	}
 }
 
@@ -98,11 +95,7 @@ func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
 	if err := checkKernel(); err != nil {
 		return nil, err
 	}
-	ephemeral, err := ReadEphemeralRange(cfg.EphemeralRangeFile)
-	if err != nil {
-		return nil, err
-	}
-	dec, err := newDecoder(ephemeral)
+	dec, err := newDecoder()
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +113,7 @@ func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		log.Debug("memlock rlimit not raised", zap.Error(err))
 	}
-	if err := t.load(ephemeral); err != nil {
+	if err := t.load(); err != nil {
 		return nil, explain(fmt.Errorf("loading the eBPF program: %w", err))
 	}
 	if t.reader, err = ringbuf.NewReader(t.objs.Events); err != nil {
@@ -135,7 +128,7 @@ func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
 	return t, nil
 }
 
-func (t *Tracer) load(ephemeral event.PortRange) error {
+func (t *Tracer) load() error {
 	spec, err := loadPortlife()
 	if err != nil {
 		return err
@@ -146,7 +139,7 @@ func (t *Tracer) load(ephemeral event.PortRange) error {
 	if t.cfg.FlushInterval > 0 {
 		wakeup = uint64(t.cfg.RingBufferSize / 8)
 	}
-	kcfg := kernelConfig(&t.cfg.Filter, ephemeral, wakeup)
+	kcfg := kernelConfig(&t.cfg.Filter, wakeup)
 	if err := spec.Variables["cfg"].Set(kcfg); err != nil {
 		return fmt.Errorf("setting the filter: %w", err)
 	}

@@ -1,0 +1,240 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/*
+ * TCP lifetimes: every TCP socket is followed through its states by the
+ * inet_sock_set_state tracepoint; resets and the socket's destruction
+ * complete the close event.
+ */
+#ifndef __PORTLIFE_TCP_BPF_H
+#define __PORTLIFE_TCP_BPF_H
+
+#include "common.bpf.h"
+
+static __always_inline void read_counters(struct sock *sk, struct event *e)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+	if (!tp)
+		return;
+	e->tx_bytes = tp->bytes_acked;
+	e->rx_bytes = tp->bytes_received;
+	e->tx_packets = tp->segs_out;
+	e->rx_packets = tp->segs_in;
+	e->retransmits = tp->total_retrans;
+}
+
+/* CLOSE -> SYN_SENT: connect() runs in the caller's context. */
+static __always_inline void on_connect(struct sock *sk)
+{
+	struct event owner = {};
+	struct conn *c;
+
+	set_owner(&owner, PID_SOURCE_CONNECT);
+	owner.direction = DIRECTION_OUTBOUND;
+	if (!owner_wanted(&owner)) {
+		/* A socket reconnected after disconnect may hold a stale lifetime. */
+		c = bpf_sk_storage_get(&conns, sk, 0, 0);
+		if (c && c->phase == PHASE_CLOSED)
+			emit_close(sk, c);
+		if (c)
+			bpf_sk_storage_delete(&conns, sk);
+		return;
+	}
+	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c) {
+		count_drop(DROP_STORAGE_FULL);
+		return;
+	}
+	if (c->phase == PHASE_CLOSED)
+		emit_close(sk, c);
+	begin(c, sk, &owner, DIRECTION_OUTBOUND, PHASE_CONNECTING);
+}
+
+/* -> LISTEN: listen() runs in the owner's context; children inherit it. */
+static __always_inline void on_listen(struct sock *sk)
+{
+	struct event owner = {};
+	struct conn *c;
+
+	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c) {
+		count_drop(DROP_STORAGE_FULL);
+		return;
+	}
+	set_owner(&owner, PID_SOURCE_LISTENER);
+	begin(c, sk, &owner, DIRECTION_INBOUND, PHASE_LISTENER);
+}
+
+/* LISTEN -> SYN_RECV: a child socket, cloned with its listener's entry. */
+static __always_inline void on_child(struct sock *sk)
+{
+	struct event owner = {};
+	struct conn *c;
+
+	c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	if (!c || c->phase != PHASE_LISTENER)
+		return; /* its listener is not traced */
+	__builtin_memcpy(&owner, &c->e, sizeof(owner));
+	if (!owner_wanted(&owner)) {
+		bpf_sk_storage_delete(&conns, sk);
+		return;
+	}
+	begin(c, sk, &owner, DIRECTION_INBOUND, PHASE_HANDSHAKE);
+}
+
+/* SYN_SENT or SYN_RECV -> ESTABLISHED: both ports are known now. */
+static __always_inline void on_established(struct sock *sk)
+{
+	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+
+	if (!c || (c->phase != PHASE_CONNECTING && c->phase != PHASE_HANDSHAKE))
+		return;
+	read_tuple(sk, &c->e);
+	if (!tuple_wanted(sk, &c->e)) {
+		bpf_sk_storage_delete(&conns, sk);
+		return;
+	}
+	c->e.established_ns = bpf_ktime_get_boot_ns();
+	c->e.end_ns = c->e.established_ns;
+	c->phase = PHASE_OPEN;
+	emit(sk, &c->e, EVENT_OPEN);
+}
+
+/* Into FIN_WAIT1, CLOSE_WAIT or LAST_ACK. */
+static __always_inline void on_closing(struct sock *sk, int oldstate, int newstate)
+{
+	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+
+	if (!c || c->phase != PHASE_OPEN)
+		return;
+	if (!c->e.closed_by) {
+		if (newstate == TCP_FIN_WAIT1)
+			c->e.closed_by = CLOSED_BY_LOCAL;
+		else if (newstate == TCP_CLOSE_WAIT)
+			c->e.closed_by = CLOSED_BY_REMOTE;
+	}
+	/*
+	 * A socket from before tracing has no owner yet. FIN_WAIT1 and LAST_ACK
+	 * are entered only by close() or shutdown(), in the owner's context.
+	 */
+	if (c->e.pid_source == PID_SOURCE_UNKNOWN &&
+	    (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK))
+		set_owner(&c->e, PID_SOURCE_CLOSE);
+}
+
+/* -> CLOSE: the port is released. */
+static __always_inline void on_close(struct sock *sk, int oldstate)
+{
+	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+
+	if (!c)
+		return;
+	if (c->phase == PHASE_CONNECTING) {
+		read_tuple(sk, &c->e);
+		c->e.error = sk->sk_err;
+		c->e.end_ns = bpf_ktime_get_boot_ns();
+		c->e.last_state = oldstate;
+		if (tuple_wanted(sk, &c->e))
+			emit(sk, &c->e, EVENT_CONNECT_FAILED);
+		bpf_sk_storage_delete(&conns, sk);
+		return;
+	}
+	if (c->phase == PHASE_HANDSHAKE) {
+		/* Never established, so never accepted: not a lifetime. */
+		bpf_sk_storage_delete(&conns, sk);
+		return;
+	}
+	if (c->phase != PHASE_OPEN)
+		return;
+	c->e.end_ns = bpf_ktime_get_boot_ns();
+	c->e.last_state = oldstate;
+	read_counters(sk, &c->e);
+	/*
+	 * The kernel moves the connection to a timewait socket just before this,
+	 * unless a reset ended it; a reset sent after this point clears the flag.
+	 */
+	if ((oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING) &&
+	    !(c->e.flags & (EVENT_F_RESET_SENT | EVENT_F_RESET_RECEIVED)))
+		c->e.flags |= EVENT_F_TIME_WAIT;
+	/*
+	 * Resets sent on close (unread data, SO_LINGER 0) come after this
+	 * transition, so the event waits for the socket's destruction.
+	 */
+	c->phase = PHASE_CLOSED;
+}
+
+/* sock:inet_sock_set_state, for every socket of every protocol. */
+static __always_inline int tcp_state_changed(struct sock *sk, int oldstate, int newstate)
+{
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+
+	switch (newstate) {
+	case TCP_SYN_SENT:
+		on_connect(sk);
+		break;
+	case TCP_LISTEN:
+		on_listen(sk);
+		break;
+	case TCP_SYN_RECV:
+		if (oldstate == TCP_LISTEN)
+			on_child(sk);
+		break;
+	case TCP_ESTABLISHED:
+		on_established(sk);
+		break;
+	case TCP_CLOSE:
+		on_close(sk, oldstate);
+		break;
+	case TCP_FIN_WAIT1:
+	case TCP_CLOSE_WAIT:
+	case TCP_LAST_ACK:
+		on_closing(sk, oldstate, newstate);
+		break;
+	}
+	/* FIN_WAIT2 and CLOSING tell nothing new: no lookup for them. */
+	return 0;
+}
+
+/* tcp:tcp_send_reset */
+static __always_inline int tcp_reset_sent(struct sock *sk)
+{
+	struct conn *c;
+
+	if (!sk)
+		return 0; /* a reset for a packet that has no socket */
+	c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	if (!c || (c->phase != PHASE_OPEN && c->phase != PHASE_CLOSED))
+		return 0;
+	c->e.flags |= EVENT_F_RESET_SENT;
+	c->e.flags &= ~EVENT_F_TIME_WAIT;
+	if (!c->e.closed_by)
+		c->e.closed_by = CLOSED_BY_LOCAL;
+	return 0;
+}
+
+/* tcp:tcp_receive_reset */
+static __always_inline int tcp_reset_received(struct sock *sk)
+{
+	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+
+	if (!c || c->phase != PHASE_OPEN)
+		return 0;
+	c->e.flags |= EVENT_F_RESET_RECEIVED;
+	if (!c->e.closed_by)
+		c->e.closed_by = CLOSED_BY_REMOTE;
+	return 0;
+}
+
+/* tcp:tcp_destroy_sock: the close event goes out now. */
+static __always_inline int tcp_destroyed(struct sock *sk)
+{
+	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+
+	if (!c || c->phase != PHASE_CLOSED)
+		return 0;
+	emit_close(sk, c);
+	c->phase = PHASE_DONE;
+	return 0;
+}
+
+#endif /* __PORTLIFE_TCP_BPF_H */

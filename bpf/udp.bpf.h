@@ -1,0 +1,298 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/*
+ * UDP lifetimes. There is no state tracepoint: the cgroup socket hooks on
+ * the cgroup v2 root see bind and unconnected sends with their addresses,
+ * and the release of every socket; the sock_send_length and
+ * sock_recv_length tracepoints count each datagram and show the peer of a
+ * connected socket. Every cgroup program returns 1: portlife observes and
+ * never refuses a syscall.
+ */
+#ifndef __PORTLIFE_UDP_BPF_H
+#define __PORTLIFE_UDP_BPF_H
+
+#include "common.bpf.h"
+
+#define MSG_PEEK 2
+
+/* A small hash of an address and port, to tell destinations apart. */
+static __always_inline __u32 dest_hash(const __u8 *addr, __u16 port)
+{
+	__u32 h = 2166136261u ^ port;
+
+	for (int i = 0; i < 16; i++)
+		h = (h ^ addr[i]) * 16777619u;
+	return h;
+}
+
+/*
+ * Records a destination. The first one, or the connected peer, becomes the
+ * remote end. Distinct ones are counted exactly up to UDP_DEST_SLOTS; past
+ * that a destination revisited after it left the slots counts again.
+ */
+static __always_inline void udp_dest(struct conn *c, const __u8 *addr, __u16 port, bool connected)
+{
+	__u32 h = dest_hash(addr, port);
+	__u8 slot;
+
+	if (connected || !c->e.destinations) {
+		__builtin_memcpy(c->e.raddr, addr, 16);
+		c->e.rport = port;
+		c->e.family = is_v4_mapped(addr) ? 4 : 6;
+	}
+	for (int i = 0; i < UDP_DEST_SLOTS; i++)
+		if (c->dests[i] == h && i < c->e.destinations)
+			return;
+	slot = c->next_dest++ % UDP_DEST_SLOTS;
+	c->dests[slot] = h;
+	if (c->e.destinations < 0xffffffff)
+		c->e.destinations++;
+}
+
+/* A UDP socket seen for the first time, by the current task. */
+static __always_inline void udp_begin(struct conn *c, __u64 cookie, __u8 direction)
+{
+	struct event owner = {};
+
+	set_owner(&owner, PID_SOURCE_SOCKET);
+	owner.proto = IPPROTO_UDP;
+	owner.direction = direction;
+	owner.start_ns = bpf_ktime_get_boot_ns();
+	owner.cookie = cookie;
+	__builtin_memcpy(&c->e, &owner, sizeof(owner));
+	c->phase = owner_wanted(&owner) ? PHASE_PENDING : PHASE_IGNORED;
+}
+
+/*
+ * The local end of a UDP socket, once it has a port. sk may be a cgroup
+ * hook's context, which only helper reads may follow.
+ */
+static __always_inline void udp_local(struct sock *sk, struct event *e)
+{
+	e->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET6) {
+		BPF_CORE_READ_INTO(&e->laddr, sk, __sk_common.skc_v6_rcv_saddr);
+		if (!e->destinations)
+			e->family = 6;
+	} else {
+		v4_mapped(e->laddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		if (!e->destinations)
+			e->family = 4;
+	}
+}
+
+/* The local port is known now: apply the filters and say so. */
+static __always_inline void udp_open(struct sock *sk, struct conn *c)
+{
+	udp_local(sk, &c->e);
+	if (!c->e.lport)
+		return;
+	if (!tuple_wanted(sk, &c->e)) {
+		c->phase = PHASE_IGNORED;
+		return;
+	}
+	c->phase = PHASE_OPEN;
+	c->e.end_ns = bpf_ktime_get_boot_ns();
+	emit(sk, &c->e, EVENT_OPEN);
+}
+
+static __always_inline bool is_udp(const struct bpf_sock_addr *ctx)
+{
+	return ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP;
+}
+
+/* The entry of the socket behind a sock_addr hook, created if need be. */
+static __always_inline struct conn *udp_conn(struct bpf_sock_addr *ctx, __u8 direction)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct conn *c;
+
+	if (!sk)
+		return 0;
+	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c) {
+		count_drop(DROP_STORAGE_FULL);
+		return 0;
+	}
+	if (!c->phase)
+		udp_begin(c, bpf_get_socket_cookie(ctx), direction);
+	return c->phase == PHASE_IGNORED ? 0 : c;
+}
+
+/* bind(): a port asked for by number makes a server socket. */
+static __always_inline int udp_bind(struct bpf_sock_addr *ctx)
+{
+	if (is_udp(ctx))
+		udp_conn(ctx, ctx->user_port ? DIRECTION_INBOUND : DIRECTION_OUTBOUND);
+	return 1;
+}
+
+/* After bind() got its port. */
+static __always_inline int udp_bound(struct bpf_sock *ctx)
+{
+	struct conn *c;
+
+	if (ctx->protocol != IPPROTO_UDP)
+		return 1;
+	c = bpf_sk_storage_get(&conns, ctx, 0, 0);
+	if (c && c->phase == PHASE_PENDING)
+		udp_open((struct sock *)ctx, c);
+	return 1;
+}
+
+/* sendto() and sendmsg() with an address: the port is bound by now. */
+static __always_inline int udp_send(struct bpf_sock_addr *ctx, const __u8 *addr)
+{
+	struct conn *c;
+
+	if (is_udp(ctx) && (c = udp_conn(ctx, DIRECTION_OUTBOUND)))
+		udp_dest(c, addr, bpf_ntohs(ctx->user_port), false);
+	return 1;
+}
+
+static __always_inline int udp_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16];
+
+	v4_mapped(addr, ctx->user_ip4);
+	return udp_send(ctx, addr);
+}
+
+static __always_inline int udp_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	__u32 addr[4];
+
+	addr[0] = ctx->user_ip6[0];
+	addr[1] = ctx->user_ip6[1];
+	addr[2] = ctx->user_ip6[2];
+	addr[3] = ctx->user_ip6[3];
+	return udp_send(ctx, (__u8 *)addr);
+}
+
+/*
+ * The peer a connect() fixed, if any. Read here rather than in a cgroup
+ * connect hook, which would run, with the socket locked, for every TCP
+ * connect on the host too.
+ */
+static __always_inline void udp_peer(struct sock *sk, struct conn *c)
+{
+	struct sock_common *skc = &sk->__sk_common;
+	__u16 port = bpf_ntohs(skc->skc_dport);
+	__u64 addr[2];
+	__u64 *known = (__u64 *)c->e.raddr;
+
+	if (!port)
+		return; /* not connected */
+	if (skc->skc_family == AF_INET6)
+		__builtin_memcpy(addr, skc->skc_v6_daddr.in6_u.u6_addr32, 16);
+	else
+		v4_mapped((__u8 *)addr, skc->skc_daddr);
+	if ((c->e.flags & EVENT_F_CONNECTED) && c->e.rport == port &&
+	    known[0] == addr[0] && known[1] == addr[1])
+		return; /* the same peer as before */
+	udp_dest(c, (__u8 *)addr, port, true);
+	c->e.flags |= EVENT_F_CONNECTED;
+}
+
+/* sock:sock_send_length: every datagram sent, connected or not. */
+static __always_inline int udp_datagram_sent(struct sock *sk, int ret)
+{
+	struct conn *c;
+
+	if (ret <= 0 || sk->sk_protocol != IPPROTO_UDP)
+		return 0;
+	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c) {
+		count_drop(DROP_STORAGE_FULL);
+		return 0;
+	}
+	if (!c->phase)
+		udp_begin(c, bpf_get_socket_cookie(sk), DIRECTION_OUTBOUND);
+	if (c->phase == PHASE_IGNORED)
+		return 0;
+	udp_peer(sk, c);
+	c->e.tx_packets++;
+	c->e.tx_bytes += ret;
+	if (c->phase == PHASE_PENDING)
+		udp_open(sk, c);
+	return 0;
+}
+
+/* sock:sock_recv_length: every datagram received; a peek is not a receive. */
+static __always_inline int udp_datagram_received(struct sock *sk, int ret, int flags)
+{
+	struct conn *c;
+
+	if (ret <= 0 || (flags & MSG_PEEK) || sk->sk_protocol != IPPROTO_UDP)
+		return 0;
+	c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	if (!c || c->phase == PHASE_IGNORED)
+		return 0;
+	c->e.rx_packets++;
+	c->e.rx_bytes += ret;
+	if (c->phase == PHASE_PENDING)
+		udp_open(sk, c);
+	return 0;
+}
+
+/*
+ * A socket that got a port by connect() and never sent a datagram has no
+ * entry: its lifetime is seen only now, with the closing task as owner.
+ */
+static __always_inline void udp_unused(struct bpf_sock *ctx)
+{
+	struct sock *sk = (struct sock *)ctx;
+	struct event e = {};
+	struct in6_addr r6;
+
+	udp_local(sk, &e);
+	e.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (!e.lport || !e.rport)
+		return;
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET6) {
+		BPF_CORE_READ_INTO(&r6, sk, __sk_common.skc_v6_daddr);
+		__builtin_memcpy(e.raddr, &r6, 16);
+	} else {
+		v4_mapped(e.raddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	}
+	e.family = is_v4_mapped(e.raddr) ? 4 : 6;
+	set_owner(&e, PID_SOURCE_CLOSE);
+	e.proto = IPPROTO_UDP;
+	e.direction = DIRECTION_OUTBOUND;
+	e.destinations = 1;
+	e.flags = EVENT_F_CONNECTED;
+	e.cookie = bpf_get_socket_cookie(ctx);
+	e.end_ns = bpf_ktime_get_boot_ns();
+	if (owner_wanted(&e) && tuple_wanted(sk, &e))
+		emit(sk, &e, EVENT_CLOSE);
+}
+
+/* close() of the last descriptor: the port's lifetime ends. */
+static __always_inline int udp_released(struct bpf_sock *ctx)
+{
+	struct sock *sk = (struct sock *)ctx;
+	struct conn *c;
+
+	if (ctx->protocol != IPPROTO_UDP)
+		return 1;
+	c = bpf_sk_storage_get(&conns, ctx, 0, 0);
+	if (!c) {
+		udp_unused(ctx);
+		return 1;
+	}
+	if (c->phase == PHASE_PENDING) {
+		/* Bound, never used: the port is read here, with no open. */
+		udp_local(sk, &c->e);
+		if (!c->e.lport || !tuple_wanted(sk, &c->e))
+			return 1;
+		c->phase = PHASE_OPEN;
+	}
+	if (c->phase != PHASE_OPEN)
+		return 1;
+	c->e.end_ns = bpf_ktime_get_boot_ns();
+	c->phase = PHASE_DONE;
+	emit_close(sk, c);
+	return 1;
+}
+
+#endif /* __PORTLIFE_UDP_BPF_H */
