@@ -28,7 +28,7 @@ func addFilterFlags(fs *pflag.FlagSet, f *event.Filter) {
 	fs.Var(event.NetsValue(&f.RemoteNets), "raddr", "only remote addresses in this CIDR or equal to this address, e.g. 10.0.0.0/8 or ::1 (repeatable, up to 64)")
 	fs.Var(event.FamilyValue{P: &f.Family}, "family", "only IPv4 (4) or IPv6 (6)")
 	fs.Var(event.DirectionValue{P: &f.Direction}, "direction", "only outbound (we connected) or inbound (we accepted)")
-	fs.BoolVar(&f.EphemeralOnly, "ephemeral-only", false, "only connections whose ephemeral-side port is in ip_local_port_range")
+	fs.BoolVar(&f.EphemeralOnly, "ephemeral-only", false, "only connections whose ephemeral-side port is in their network namespace's ip_local_port_range")
 	fs.Var(event.MinDurationValue{P: &f.MinDuration}, "min-duration", "only close events of lifetimes at least this long, e.g. 10ms")
 }
 
