@@ -653,3 +653,32 @@ func TestAppendMillisMatchesShortestFloat(t *testing.T) {
 		}
 	}
 }
+
+// A full IPv6 address and port (47 bytes) does not fit the default LOCAL
+// and REMOTE columns: they grow, and the header is written again above the
+// first wider line, so every line's cells stand under the header above it.
+func TestTextColumnsGrowForLongAddresses(t *testing.T) {
+	v4 := tcpClose()
+	v6 := tcpClose()
+	v6.Family = 6
+	v6.Local = netip.MustParseAddrPort("[2001:db8:1234:5678:9abc:def0:1234:5678]:65535")
+	v6.Remote = netip.MustParseAddrPort("[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:443")
+	lines := textLines(t, v4, v6, v4)
+	if len(lines) != 5 || !strings.HasPrefix(lines[0], "TIME") || !strings.HasPrefix(lines[2], "TIME") {
+		t.Fatalf("want header, IPv4 line, header, IPv6 line, IPv4 line; got:\n%s", strings.Join(lines, "\n"))
+	}
+	for i, ev := range map[int]event.Event{1: v4, 3: v6, 4: v4} {
+		header := lines[0]
+		if i > 2 {
+			header = lines[2]
+		}
+		starts := columnStarts(header)
+		for col, want := range map[string]string{
+			"LOCAL": ev.Local.String(), "REMOTE": ev.Remote.String(), "DIR": "outbound", "NOTES": "closed_by=remote",
+		} {
+			if got := field(lines[i], starts[col]); got != want {
+				t.Errorf("line %d: %s column reads %q, want %q\n%s\n%s", i, col, got, want, header, lines[i])
+			}
+		}
+	}
+}

@@ -9,33 +9,55 @@ import (
 )
 
 // Text encodes aligned columns for a terminal, like tcplife, with human
-// units, under a header line that comes before the first event. Its zero
-// value is ready to use; it is not safe for concurrent use.
+// units, under a header line. A column grows when a cell would not fit (a
+// full IPv6 address and port takes 47 bytes), and the header is written
+// again above the first line of the wider layout, so the columns below any
+// header stay aligned. Its zero value is ready to use; it is not safe for
+// concurrent use.
 type Text struct {
-	header bool // written
+	widths [len(defaultWidths)]int // 0 until the first event
+	header bool                    // written for the current widths
 }
 
 // column widths, in order: time, event, proto, pid, comm, local, remote,
 // direction, duration, tx, rx; then the notes.
-var widths = [...]int{12, 14, 5, 7, 15, 26, 26, 8, 9, 7, 7}
+var defaultWidths = [...]int{12, 14, 5, 7, 15, 26, 26, 8, 9, 7, 7}
 
-var header = func() string {
-	var b []byte
-	for i, name := range [...]string{"TIME", "EVENT", "PROTO", "PID", "COMM", "LOCAL", "REMOTE", "DIR", "DURATION", "TX", "RX"} {
+var columnNames = [len(defaultWidths)]string{"TIME", "EVENT", "PROTO", "PID", "COMM", "LOCAL", "REMOTE", "DIR", "DURATION", "TX", "RX"}
+
+const colLocal, colRemote = 5, 6
+
+func (t *Text) appendHeader(b []byte) []byte {
+	for i, name := range columnNames {
 		b = append(b, name...)
-		for j := len(name); j <= widths[i]; j++ {
+		for j := len(name); j <= t.widths[i]; j++ {
 			b = append(b, ' ')
 		}
 	}
-	return string(b) + "NOTES\n"
-}()
+	return append(b, "NOTES\n"...)
+}
 
-// Append appends e as one line to b, after the header if this is the first.
+// fit widens col to hold the cell n bytes long.
+func (t *Text) fit(col, n int) {
+	if n > t.widths[col] {
+		t.widths[col] = n
+		t.header = false
+	}
+}
+
+// Append appends e as one line to b, after a header if the layout is new.
 func (t *Text) Append(b []byte, e *event.Event) []byte {
+	if t.widths[0] == 0 {
+		t.widths = defaultWidths
+	}
+	var cell [64]byte
+	t.fit(colLocal, len(e.Local.AppendTo(cell[:0])))
+	t.fit(colRemote, len(e.Remote.AppendTo(cell[:0])))
 	if !t.header {
-		b = append(b, header...)
+		b = t.appendHeader(b)
 		t.header = true
 	}
+	widths := &t.widths
 	col := 0
 	pad := func(start int) {
 		// Runes, not bytes: "µs" is one cell wide on a terminal.
