@@ -326,8 +326,8 @@ func (t *Tracer) prioritize() func() {
 	}
 }
 
-// Stats reads the counters. It is safe to call at any time, from any
-// goroutine, while Run runs; after Run returns it gives the totals.
+// Stats reads the counters. It is safe to call from any goroutine, while
+// Run runs and after it returns (then it gives the totals), until Close.
 func (t *Tracer) Stats() (Stats, error) {
 	s, err := t.kernelStats()
 	s.Events = t.events.Load()
