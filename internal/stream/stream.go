@@ -41,6 +41,9 @@ type subscriber struct {
 	c     Consumer
 	queue chan event.Event // bounded: events are copied in, never allocated
 	flush chan struct{}    // a flush request, coalesced
+	// ev holds the event being written. A local would escape to the heap
+	// (the consumer is an interface), one allocation per event.
+	ev event.Event
 
 	delivered atomic.Uint64
 	dropped   atomic.Uint64
@@ -67,25 +70,29 @@ func (s *Stream) Subscribe(name string, c Consumer, capacity int) {
 
 // run delivers queued events until the queue is closed and empty.
 func (sub *subscriber) run() {
+	var ok bool
 	for {
 		select {
-		case ev, ok := <-sub.queue:
+		case sub.ev, ok = <-sub.queue:
 			if !ok {
 				sub.check(sub.c.Flush())
 				return
 			}
-			sub.check(sub.c.Write(&ev))
-			sub.delivered.Add(1)
+			sub.deliver()
 		case <-sub.flush:
 			// What was queued before the request goes out with it.
 			for n := len(sub.queue); n > 0; n-- {
-				ev := <-sub.queue
-				sub.check(sub.c.Write(&ev))
-				sub.delivered.Add(1)
+				sub.ev = <-sub.queue
+				sub.deliver()
 			}
 			sub.check(sub.c.Flush())
 		}
 	}
+}
+
+func (sub *subscriber) deliver() {
+	sub.check(sub.c.Write(&sub.ev))
+	sub.delivered.Add(1)
 }
 
 // check counts a consumer's failure. A failing consumer keeps getting events:
@@ -93,7 +100,8 @@ func (sub *subscriber) run() {
 func (sub *subscriber) check(err error) {
 	if err != nil {
 		sub.failed.Add(1)
-		sub.lastErr.Store(&err)
+		last := err // a copy, so that only a failure allocates
+		sub.lastErr.Store(&last)
 	}
 }
 

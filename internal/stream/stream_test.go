@@ -2,6 +2,7 @@ package stream
 
 import (
 	"errors"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -284,6 +285,28 @@ func TestWriteDoesNotAllocate(t *testing.T) {
 	}
 	close(full.stall)
 	s.Close()
+}
+
+// Delivery to a subscriber allocates nothing per event either: its goroutine
+// hands each event to the consumer from the subscriber's own slot.
+func TestDeliveryDoesNotAllocate(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	const events = 10_000
+	s := New(nil)
+	s.Subscribe("discard", discard{}, events)
+	publish(t, s, 0, 100) // warm up: the goroutine's stack, the first park
+	waitDelivered(t, s, "discard", 100)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	publish(t, s, 100, 100+events)
+	waitDelivered(t, s, "discard", 100+events)
+	runtime.ReadMemStats(&after)
+	s.Close()
+	// A handful of allocations from the runtime itself may land here; one
+	// per event would be 10,000.
+	if n := after.Mallocs - before.Mallocs; n > events/100 {
+		t.Errorf("%d allocations while delivering %d events, want none per event", n, events)
+	}
 }
 
 func BenchmarkWrite(b *testing.B) {
