@@ -65,10 +65,11 @@ type Stats struct {
 	RingbufFull uint64 // events dropped: the ring buffer was full
 	StorageFull uint64 // sockets not tracked: no per-socket state could be allocated
 	TableFull   uint64 // entries a bounded kernel table refused or evicted
+	SkippedRuns uint64 // program runs the kernel skipped (recursion); each may lose an event
 }
 
 // Lost is every event the kernel side could not deliver.
-func (s Stats) Lost() uint64 { return s.RingbufFull + s.StorageFull + s.TableFull }
+func (s Stats) Lost() uint64 { return s.RingbufFull + s.StorageFull + s.TableFull + s.SkippedRuns }
 
 // Tracer is a loaded and attached portlife program.
 type Tracer struct {
@@ -331,7 +332,9 @@ func (t *Tracer) prioritize() func() {
 func (t *Tracer) Stats() (Stats, error) {
 	s, err := t.kernelStats()
 	s.Events = t.events.Load()
-	return s, err
+	skipped, serr := skippedRuns(t.attachedPrograms())
+	s.SkippedRuns = skipped
+	return s, errors.Join(err, serr)
 }
 
 func (t *Tracer) kernelStats() (Stats, error) {

@@ -72,6 +72,7 @@ func (l losses) fields(s tracer.Stats, total uint64) []zap.Field {
 		zap.Uint64("ringbuf_full", s.RingbufFull),
 		zap.Uint64("storage_full", s.StorageFull),
 		zap.Uint64("table_full", s.TableFull),
+		zap.Uint64("skipped_runs", s.SkippedRuns),
 	}
 	if cs := l.stream.Stats(); len(cs) > 0 {
 		f = append(f, zap.Array("consumers", consumerStats(cs)))
