@@ -136,3 +136,20 @@ func addrPort(t *testing.T, a net.Addr) netip.AddrPort {
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
+
+// loopbackConn connects to a new IPv4 loopback listener and returns the
+// client end and the listener's address; both close when the test ends.
+func loopbackConn(t *testing.T) (net.Conn, netip.AddrPort) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, addrPort(t, ln.Addr())
+}

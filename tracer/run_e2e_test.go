@@ -2,7 +2,6 @@ package tracer
 
 import (
 	"context"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -50,18 +49,9 @@ func TestRunIsObservableAndJoinsItsGoroutines(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	local := addrPort(t, c.LocalAddr())
+	c, server := loopbackConn(t)
 	c.Close()
-	events.waitFor(t, 1, ofConn(local, addrPort(t, ln.Addr())))
+	events.waitFor(t, 1, ofConn(addrPort(t, c.LocalAddr()), server))
 
 	close(stop)
 	wg.Wait()
@@ -144,16 +134,7 @@ func TestFlushIntervalZeroWritesAtOnce(t *testing.T) {
 		tr.Close()
 	}()
 
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, _ := loopbackConn(t)
 	// The open of our connection, flushed while tracing still runs.
 	out.waitFor(t, 1, func(e *event.Event) bool {
 		return e.Kind == event.KindOpen && e.Local == addrPort(t, c.LocalAddr())
