@@ -109,16 +109,25 @@ static __always_inline __u64 wakeup_flags(void)
 	return BPF_RB_NO_WAKEUP;
 }
 
-/* The current task, as the owner of a socket. */
+/*
+ * The current task, as the owner of a socket. comm is the process's name,
+ * its thread group leader's, as /proc/PID/comm shows it and --comm matches
+ * it: a thread may name itself (dig's isc-net-0000), and that name goes in
+ * thread. bpf_get_current_task() is the one task helper every program type
+ * here may call (tp_btf and the cgroup hooks alike).
+ */
 static __always_inline void set_owner(struct event *e, __u8 source)
 {
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u64 id = bpf_get_current_pid_tgid();
 
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
 	e->uid = (__u32)bpf_get_current_uid_gid();
 	e->cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_get_current_comm(e->thread, sizeof(e->thread));
+	if (BPF_CORE_READ_INTO(&e->comm, task, group_leader, comm))
+		__builtin_memcpy(e->comm, e->thread, sizeof(e->comm));
 	e->pid_source = source;
 }
 

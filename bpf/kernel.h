@@ -196,6 +196,11 @@ struct udp_sock {
 	struct inet_sock inet;
 };
 
+struct task_struct {
+	struct task_struct *group_leader;
+	char comm[16];
+};
+
 struct bpf_iter__udp {
 	struct bpf_iter_meta *meta;
 	struct udp_sock *udp_sk;

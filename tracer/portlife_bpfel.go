@@ -105,6 +105,7 @@ type portlifeEvent struct {
 	Flags         uint8
 	LastState     uint8
 	Comm          [16]int8
+	Thread        [16]int8
 }
 
 type portlifeEventFlag uint32

@@ -196,6 +196,28 @@ func TestJSON(t *testing.T) {
 			want:     map[string]any{"proto": "udp", "event": "open", "raddr": "0.0.0.0", "rport": num("0")},
 		},
 		{
+			name: "a thread named apart from its process is named too",
+			ev: func() event.Event {
+				e := tcpClose()
+				e.Kind, e.Time = event.KindOpen, e.Established
+				e.Comm, e.Thread = comm("dig"), comm("isc-net-0000")
+				return e
+			},
+			wantKeys: keys("start", "connect_latency_ms", "thread"),
+			want:     map[string]any{"comm": "dig", "thread": "isc-net-0000", "tid": num("4243")},
+		},
+		{
+			name: "a thread with the process's name is not named again",
+			ev: func() event.Event {
+				e := tcpClose()
+				e.Kind, e.Time = event.KindOpen, e.Established
+				e.Thread = e.Comm
+				return e
+			},
+			wantKeys: keys("start", "connect_latency_ms"),
+			want:     map[string]any{"comm": "curl"},
+		},
+		{
 			name: "refused connect has a reason, errno and how long it tried",
 			ev: func() event.Event {
 				return event.Event{
@@ -554,6 +576,21 @@ func TestTextNotes(t *testing.T) {
 		{"an open has no notes", func() event.Event {
 			e := tcpClose()
 			e.Kind = event.KindOpen
+			return e
+		}, ""},
+		{"a thread named apart from its process", func() event.Event {
+			e := tcpClose()
+			e.Kind, e.Comm, e.Thread = event.KindOpen, comm("dig"), comm("isc-net-0000")
+			return e
+		}, "thread=isc-net-0000"},
+		{"the thread after the close notes, its control bytes made safe", func() event.Event {
+			e := tcpClose()
+			e.Thread = comm("w\x1b[2J")
+			return e
+		}, "closed_by=remote reset thread=w?[2J"},
+		{"a thread with the process's name is no note", func() event.Event {
+			e := tcpClose()
+			e.Kind, e.Thread = event.KindOpen, e.Comm
 			return e
 		}, ""},
 	}
