@@ -194,7 +194,22 @@ static __always_inline void udp_peer(struct sock *sk, struct conn *c)
 	c->e.flags |= EVENT_F_CONNECTED;
 }
 
-/* sock:sock_send_length: every datagram sent, connected or not. */
+/*
+ * The datagrams a send of len bytes left as. With UDP_SEGMENT set on the
+ * socket, the kernel cuts a send longer than gso_size into segments of
+ * gso_size bytes, each its own datagram on the wire. A UDP_SEGMENT control
+ * message on one send is not visible from here: that send counts as one.
+ */
+static __always_inline __u32 udp_segments(struct sock *sk, int len)
+{
+	__u32 gso = BPF_CORE_READ((struct udp_sock *)sk, gso_size);
+
+	if (!gso || len <= gso)
+		return 1;
+	return ((__u32)len + gso - 1) / gso;
+}
+
+/* sock:sock_send_length: every send, connected or not. */
 static __always_inline int udp_datagram_sent(struct sock *sk, int ret)
 {
 	struct conn *c;
@@ -211,7 +226,7 @@ static __always_inline int udp_datagram_sent(struct sock *sk, int ret)
 	if (c->phase == PHASE_IGNORED)
 		return 0;
 	udp_peer(sk, c);
-	c->e.tx_packets++;
+	c->e.tx_packets += udp_segments(sk, ret);
 	c->e.tx_bytes += ret;
 	if (c->phase == PHASE_PENDING)
 		udp_open(sk, c);
