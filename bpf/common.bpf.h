@@ -56,13 +56,11 @@ enum phase {
 	PHASE_IGNORED = 8, /* UDP: left out by the filters */
 };
 
-#define UDP_DEST_SLOTS 8
-
 struct conn {
 	struct event e; /* the event under construction */
-	__u32 dests[UDP_DEST_SLOTS]; /* UDP: hashes of the last distinct destinations */
+	__u32 first_dest; /* UDP: hash of the first destination */
+	__u32 last_dest;  /* UDP: hash of the latest destination */
 	__u8 phase;
-	__u8 next_dest;
 };
 
 /*

@@ -14,37 +14,90 @@
 
 #define MSG_PEEK 2
 
-/* A small hash of an address and port, to tell destinations apart. */
+/* Distinct destinations a socket counts exactly; a power of two. */
+#define UDP_DEST_SLOTS 64
+
+/* The hashes of a socket's distinct destinations: open addressing, 0 free. */
+struct dest_set {
+	__u32 slot[UDP_DEST_SLOTS];
+};
+
+/*
+ * The destinations of each UDP socket that sent to more than one: created
+ * at its second distinct destination, so that a socket with one peer (a DNS
+ * query) costs nothing more, and freed by the kernel with the socket.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct dest_set);
+} dest_sets SEC(".maps");
+
+/* A small hash of an address and port, to tell destinations apart; never 0. */
 static __always_inline __u32 dest_hash(const __u8 *addr, __u16 port)
 {
 	__u32 h = 2166136261u ^ port;
 
 	for (int i = 0; i < 16; i++)
 		h = (h ^ addr[i]) * 16777619u;
-	return h;
+	return h ? h : 1;
+}
+
+/* Adds h to s; true if it was not there yet. */
+static __always_inline bool dest_set_add(struct dest_set *s, __u32 h)
+{
+	for (int i = 0; i < UDP_DEST_SLOTS; i++) {
+		__u32 *slot = &s->slot[(h + i) & (UDP_DEST_SLOTS - 1)];
+
+		if (*slot == h)
+			return false;
+		if (!*slot) {
+			*slot = h;
+			return true;
+		}
+	}
+	return false;
 }
 
 /*
- * Records a destination. The first one, or the connected peer, becomes the
- * remote end. Distinct ones are counted exactly up to UDP_DEST_SLOTS; past
- * that a destination revisited after it left the slots counts again.
+ * Records a destination of sk, a socket pointer of either kind the storage
+ * helpers take. The first one, or the connected peer, becomes the remote
+ * end. Distinct ones are counted exactly up to UDP_DEST_SLOTS, where the
+ * count stops: past that, a new destination cannot be told from one seen.
  */
-static __always_inline void udp_dest(struct conn *c, const __u8 *addr, __u16 port, bool connected)
+static __always_inline void udp_dest(void *sk, struct conn *c, const __u8 *addr, __u16 port, bool connected)
 {
 	__u32 h = dest_hash(addr, port);
-	__u8 slot;
+	struct dest_set *s;
 
+	/* A socket adopted at start knows its peer, but not the peer's hash. */
+	if (c->e.destinations && !c->first_dest)
+		c->first_dest = dest_hash(c->e.raddr, c->e.rport);
 	if (connected || !c->e.destinations) {
 		__builtin_memcpy(c->e.raddr, addr, 16);
 		c->e.rport = port;
 		c->e.family = is_v4_mapped(addr) ? 4 : 6;
 	}
-	for (int i = 0; i < UDP_DEST_SLOTS; i++)
-		if (c->dests[i] == h && i < c->e.destinations)
-			return;
-	slot = c->next_dest++ % UDP_DEST_SLOTS;
-	c->dests[slot] = h;
-	if (c->e.destinations < 0xffffffff)
+	if (!c->e.destinations) {
+		c->first_dest = c->last_dest = h;
+		c->e.destinations = 1;
+		return;
+	}
+	/* Sending to the same peer again is the common case: no set to look up. */
+	if (h == c->last_dest || c->e.destinations >= UDP_DEST_SLOTS)
+		return;
+	c->last_dest = h;
+	if (c->e.destinations == 1 && h == c->first_dest)
+		return;
+	s = bpf_sk_storage_get(&dest_sets, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s) {
+		count_drop(DROP_STORAGE_FULL);
+		return;
+	}
+	if (c->e.destinations == 1)
+		dest_set_add(s, c->first_dest);
+	if (dest_set_add(s, h))
 		c->e.destinations++;
 }
 
@@ -146,7 +199,7 @@ static __always_inline int udp_send(struct bpf_sock_addr *ctx, const __u8 *addr)
 	struct conn *c;
 
 	if (is_udp(ctx) && (c = udp_conn(ctx, DIRECTION_OUTBOUND)))
-		udp_dest(c, addr, bpf_ntohs(ctx->user_port), false);
+		udp_dest(ctx->sk, c, addr, bpf_ntohs(ctx->user_port), false);
 	return 1;
 }
 
@@ -190,7 +243,7 @@ static __always_inline void udp_peer(struct sock *sk, struct conn *c)
 	if ((c->e.flags & EVENT_F_CONNECTED) && c->e.rport == port &&
 	    known[0] == addr[0] && known[1] == addr[1])
 		return; /* the same peer as before */
-	udp_dest(c, (__u8 *)addr, port, true);
+	udp_dest(sk, c, (__u8 *)addr, port, true);
 	c->e.flags |= EVENT_F_CONNECTED;
 }
 

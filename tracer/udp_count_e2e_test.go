@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"encoding/binary"
+	"fmt"
 	"testing"
 	"unsafe"
 
@@ -9,6 +10,55 @@ import (
 
 	"github.com/portlife/portlife/internal/event"
 )
+
+// A socket that sends to many destinations, each of them several times in
+// turn, reports how many distinct ones it sent to: exactly up to 64, and 64
+// beyond, as the README says. Revisiting a destination never counts it again.
+func TestUDPDestinations(t *testing.T) {
+	r := startTracer(t, event.Filter{Protos: []event.Proto{event.ProtoUDP}})
+	msg := []byte("ping")
+	for _, fam := range udpFamilies {
+		for _, tt := range []struct {
+			distinct int
+			want     uint32
+		}{
+			{1, 1}, {2, 2}, {10, 10}, {40, 40}, {64, 64}, {65, 64}, {100, 64},
+		} {
+			t.Run(fmt.Sprintf("%s/%d destinations", fam.name, tt.distinct), func(t *testing.T) {
+				ports := make([]uint16, tt.distinct)
+				for i := range ports {
+					fd := fam.socket(t)
+					defer unix.Close(fd)
+					if err := unix.Bind(fd, fam.sockaddr(0)); err != nil {
+						t.Fatal(err)
+					}
+					ports[i] = localPort(t, fd)
+				}
+				client := fam.socket(t)
+				const rounds = 3
+				for range rounds {
+					for _, p := range ports {
+						if err := unix.Sendto(client, msg, 0, fam.sockaddr(p)); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+				id := cookie(t, client)
+				unix.Close(client)
+
+				ev := r.events.waitFor(t, 2, ofSocket(id))
+				if got := kinds(ev); len(got) != 2 || got[1] != "close" {
+					t.Fatalf("events %v, want [open close]", got)
+				}
+				e := ev[1]
+				check(t, "close", "destinations", e.Destinations, tt.want)
+				check(t, "close", "tx packets", e.TxPackets, uint32(rounds*tt.distinct))
+				check(t, "close", "remote port (the first destination)", e.Remote.Port(), ports[0])
+			})
+		}
+	}
+	r.requireNothingLost(t)
+}
 
 // UDP generic segmentation offload: one send of a large buffer leaves as
 // one datagram per segment, which the receiver reads one by one. The
