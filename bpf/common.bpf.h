@@ -52,7 +52,7 @@ enum phase {
 	PHASE_OPEN = 4,       /* established; the close event is being built */
 	PHASE_CLOSED = 5,     /* the port was released; the close event waits for the socket's destruction */
 	PHASE_DONE = 6,
-	PHASE_PENDING = 7, /* UDP: owned, but the local port is not known yet */
+	PHASE_PENDING = 7, /* UDP: owned, but the remote end is not known yet: no open sent */
 	PHASE_IGNORED = 8, /* UDP: left out by the filters */
 };
 
@@ -194,8 +194,9 @@ static __always_inline bool is_ephemeral(struct sock *sk, const struct event *e)
 {
 	__u16 port = e->direction == DIRECTION_INBOUND ? e->rport : e->lport;
 
-	if (e->direction == DIRECTION_OUTBOUND && !port)
-		return true;
+	if (!port)
+		/* Outbound: no port could be had. Inbound: no peer is known yet. */
+		return e->direction == DIRECTION_OUTBOUND;
 	return in_ephemeral_range(sk, port);
 }
 
@@ -221,24 +222,49 @@ static __always_inline void emit(struct sock *sk, const struct event *src, __u8 
 	bpf_ringbuf_submit(e, wakeup_flags());
 }
 
-static __always_inline bool tuple_wanted(struct sock *sk, const struct event *e)
+/*
+ * The filters on a socket's own end, decidable once its local port is
+ * known. The ephemeral side is the local port unless the socket is inbound.
+ */
+static __always_inline bool local_wanted(struct sock *sk, const struct event *e)
+{
+	if (cfg.n_lports && !port_in(cfg.lports, cfg.n_lports, e->lport))
+		return false;
+	if (cfg.ephemeral_only && e->direction != DIRECTION_INBOUND && !is_ephemeral(sk, e))
+		return false;
+	return true;
+}
+
+/*
+ * The filters on the remote end, and on the family on the wire, which the
+ * remote end decides (a dual-stack socket talking to a v4-mapped peer is
+ * IPv4). A remote end that is not known (rport 0: a UDP socket that never
+ * sent and never connected) is in no --rport range and no --raddr network,
+ * and neither is an inbound socket's ephemeral side, its peer's port.
+ */
+static __always_inline bool remote_wanted(struct sock *sk, const struct event *e)
 {
 	if (cfg.family && e->family != cfg.family)
 		return false;
-	if (cfg.n_lports && !port_in(cfg.lports, cfg.n_lports, e->lport))
+	if (cfg.n_rports && (!e->rport || !port_in(cfg.rports, cfg.n_rports, e->rport)))
 		return false;
-	if (cfg.n_rports && !port_in(cfg.rports, cfg.n_rports, e->rport))
-		return false;
-	if (cfg.ephemeral_only && !is_ephemeral(sk, e))
+	if (cfg.ephemeral_only && e->direction == DIRECTION_INBOUND && !is_ephemeral(sk, e))
 		return false;
 	if (cfg.match_raddr) {
 		struct raddr_key key = { .prefixlen = 128 };
 
+		if (!e->rport)
+			return false;
 		__builtin_memcpy(key.addr, e->raddr, sizeof(key.addr));
 		if (!bpf_map_lookup_elem(&raddr_nets, &key))
 			return false;
 	}
 	return true;
+}
+
+static __always_inline bool tuple_wanted(struct sock *sk, const struct event *e)
+{
+	return local_wanted(sk, e) && remote_wanted(sk, e);
 }
 
 static __always_inline bool is_v4_mapped(const __u8 *a)

@@ -6,6 +6,16 @@
  * sock_recv_length tracepoints count each datagram and show the peer of a
  * connected socket. Every cgroup program returns 1: portlife observes and
  * never refuses a syscall.
+ *
+ * A socket's open waits until its remote end is known: the peer connect()
+ * fixed, or the first destination it sent to, seen with its first datagram.
+ * Only then can every filter be decided (a resolver binds port 0 before it
+ * connects; a dual-stack socket's family on the wire is its peer's) and the
+ * ephemeral side of a server, its peer's port, be judged, so that open and
+ * close agree. Until then the socket is PHASE_PENDING: the filters on what
+ * is known already (the owner, the local port) may leave it out early, and
+ * one whose remote end never becomes known is judged at its release on what
+ * is known, with a close and no open.
  */
 #ifndef __PORTLIFE_UDP_BPF_H
 #define __PORTLIFE_UDP_BPF_H
@@ -116,8 +126,9 @@ static __always_inline void udp_begin(struct conn *c, __u64 cookie, __u8 directi
 }
 
 /*
- * The local end of a UDP socket, once it has a port. sk may be a cgroup
- * hook's context, which only helper reads may follow.
+ * The local end of a UDP socket: the address it bound, or the one connect()
+ * chose for it. sk may be a cgroup hook's context, which only helper reads
+ * may follow.
  */
 static __always_inline void udp_local(struct sock *sk, struct event *e)
 {
@@ -134,9 +145,34 @@ static __always_inline void udp_local(struct sock *sk, struct event *e)
 	}
 }
 
-/* The local port is known now: apply the filters and say so. */
-static __always_inline void udp_open(struct sock *sk, struct conn *c)
+/*
+ * The peer connect() fixed, read with helpers as udp_local reads: into e's
+ * remote end, if the socket is connected.
+ */
+static __always_inline bool udp_read_peer(struct sock *sk, struct event *e)
 {
+	struct in6_addr r6;
+
+	e->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (!e->rport)
+		return false;
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET6) {
+		BPF_CORE_READ_INTO(&r6, sk, __sk_common.skc_v6_daddr);
+		__builtin_memcpy(e->raddr, &r6, 16);
+	} else {
+		v4_mapped(e->raddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	}
+	return true;
+}
+
+/*
+ * The remote end is known once a destination is: every filter can be
+ * decided now, and the open goes out with both ends.
+ */
+static __always_inline void udp_try_open(struct sock *sk, struct conn *c)
+{
+	if (!c->e.destinations)
+		return;
 	udp_local(sk, &c->e);
 	if (!c->e.lport)
 		return;
@@ -180,16 +216,23 @@ static __always_inline int udp_bind(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
-/* After bind() got its port. */
+/*
+ * After bind() got its port: the filters on the socket's own end can leave
+ * it out now, before any datagram costs a look at it.
+ */
 static __always_inline int udp_bound(struct bpf_sock *ctx)
 {
+	struct sock *sk = (struct sock *)ctx;
 	struct conn *c;
 
 	if (ctx->protocol != IPPROTO_UDP)
 		return 1;
 	c = bpf_sk_storage_get(&conns, ctx, 0, 0);
-	if (c && c->phase == PHASE_PENDING)
-		udp_open((struct sock *)ctx, c);
+	if (!c || c->phase != PHASE_PENDING)
+		return 1;
+	udp_local(sk, &c->e);
+	if (c->e.lport && !local_wanted(sk, &c->e))
+		c->phase = PHASE_IGNORED;
 	return 1;
 }
 
@@ -223,9 +266,10 @@ static __always_inline int udp_sendmsg6(struct bpf_sock_addr *ctx)
 }
 
 /*
- * The peer a connect() fixed, if any. Read here rather than in a cgroup
- * connect hook, which would run, with the socket locked, for every TCP
- * connect on the host too.
+ * The peer a connect() fixed, if any, and the local address connect()
+ * chose with it (a socket bound to the wildcard gets a real one). Read here
+ * rather than in a cgroup connect hook, which would run, with the socket
+ * locked, for every TCP connect on the host too.
  */
 static __always_inline void udp_peer(struct sock *sk, struct conn *c)
 {
@@ -245,6 +289,10 @@ static __always_inline void udp_peer(struct sock *sk, struct conn *c)
 		return; /* the same peer as before */
 	udp_dest(sk, c, (__u8 *)addr, port, true);
 	c->e.flags |= EVENT_F_CONNECTED;
+	if (skc->skc_family == AF_INET6)
+		__builtin_memcpy(c->e.laddr, skc->skc_v6_rcv_saddr.in6_u.u6_addr32, 16);
+	else
+		v4_mapped(c->e.laddr, skc->skc_rcv_saddr);
 }
 
 /*
@@ -282,7 +330,7 @@ static __always_inline int udp_datagram_sent(struct sock *sk, int ret)
 	c->e.tx_packets += udp_segments(sk, ret);
 	c->e.tx_bytes += ret;
 	if (c->phase == PHASE_PENDING)
-		udp_open(sk, c);
+		udp_try_open(sk, c);
 	return 0;
 }
 
@@ -298,8 +346,11 @@ static __always_inline int udp_datagram_received(struct sock *sk, int ret, int f
 		return 0;
 	c->e.rx_packets++;
 	c->e.rx_bytes += ret;
-	if (c->phase == PHASE_PENDING)
-		udp_open(sk, c);
+	if (c->phase == PHASE_PENDING) {
+		/* A connected socket may hear from its peer before it speaks. */
+		udp_peer(sk, c);
+		udp_try_open(sk, c);
+	}
 	return 0;
 }
 
@@ -311,18 +362,10 @@ static __always_inline void udp_unused(struct bpf_sock *ctx)
 {
 	struct sock *sk = (struct sock *)ctx;
 	struct event e = {};
-	struct in6_addr r6;
 
 	udp_local(sk, &e);
-	e.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (!e.lport || !e.rport)
+	if (!e.lport || !udp_read_peer(sk, &e))
 		return;
-	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET6) {
-		BPF_CORE_READ_INTO(&r6, sk, __sk_common.skc_v6_daddr);
-		__builtin_memcpy(e.raddr, &r6, 16);
-	} else {
-		v4_mapped(e.raddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
-	}
 	e.family = is_v4_mapped(e.raddr) ? 4 : 6;
 	set_owner(&e, PID_SOURCE_CLOSE);
 	e.proto = IPPROTO_UDP;
@@ -339,6 +382,7 @@ static __always_inline void udp_unused(struct bpf_sock *ctx)
 static __always_inline int udp_released(struct bpf_sock *ctx)
 {
 	struct sock *sk = (struct sock *)ctx;
+	struct event peer = {};
 	struct conn *c;
 
 	if (ctx->protocol != IPPROTO_UDP)
@@ -349,9 +393,19 @@ static __always_inline int udp_released(struct bpf_sock *ctx)
 		return 1;
 	}
 	if (c->phase == PHASE_PENDING) {
-		/* Bound, never used: the port is read here, with no open. */
+		/*
+		 * No datagram showed its remote end, so no open went out. It may
+		 * be connected and unused; otherwise its remote end is unknown,
+		 * and the filters judge it on what is known.
+		 */
 		udp_local(sk, &c->e);
-		if (!c->e.lport || !tuple_wanted(sk, &c->e))
+		if (!c->e.lport)
+			return 1;
+		if (udp_read_peer(sk, &peer)) {
+			udp_dest(ctx, c, peer.raddr, peer.rport, true);
+			c->e.flags |= EVENT_F_CONNECTED;
+		}
+		if (!tuple_wanted(sk, &c->e))
 			return 1;
 		c->phase = PHASE_OPEN;
 	}

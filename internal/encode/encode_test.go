@@ -187,13 +187,13 @@ func TestJSON(t *testing.T) {
 			ev: func() event.Event {
 				return event.Event{
 					Kind: event.KindOpen, Proto: event.ProtoUDP, Start: t0, Time: t0,
-					Local:  netip.MustParseAddrPort("0.0.0.0:5353"),
-					Remote: netip.MustParseAddrPort("0.0.0.0:0"),
+					Local:  netip.MustParseAddrPort("10.0.0.5:5353"),
+					Remote: netip.MustParseAddrPort("224.0.0.251:5353"),
 					Family: 4,
 				}
 			},
 			wantKeys: keys("start"),
-			want:     map[string]any{"proto": "udp", "event": "open", "raddr": "0.0.0.0", "rport": num("0")},
+			want:     map[string]any{"proto": "udp", "event": "open", "raddr": "224.0.0.251", "rport": num("5353")},
 		},
 		{
 			name: "a thread named apart from its process is named too",
