@@ -52,17 +52,15 @@ enum phase {
 	PHASE_OPEN = 4,       /* established; the close event is being built */
 	PHASE_CLOSED = 5,     /* the port was released; the close event waits for the socket's destruction */
 	PHASE_DONE = 6,
-	PHASE_PENDING = 7, /* UDP: owned, but the local port is not known yet */
+	PHASE_PENDING = 7, /* UDP: owned, but the remote end is not known yet: no open sent */
 	PHASE_IGNORED = 8, /* UDP: left out by the filters */
 };
 
-#define UDP_DEST_SLOTS 8
-
 struct conn {
 	struct event e; /* the event under construction */
-	__u32 dests[UDP_DEST_SLOTS]; /* UDP: hashes of the last distinct destinations */
+	__u32 first_dest; /* UDP: hash of the first destination */
+	__u32 last_dest;  /* UDP: hash of the latest destination */
 	__u8 phase;
-	__u8 next_dest;
 };
 
 /*
@@ -109,16 +107,25 @@ static __always_inline __u64 wakeup_flags(void)
 	return BPF_RB_NO_WAKEUP;
 }
 
-/* The current task, as the owner of a socket. */
+/*
+ * The current task, as the owner of a socket. comm is the process's name,
+ * its thread group leader's, as /proc/PID/comm shows it and --comm matches
+ * it: a thread may name itself (dig's isc-net-0000), and that name goes in
+ * thread. bpf_get_current_task() is the one task helper every program type
+ * here may call (tp_btf and the cgroup hooks alike).
+ */
 static __always_inline void set_owner(struct event *e, __u8 source)
 {
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u64 id = bpf_get_current_pid_tgid();
 
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
 	e->uid = (__u32)bpf_get_current_uid_gid();
 	e->cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_get_current_comm(e->thread, sizeof(e->thread));
+	if (BPF_CORE_READ_INTO(&e->comm, task, group_leader, comm))
+		__builtin_memcpy(e->comm, e->thread, sizeof(e->comm));
 	e->pid_source = source;
 }
 
@@ -187,8 +194,9 @@ static __always_inline bool is_ephemeral(struct sock *sk, const struct event *e)
 {
 	__u16 port = e->direction == DIRECTION_INBOUND ? e->rport : e->lport;
 
-	if (e->direction == DIRECTION_OUTBOUND && !port)
-		return true;
+	if (!port)
+		/* Outbound: no port could be had. Inbound: no peer is known yet. */
+		return e->direction == DIRECTION_OUTBOUND;
 	return in_ephemeral_range(sk, port);
 }
 
@@ -214,24 +222,49 @@ static __always_inline void emit(struct sock *sk, const struct event *src, __u8 
 	bpf_ringbuf_submit(e, wakeup_flags());
 }
 
-static __always_inline bool tuple_wanted(struct sock *sk, const struct event *e)
+/*
+ * The filters on a socket's own end, decidable once its local port is
+ * known. The ephemeral side is the local port unless the socket is inbound.
+ */
+static __always_inline bool local_wanted(struct sock *sk, const struct event *e)
+{
+	if (cfg.n_lports && !port_in(cfg.lports, cfg.n_lports, e->lport))
+		return false;
+	if (cfg.ephemeral_only && e->direction != DIRECTION_INBOUND && !is_ephemeral(sk, e))
+		return false;
+	return true;
+}
+
+/*
+ * The filters on the remote end, and on the family on the wire, which the
+ * remote end decides (a dual-stack socket talking to a v4-mapped peer is
+ * IPv4). A remote end that is not known (rport 0: a UDP socket that never
+ * sent and never connected) is in no --rport range and no --raddr network,
+ * and neither is an inbound socket's ephemeral side, its peer's port.
+ */
+static __always_inline bool remote_wanted(struct sock *sk, const struct event *e)
 {
 	if (cfg.family && e->family != cfg.family)
 		return false;
-	if (cfg.n_lports && !port_in(cfg.lports, cfg.n_lports, e->lport))
+	if (cfg.n_rports && (!e->rport || !port_in(cfg.rports, cfg.n_rports, e->rport)))
 		return false;
-	if (cfg.n_rports && !port_in(cfg.rports, cfg.n_rports, e->rport))
-		return false;
-	if (cfg.ephemeral_only && !is_ephemeral(sk, e))
+	if (cfg.ephemeral_only && e->direction == DIRECTION_INBOUND && !is_ephemeral(sk, e))
 		return false;
 	if (cfg.match_raddr) {
 		struct raddr_key key = { .prefixlen = 128 };
 
+		if (!e->rport)
+			return false;
 		__builtin_memcpy(key.addr, e->raddr, sizeof(key.addr));
 		if (!bpf_map_lookup_elem(&raddr_nets, &key))
 			return false;
 	}
 	return true;
+}
+
+static __always_inline bool tuple_wanted(struct sock *sk, const struct event *e)
+{
+	return local_wanted(sk, e) && remote_wanted(sk, e);
 }
 
 static __always_inline bool is_v4_mapped(const __u8 *a)

@@ -194,6 +194,12 @@ struct bpf_iter_meta {
 
 struct udp_sock {
 	struct inet_sock inet;
+	__u16 gso_size; /* UDP_SEGMENT set on the socket; 0: none */
+};
+
+struct task_struct {
+	struct task_struct *group_leader;
+	char comm[16];
 };
 
 struct bpf_iter__udp {

@@ -84,7 +84,8 @@ struct event {
 	__u8 closed_by;     /* enum closed_by */
 	__u8 flags;         /* enum event_flag */
 	__u8 last_state;    /* TCP: the state left for TCP_CLOSE */
-	char comm[COMM_LEN];
+	char comm[COMM_LEN];   /* the owning process's name: its thread group leader's comm */
+	char thread[COMM_LEN]; /* the name of the thread that did it (tid); empty if not seen */
 };
 
 /* A process that held a socket when tracing started, found in /proc. */

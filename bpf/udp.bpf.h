@@ -6,6 +6,16 @@
  * sock_recv_length tracepoints count each datagram and show the peer of a
  * connected socket. Every cgroup program returns 1: portlife observes and
  * never refuses a syscall.
+ *
+ * A socket's open waits until its remote end is known: the peer connect()
+ * fixed, or the first destination it sent to, seen with its first datagram.
+ * Only then can every filter be decided (a resolver binds port 0 before it
+ * connects; a dual-stack socket's family on the wire is its peer's) and the
+ * ephemeral side of a server, its peer's port, be judged, so that open and
+ * close agree. Until then the socket is PHASE_PENDING: the filters on what
+ * is known already (the owner, the local port) may leave it out early, and
+ * one whose remote end never becomes known is judged at its release on what
+ * is known, with a close and no open.
  */
 #ifndef __PORTLIFE_UDP_BPF_H
 #define __PORTLIFE_UDP_BPF_H
@@ -14,37 +24,90 @@
 
 #define MSG_PEEK 2
 
-/* A small hash of an address and port, to tell destinations apart. */
+/* Distinct destinations a socket counts exactly; a power of two. */
+#define UDP_DEST_SLOTS 64
+
+/* The hashes of a socket's distinct destinations: open addressing, 0 free. */
+struct dest_set {
+	__u32 slot[UDP_DEST_SLOTS];
+};
+
+/*
+ * The destinations of each UDP socket that sent to more than one: created
+ * at its second distinct destination, so that a socket with one peer (a DNS
+ * query) costs nothing more, and freed by the kernel with the socket.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct dest_set);
+} dest_sets SEC(".maps");
+
+/* A small hash of an address and port, to tell destinations apart; never 0. */
 static __always_inline __u32 dest_hash(const __u8 *addr, __u16 port)
 {
 	__u32 h = 2166136261u ^ port;
 
 	for (int i = 0; i < 16; i++)
 		h = (h ^ addr[i]) * 16777619u;
-	return h;
+	return h ? h : 1;
+}
+
+/* Adds h to s; true if it was not there yet. */
+static __always_inline bool dest_set_add(struct dest_set *s, __u32 h)
+{
+	for (int i = 0; i < UDP_DEST_SLOTS; i++) {
+		__u32 *slot = &s->slot[(h + i) & (UDP_DEST_SLOTS - 1)];
+
+		if (*slot == h)
+			return false;
+		if (!*slot) {
+			*slot = h;
+			return true;
+		}
+	}
+	return false;
 }
 
 /*
- * Records a destination. The first one, or the connected peer, becomes the
- * remote end. Distinct ones are counted exactly up to UDP_DEST_SLOTS; past
- * that a destination revisited after it left the slots counts again.
+ * Records a destination of sk, a socket pointer of either kind the storage
+ * helpers take. The first one, or the connected peer, becomes the remote
+ * end. Distinct ones are counted exactly up to UDP_DEST_SLOTS, where the
+ * count stops: past that, a new destination cannot be told from one seen.
  */
-static __always_inline void udp_dest(struct conn *c, const __u8 *addr, __u16 port, bool connected)
+static __always_inline void udp_dest(void *sk, struct conn *c, const __u8 *addr, __u16 port, bool connected)
 {
 	__u32 h = dest_hash(addr, port);
-	__u8 slot;
+	struct dest_set *s;
 
+	/* A socket adopted at start knows its peer, but not the peer's hash. */
+	if (c->e.destinations && !c->first_dest)
+		c->first_dest = dest_hash(c->e.raddr, c->e.rport);
 	if (connected || !c->e.destinations) {
 		__builtin_memcpy(c->e.raddr, addr, 16);
 		c->e.rport = port;
 		c->e.family = is_v4_mapped(addr) ? 4 : 6;
 	}
-	for (int i = 0; i < UDP_DEST_SLOTS; i++)
-		if (c->dests[i] == h && i < c->e.destinations)
-			return;
-	slot = c->next_dest++ % UDP_DEST_SLOTS;
-	c->dests[slot] = h;
-	if (c->e.destinations < 0xffffffff)
+	if (!c->e.destinations) {
+		c->first_dest = c->last_dest = h;
+		c->e.destinations = 1;
+		return;
+	}
+	/* Sending to the same peer again is the common case: no set to look up. */
+	if (h == c->last_dest || c->e.destinations >= UDP_DEST_SLOTS)
+		return;
+	c->last_dest = h;
+	if (c->e.destinations == 1 && h == c->first_dest)
+		return;
+	s = bpf_sk_storage_get(&dest_sets, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s) {
+		count_drop(DROP_STORAGE_FULL);
+		return;
+	}
+	if (c->e.destinations == 1)
+		dest_set_add(s, c->first_dest);
+	if (dest_set_add(s, h))
 		c->e.destinations++;
 }
 
@@ -63,8 +126,9 @@ static __always_inline void udp_begin(struct conn *c, __u64 cookie, __u8 directi
 }
 
 /*
- * The local end of a UDP socket, once it has a port. sk may be a cgroup
- * hook's context, which only helper reads may follow.
+ * The local end of a UDP socket: the address it bound, or the one connect()
+ * chose for it. sk may be a cgroup hook's context, which only helper reads
+ * may follow.
  */
 static __always_inline void udp_local(struct sock *sk, struct event *e)
 {
@@ -81,9 +145,34 @@ static __always_inline void udp_local(struct sock *sk, struct event *e)
 	}
 }
 
-/* The local port is known now: apply the filters and say so. */
-static __always_inline void udp_open(struct sock *sk, struct conn *c)
+/*
+ * The peer connect() fixed, read with helpers as udp_local reads: into e's
+ * remote end, if the socket is connected.
+ */
+static __always_inline bool udp_read_peer(struct sock *sk, struct event *e)
 {
+	struct in6_addr r6;
+
+	e->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (!e->rport)
+		return false;
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET6) {
+		BPF_CORE_READ_INTO(&r6, sk, __sk_common.skc_v6_daddr);
+		__builtin_memcpy(e->raddr, &r6, 16);
+	} else {
+		v4_mapped(e->raddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	}
+	return true;
+}
+
+/*
+ * The remote end is known once a destination is: every filter can be
+ * decided now, and the open goes out with both ends.
+ */
+static __always_inline void udp_try_open(struct sock *sk, struct conn *c)
+{
+	if (!c->e.destinations)
+		return;
 	udp_local(sk, &c->e);
 	if (!c->e.lport)
 		return;
@@ -127,16 +216,23 @@ static __always_inline int udp_bind(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
-/* After bind() got its port. */
+/*
+ * After bind() got its port: the filters on the socket's own end can leave
+ * it out now, before any datagram costs a look at it.
+ */
 static __always_inline int udp_bound(struct bpf_sock *ctx)
 {
+	struct sock *sk = (struct sock *)ctx;
 	struct conn *c;
 
 	if (ctx->protocol != IPPROTO_UDP)
 		return 1;
 	c = bpf_sk_storage_get(&conns, ctx, 0, 0);
-	if (c && c->phase == PHASE_PENDING)
-		udp_open((struct sock *)ctx, c);
+	if (!c || c->phase != PHASE_PENDING)
+		return 1;
+	udp_local(sk, &c->e);
+	if (c->e.lport && !local_wanted(sk, &c->e))
+		c->phase = PHASE_IGNORED;
 	return 1;
 }
 
@@ -146,7 +242,7 @@ static __always_inline int udp_send(struct bpf_sock_addr *ctx, const __u8 *addr)
 	struct conn *c;
 
 	if (is_udp(ctx) && (c = udp_conn(ctx, DIRECTION_OUTBOUND)))
-		udp_dest(c, addr, bpf_ntohs(ctx->user_port), false);
+		udp_dest(ctx->sk, c, addr, bpf_ntohs(ctx->user_port), false);
 	return 1;
 }
 
@@ -170,9 +266,10 @@ static __always_inline int udp_sendmsg6(struct bpf_sock_addr *ctx)
 }
 
 /*
- * The peer a connect() fixed, if any. Read here rather than in a cgroup
- * connect hook, which would run, with the socket locked, for every TCP
- * connect on the host too.
+ * The peer a connect() fixed, if any, and the local address connect()
+ * chose with it (a socket bound to the wildcard gets a real one). Read here
+ * rather than in a cgroup connect hook, which would run, with the socket
+ * locked, for every TCP connect on the host too.
  */
 static __always_inline void udp_peer(struct sock *sk, struct conn *c)
 {
@@ -190,11 +287,30 @@ static __always_inline void udp_peer(struct sock *sk, struct conn *c)
 	if ((c->e.flags & EVENT_F_CONNECTED) && c->e.rport == port &&
 	    known[0] == addr[0] && known[1] == addr[1])
 		return; /* the same peer as before */
-	udp_dest(c, (__u8 *)addr, port, true);
+	udp_dest(sk, c, (__u8 *)addr, port, true);
 	c->e.flags |= EVENT_F_CONNECTED;
+	if (skc->skc_family == AF_INET6)
+		__builtin_memcpy(c->e.laddr, skc->skc_v6_rcv_saddr.in6_u.u6_addr32, 16);
+	else
+		v4_mapped(c->e.laddr, skc->skc_rcv_saddr);
 }
 
-/* sock:sock_send_length: every datagram sent, connected or not. */
+/*
+ * The datagrams a send of len bytes left as. With UDP_SEGMENT set on the
+ * socket, the kernel cuts a send longer than gso_size into segments of
+ * gso_size bytes, each its own datagram on the wire. A UDP_SEGMENT control
+ * message on one send is not visible from here: that send counts as one.
+ */
+static __always_inline __u32 udp_segments(struct sock *sk, int len)
+{
+	__u32 gso = BPF_CORE_READ((struct udp_sock *)sk, gso_size);
+
+	if (!gso || len <= gso)
+		return 1;
+	return ((__u32)len + gso - 1) / gso;
+}
+
+/* sock:sock_send_length: every send, connected or not. */
 static __always_inline int udp_datagram_sent(struct sock *sk, int ret)
 {
 	struct conn *c;
@@ -211,10 +327,10 @@ static __always_inline int udp_datagram_sent(struct sock *sk, int ret)
 	if (c->phase == PHASE_IGNORED)
 		return 0;
 	udp_peer(sk, c);
-	c->e.tx_packets++;
+	c->e.tx_packets += udp_segments(sk, ret);
 	c->e.tx_bytes += ret;
 	if (c->phase == PHASE_PENDING)
-		udp_open(sk, c);
+		udp_try_open(sk, c);
 	return 0;
 }
 
@@ -230,8 +346,11 @@ static __always_inline int udp_datagram_received(struct sock *sk, int ret, int f
 		return 0;
 	c->e.rx_packets++;
 	c->e.rx_bytes += ret;
-	if (c->phase == PHASE_PENDING)
-		udp_open(sk, c);
+	if (c->phase == PHASE_PENDING) {
+		/* A connected socket may hear from its peer before it speaks. */
+		udp_peer(sk, c);
+		udp_try_open(sk, c);
+	}
 	return 0;
 }
 
@@ -243,18 +362,10 @@ static __always_inline void udp_unused(struct bpf_sock *ctx)
 {
 	struct sock *sk = (struct sock *)ctx;
 	struct event e = {};
-	struct in6_addr r6;
 
 	udp_local(sk, &e);
-	e.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (!e.lport || !e.rport)
+	if (!e.lport || !udp_read_peer(sk, &e))
 		return;
-	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET6) {
-		BPF_CORE_READ_INTO(&r6, sk, __sk_common.skc_v6_daddr);
-		__builtin_memcpy(e.raddr, &r6, 16);
-	} else {
-		v4_mapped(e.raddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
-	}
 	e.family = is_v4_mapped(e.raddr) ? 4 : 6;
 	set_owner(&e, PID_SOURCE_CLOSE);
 	e.proto = IPPROTO_UDP;
@@ -271,6 +382,7 @@ static __always_inline void udp_unused(struct bpf_sock *ctx)
 static __always_inline int udp_released(struct bpf_sock *ctx)
 {
 	struct sock *sk = (struct sock *)ctx;
+	struct event peer = {};
 	struct conn *c;
 
 	if (ctx->protocol != IPPROTO_UDP)
@@ -281,9 +393,19 @@ static __always_inline int udp_released(struct bpf_sock *ctx)
 		return 1;
 	}
 	if (c->phase == PHASE_PENDING) {
-		/* Bound, never used: the port is read here, with no open. */
+		/*
+		 * No datagram showed its remote end, so no open went out. It may
+		 * be connected and unused; otherwise its remote end is unknown,
+		 * and the filters judge it on what is known.
+		 */
 		udp_local(sk, &c->e);
-		if (!c->e.lport || !tuple_wanted(sk, &c->e))
+		if (!c->e.lport)
+			return 1;
+		if (udp_read_peer(sk, &peer)) {
+			udp_dest(ctx, c, peer.raddr, peer.rport, true);
+			c->e.flags |= EVENT_F_CONNECTED;
+		}
+		if (!tuple_wanted(sk, &c->e))
 			return 1;
 		c->phase = PHASE_OPEN;
 	}

@@ -83,6 +83,7 @@ func (d *decoder) decode(raw []byte, ev *event.Event) error {
 		ev.Errno = unix.EADDRNOTAVAIL
 	}
 	ev.Comm = *(*event.Comm)(unsafe.Pointer(&r.Comm))
+	ev.Thread = *(*event.Comm)(unsafe.Pointer(&r.Thread))
 	return nil
 }
 

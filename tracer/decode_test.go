@@ -153,12 +153,14 @@ func TestDecode(t *testing.T) {
 				PidSource: uint8(portlifePidSourcePID_SOURCE_SOCKET),
 				Flags:     fConn | fEph,
 				Comm:      commOf("dig"),
+				Thread:    commOf("isc-net-0000"),
 			},
 			want: event.Event{
 				Kind: event.KindClose, Proto: event.ProtoUDP,
 				Time:      time.Date(2024, 3, 5, 12, 0, 0, 2_000, time.UTC),
 				Start:     time.Date(2024, 3, 5, 12, 0, 0, 1_000, time.UTC),
 				Comm:      event.Comm{'d', 'i', 'g'},
+				Thread:    event.Comm{'i', 's', 'c', '-', 'n', 'e', 't', '-', '0', '0', '0', '0'},
 				PIDSource: event.PIDSourceSocket,
 				Local:     netip.MustParseAddrPort("[::]:50001"),
 				Remote:    netip.MustParseAddrPort("[2001:4860:4860::8888]:53"),
@@ -359,14 +361,43 @@ func TestNewDecoderAnchorsBootClock(t *testing.T) {
 	}
 }
 
-// The C struct event (bpf/portlife.h) is 152 bytes with no implicit padding;
+// The thread is named only where it tells something: it is known, and its
+// name differs from the process's.
+func TestDecodeThreadName(t *testing.T) {
+	tests := []struct {
+		name         string
+		comm, thread [16]int8
+		want         string
+	}{
+		{"a thread named apart", commOf("dig"), commOf("isc-net-0000"), "isc-net-0000"},
+		{"the process's own name", commOf("curl"), commOf("curl"), ""},
+		{"not seen (a socket from before start)", commOf("nginx"), [16]int8{}, ""},
+		{"equal up to the NUL, whatever follows it", [16]int8{'a', 'b', 0, 'x'}, [16]int8{'a', 'b', 0, 'y'}, ""},
+		{"a prefix of the process's name is another name", commOf("postgres"), commOf("post"), "post"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := testDecoder()
+			rec := portlifeEvent{Kind: kOpen, Family: 4, Comm: tt.comm, Thread: tt.thread}
+			var ev event.Event
+			if err := d.decode(rawRecord(&rec), &ev); err != nil {
+				t.Fatal(err)
+			}
+			if got := string(ev.ThreadName()); got != tt.want {
+				t.Errorf("ThreadName() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// The C struct event (bpf/portlife.h) is 168 bytes with no implicit padding;
 // if the generated Go type drifts, decode's cast reads garbage.
 func TestEventSize(t *testing.T) {
-	if got := unsafe.Sizeof(portlifeEvent{}); got != 152 {
-		t.Errorf("unsafe.Sizeof(portlifeEvent{}) = %d, want 152 as in bpf/portlife.h", got)
+	if got := unsafe.Sizeof(portlifeEvent{}); got != 168 {
+		t.Errorf("unsafe.Sizeof(portlifeEvent{}) = %d, want 168 as in bpf/portlife.h", got)
 	}
-	if recordSize != 152 {
-		t.Errorf("recordSize = %d, want 152", recordSize)
+	if recordSize != 168 {
+		t.Errorf("recordSize = %d, want 168", recordSize)
 	}
 	var e portlifeEvent
 	for _, f := range []struct {
@@ -379,6 +410,7 @@ func TestEventSize(t *testing.T) {
 		{"lport", unsafe.Offsetof(e.Lport), 124},
 		{"kind", unsafe.Offsetof(e.Kind), 128},
 		{"comm", unsafe.Offsetof(e.Comm), 136},
+		{"thread", unsafe.Offsetof(e.Thread), 152},
 	} {
 		if f.got != f.want {
 			t.Errorf("offset of %s = %d, want %d", f.name, f.got, f.want)

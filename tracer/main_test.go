@@ -110,6 +110,8 @@ func runHelper(role, arg string) error {
 		return exhaustPorts(arg)
 	case "netnsconns":
 		return netnsConns(arg)
+	case "named":
+		return namedThreadConns(arg)
 	}
 	return fmt.Errorf("unknown role %q", role)
 }

@@ -49,12 +49,17 @@ type portlifeConfig struct {
 }
 
 type portlifeConn struct {
-	_        structs.HostLayout
-	E        portlifeEvent
-	Dests    [8]uint32
-	Phase    uint8
-	NextDest uint8
-	_        [6]byte
+	_         structs.HostLayout
+	E         portlifeEvent
+	FirstDest uint32
+	LastDest  uint32
+	Phase     uint8
+	_         [7]byte
+}
+
+type portlifeDestSet struct {
+	_    structs.HostLayout
+	Slot [64]uint32
 }
 
 type portlifeDirection uint32
@@ -105,6 +110,7 @@ type portlifeEvent struct {
 	Flags         uint8
 	LastState     uint8
 	Comm          [16]int8
+	Thread        [16]int8
 }
 
 type portlifeEventFlag uint32
@@ -163,6 +169,7 @@ type portlifeRaddrKey struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	portlifeMapConns            = "conns"
+	portlifeMapDestSets         = "dest_sets"
 	portlifeMapDrops            = "drops"
 	portlifeMapEvents           = "events"
 	portlifeMapFdOwners         = "fd_owners"
@@ -256,6 +263,7 @@ type portlifeProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type portlifeMapSpecs struct {
 	Conns       *ebpf.MapSpec `ebpf:"conns"`
+	DestSets    *ebpf.MapSpec `ebpf:"dest_sets"`
 	Drops       *ebpf.MapSpec `ebpf:"drops"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	FdOwners    *ebpf.MapSpec `ebpf:"fd_owners"`
@@ -297,6 +305,7 @@ func (o *portlifeObjects) Close() error {
 // It can be passed to loadPortlifeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portlifeMaps struct {
 	Conns       *ebpf.Map `ebpf:"conns"`
+	DestSets    *ebpf.Map `ebpf:"dest_sets"`
 	Drops       *ebpf.Map `ebpf:"drops"`
 	Events      *ebpf.Map `ebpf:"events"`
 	FdOwners    *ebpf.Map `ebpf:"fd_owners"`
@@ -307,6 +316,7 @@ type portlifeMaps struct {
 func (m *portlifeMaps) Close() error {
 	return _PortlifeClose(
 		m.Conns,
+		m.DestSets,
 		m.Drops,
 		m.Events,
 		m.FdOwners,

@@ -83,6 +83,30 @@ func udpEvents(fam udpFamily, lport uint16, pid uint32) func(*event.Event) bool 
 	}
 }
 
+// cookie is fd's socket cookie, as the kernel's events carry it.
+func cookie(t *testing.T, fd int) uint64 {
+	t.Helper()
+	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// ofSocket selects the UDP events of the socket with this cookie.
+func ofSocket(cookie uint64) func(*event.Event) bool {
+	return func(e *event.Event) bool { return e.Proto == event.ProtoUDP && e.Cookie == cookie }
+}
+
+// kinds lists the events' kinds, in order.
+func kinds(events []event.Event) []string {
+	var k []string
+	for _, e := range events {
+		k = append(k, e.Kind.String())
+	}
+	return k
+}
+
 // udpWant is what a UDP test expects of one socket's close event.
 type udpWant struct {
 	direction    event.Direction

@@ -187,13 +187,35 @@ func TestJSON(t *testing.T) {
 			ev: func() event.Event {
 				return event.Event{
 					Kind: event.KindOpen, Proto: event.ProtoUDP, Start: t0, Time: t0,
-					Local:  netip.MustParseAddrPort("0.0.0.0:5353"),
-					Remote: netip.MustParseAddrPort("0.0.0.0:0"),
+					Local:  netip.MustParseAddrPort("10.0.0.5:5353"),
+					Remote: netip.MustParseAddrPort("224.0.0.251:5353"),
 					Family: 4,
 				}
 			},
 			wantKeys: keys("start"),
-			want:     map[string]any{"proto": "udp", "event": "open", "raddr": "0.0.0.0", "rport": num("0")},
+			want:     map[string]any{"proto": "udp", "event": "open", "raddr": "224.0.0.251", "rport": num("5353")},
+		},
+		{
+			name: "a thread named apart from its process is named too",
+			ev: func() event.Event {
+				e := tcpClose()
+				e.Kind, e.Time = event.KindOpen, e.Established
+				e.Comm, e.Thread = comm("dig"), comm("isc-net-0000")
+				return e
+			},
+			wantKeys: keys("start", "connect_latency_ms", "thread"),
+			want:     map[string]any{"comm": "dig", "thread": "isc-net-0000", "tid": num("4243")},
+		},
+		{
+			name: "a thread with the process's name is not named again",
+			ev: func() event.Event {
+				e := tcpClose()
+				e.Kind, e.Time = event.KindOpen, e.Established
+				e.Thread = e.Comm
+				return e
+			},
+			wantKeys: keys("start", "connect_latency_ms"),
+			want:     map[string]any{"comm": "curl"},
 		},
 		{
 			name: "refused connect has a reason, errno and how long it tried",
@@ -554,6 +576,21 @@ func TestTextNotes(t *testing.T) {
 		{"an open has no notes", func() event.Event {
 			e := tcpClose()
 			e.Kind = event.KindOpen
+			return e
+		}, ""},
+		{"a thread named apart from its process", func() event.Event {
+			e := tcpClose()
+			e.Kind, e.Comm, e.Thread = event.KindOpen, comm("dig"), comm("isc-net-0000")
+			return e
+		}, "thread=isc-net-0000"},
+		{"the thread after the close notes, its control bytes made safe", func() event.Event {
+			e := tcpClose()
+			e.Thread = comm("w\x1b[2J")
+			return e
+		}, "closed_by=remote reset thread=w?[2J"},
+		{"a thread with the process's name is no note", func() event.Event {
+			e := tcpClose()
+			e.Kind, e.Thread = event.KindOpen, e.Comm
 			return e
 		}, ""},
 	}

@@ -37,6 +37,10 @@ func (j *JSON) Append(b []byte, e *event.Event) []byte {
 	b = appendUint(b, `,"tid":`, uint64(e.TID))
 	b = append(b, `,"comm":`...)
 	b = appendJSONString(b, e.Comm.Bytes())
+	if t := e.ThreadName(); t != nil {
+		b = append(b, `,"thread":`...)
+		b = appendJSONString(b, t)
+	}
 	b = appendUint(b, `,"uid":`, uint64(e.UID))
 	b = appendUint(b, `,"cgroup_id":`, e.CgroupID)
 	b = appendUint(b, `,"netns":`, uint64(e.NetNS))

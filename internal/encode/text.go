@@ -140,6 +140,13 @@ func appendNotes(b []byte, e *event.Event) []byte {
 			b = append(b, " pre_existing"...)
 		}
 	}
+	if t := e.ThreadName(); t != nil {
+		if len(b) > start {
+			b = append(b, ' ')
+		}
+		b = append(b, "thread="...)
+		b = appendPrintable(b, t)
+	}
 	if e.PIDSource == event.PIDSourceUnknown {
 		if len(b) > start {
 			b = append(b, ' ')

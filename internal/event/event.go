@@ -7,6 +7,7 @@
 package event
 
 import (
+	"bytes"
 	"net/netip"
 	"time"
 
@@ -122,6 +123,18 @@ func (c *Comm) Bytes() []byte {
 
 func (c *Comm) String() string { return string(c.Bytes()) }
 
+// ThreadName is the name of the thread that did it, when it is known and
+// differs from the process's: a runtime or library that names its threads
+// (dig's isc-net-0000, a JVM's worker) shows it here, while Comm keeps the
+// name a user knows the process by.
+func (e *Event) ThreadName() []byte {
+	t := e.Thread.Bytes()
+	if len(t) == 0 || bytes.Equal(t, e.Comm.Bytes()) {
+		return nil
+	}
+	return t
+}
+
 // Event is one port lifetime event. It is a plain value: the stream copies
 // it into each consumer's queue, so it holds no pointers to shared state.
 type Event struct {
@@ -135,7 +148,8 @@ type Event struct {
 	PID       uint32
 	TID       uint32
 	UID       uint32
-	Comm      Comm
+	Comm      Comm // the process's name (its main thread's), as /proc/PID/comm shows it
+	Thread    Comm // the name of thread TID; empty when unknown
 	CgroupID  uint64
 	NetNS     uint32
 	PIDSource PIDSource
