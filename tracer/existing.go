@@ -79,37 +79,67 @@ func walkAll(prog *ebpf.Program, netns map[uint32]uint32) error {
 // walkIn runs the iterator in the network namespace at netnsPath ("" for
 // our own). The iterator takes its namespace from the thread that opens it.
 func walkIn(netnsPath string, it *link.Iter) error {
+	var (
+		r   io.ReadCloser
+		err error
+	)
+	if netnsPath == "" {
+		r, err = it.Open()
+	} else {
+		r, err = openIn(netnsPath, it)
+	}
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	_, err = io.Copy(io.Discard, r)
+	return err
+}
+
+// openIn opens the iterator from a thread in the network namespace at
+// netnsPath. The thread enters the namespace and comes back before it is
+// unlocked. Leaving it locked in the namespace for the runtime to retire is
+// not enough: when the goroutine runs on the process's main thread, the
+// runtime parks that thread instead, and the whole process (whose
+// /proc/self is the main thread) would then seem to live, and dial, in the
+// other namespace.
+func openIn(netnsPath string, it *link.Iter) (io.ReadCloser, error) {
 	type opened struct {
 		r   io.ReadCloser
 		err error
 	}
 	ch := make(chan opened, 1)
 	go func() {
-		if netnsPath != "" {
-			// Never unlocked: the runtime retires a locked thread when its
-			// goroutine ends, so the changed namespace dies with it.
-			runtime.LockOSThread()
-			f, err := os.Open(netnsPath)
-			if err != nil {
-				ch <- opened{err: err}
-				return
-			}
-			defer f.Close()
-			if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-				ch <- opened{err: fmt.Errorf("entering %s: %w", netnsPath, err)}
-				return
-			}
+		runtime.LockOSThread()
+		own, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- opened{err: err}
+			return
 		}
-		r, err := it.Open()
+		defer own.Close()
+		r, err := inNetns(netnsPath, it.Open)
+		if unix.Setns(int(own.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		} // else the thread stays locked, and the runtime retires it
 		ch <- opened{r, err}
 	}()
 	o := <-ch
-	if o.err != nil {
-		return o.err
+	return o.r, o.err
+}
+
+// inNetns runs open with the calling thread, which must be locked, in the
+// network namespace at path.
+func inNetns(path string, open func() (io.ReadCloser, error)) (io.ReadCloser, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
 	}
-	defer o.r.Close()
-	_, err := io.Copy(io.Discard, o.r)
-	return err
+	defer f.Close()
+	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		return nil, fmt.Errorf("entering %s: %w", path, err)
+	}
+	return open()
 }
 
 // clearMap empties a start-up table, so it holds no memory while tracing.

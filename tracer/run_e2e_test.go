@@ -2,13 +2,18 @@ package tracer
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"os/exec"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/portlife/portlife/internal/event"
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
 )
 
 // Run may be observed while it runs (a metrics endpoint reads Stats), and
@@ -139,4 +144,46 @@ func TestFlushIntervalZeroWritesAtOnce(t *testing.T) {
 	out.waitFor(t, 1, func(e *event.Event) bool {
 		return e.Kind == event.KindOpen && e.Local == addrPort(t, c.LocalAddr())
 	})
+}
+
+// Adopting sockets runs the iterator from a thread inside each network
+// namespace. No thread of ours may stay there: when the runtime parked the
+// main thread in another namespace, the whole process seemed to live there
+// (its /proc/self), and would dial from it. Repeated, because which thread
+// the iterator's goroutine lands on is up to the scheduler.
+func TestAdoptionLeavesNoThreadInAnotherNetns(t *testing.T) {
+	requireRoot(t)
+	own := netnsInode(t, "/proc/thread-self/ns/net")
+	other := exec.Command("sleep", "60")
+	other.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		other.Process.Kill()
+		other.Wait()
+	}()
+	if netnsInode(t, fmt.Sprintf("/proc/%d/ns/net", other.Process.Pid)) == own {
+		t.Fatal("the helper is in our network namespace: the test would prove nothing")
+	}
+	for i := 0; i < 20; i++ {
+		tr, err := New(DefaultConfig(), zaptest.NewLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr.Close()
+		tasks, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, task := range tasks {
+			var st unix.Stat_t
+			if unix.Stat("/proc/self/task/"+task.Name()+"/ns/net", &st) != nil {
+				continue // the thread has exited
+			}
+			if ns := uint32(st.Ino); ns != own {
+				t.Fatalf("after adoption %d, thread %s is in network namespace %d, not ours (%d)", i+1, task.Name(), ns, own)
+			}
+		}
+	}
 }
