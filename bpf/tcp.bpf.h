@@ -8,6 +8,7 @@
 #define __PORTLIFE_TCP_BPF_H
 
 #include "common.bpf.h"
+#include "syscalls.bpf.h"
 
 static __always_inline void read_counters(struct sock *sk, struct event *e)
 {
@@ -170,6 +171,7 @@ static __always_inline int tcp_state_changed(struct sock *sk, int oldstate, int 
 
 	switch (newstate) {
 	case TCP_SYN_SENT:
+		connect_handed_over(sk);
 		on_connect(sk);
 		break;
 	case TCP_LISTEN:

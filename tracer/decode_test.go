@@ -48,6 +48,8 @@ const (
 	fPre     = uint8(portlifeEventFlagEVENT_F_PRE_EXISTING)
 	fConn    = uint8(portlifeEventFlagEVENT_F_CONNECTED)
 	fEph     = uint8(portlifeEventFlagEVENT_F_EPHEMERAL)
+	fSyscall = uint8(portlifeEventFlagEVENT_F_SYSCALL)
+	kBind    = uint8(portlifeEventKindEVENT_BIND_FAILED)
 )
 
 func TestDecode(t *testing.T) {
@@ -189,13 +191,72 @@ func TestDecode(t *testing.T) {
 				Errno: unix.ECONNREFUSED,
 			},
 		},
+		{
+			name: "a connect that failed in the call keeps its errno though it has no port",
+			rec: portlifeEvent{
+				Laddr: mapped("::"), Raddr: mapped("2001:db8::1"),
+				StartNs: 1_000, EndNs: 2_000, Lport: 0, Rport: 80,
+				Error: int32(unix.EADDRNOTAVAIL),
+				Kind:  kFailed, Proto: unix.IPPROTO_TCP, Family: 6, Direction: dOut,
+				PidSource: uint8(portlifePidSourcePID_SOURCE_CONNECT),
+				Flags:     fSyscall | fEph,
+			},
+			want: event.Event{
+				Kind: event.KindConnectFailed, Proto: event.ProtoTCP,
+				Time:      time.Date(2024, 3, 5, 12, 0, 0, 2_000, time.UTC),
+				Start:     time.Date(2024, 3, 5, 12, 0, 0, 1_000, time.UTC),
+				PIDSource: event.PIDSourceConnect,
+				Local:     netip.MustParseAddrPort("[::]:0"),
+				Remote:    netip.MustParseAddrPort("[2001:db8::1]:80"),
+				Direction: event.DirectionOutbound, Ephemeral: true,
+				Errno: unix.EADDRNOTAVAIL, InCall: true,
+			},
+		},
+		{
+			name: "the state machine's connect with no port gets EADDRNOTAVAIL",
+			rec: portlifeEvent{
+				Laddr: mapped("127.0.0.1"), Raddr: mapped("127.0.0.1"),
+				EndNs: 1, Lport: 0, Rport: 5000,
+				Kind: kFailed, Proto: unix.IPPROTO_TCP, Family: 4, Direction: dOut,
+				Flags: fEph,
+			},
+			want: event.Event{
+				Kind: event.KindConnectFailed, Proto: event.ProtoTCP,
+				Time:      time.Date(2024, 3, 5, 12, 0, 0, 1, time.UTC),
+				Local:     netip.MustParseAddrPort("127.0.0.1:0"),
+				Remote:    netip.MustParseAddrPort("127.0.0.1:5000"),
+				Direction: event.DirectionOutbound, Ephemeral: true,
+				Errno: unix.EADDRNOTAVAIL,
+			},
+		},
+		{
+			name: "bind_failed",
+			rec: portlifeEvent{
+				Laddr: mapped("0.0.0.0"), Raddr: mapped("0.0.0.0"),
+				StartNs: 5, EndNs: 9, Lport: 0, Rport: 0,
+				Error: int32(unix.EADDRINUSE),
+				Kind:  kBind, Proto: unix.IPPROTO_UDP, Family: 4, Direction: dOut,
+				PidSource: uint8(portlifePidSourcePID_SOURCE_BIND),
+				Flags:     fSyscall | fEph,
+			},
+			want: event.Event{
+				Kind: event.KindBindFailed, Proto: event.ProtoUDP,
+				Time:      time.Date(2024, 3, 5, 12, 0, 0, 9, time.UTC),
+				Start:     time.Date(2024, 3, 5, 12, 0, 0, 5, time.UTC),
+				PIDSource: event.PIDSourceBind,
+				Local:     netip.MustParseAddrPort("0.0.0.0:0"),
+				Remote:    netip.MustParseAddrPort("0.0.0.0:0"),
+				Direction: event.DirectionOutbound, Ephemeral: true,
+				Errno: unix.EADDRINUSE, InCall: true,
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := testDecoder()
 			// Start from a dirty Event: decode must overwrite every field,
 			// because the Tracer reuses one event.Event for all records.
-			got := event.Event{Reset: true, TimeWait: true, PreExisting: true, Connected: true, Ephemeral: true,
+			got := event.Event{Reset: true, TimeWait: true, PreExisting: true, Connected: true, Ephemeral: true, InCall: true,
 				Start: time.Now(), Established: time.Now(), Errno: unix.EIO, Comm: event.Comm{'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x'}}
 			if err := d.decode(rawRecord(&tt.rec), &got); err != nil {
 				t.Fatalf("decode: %v", err)

@@ -232,6 +232,46 @@ func TestJSON(t *testing.T) {
 			wantKeys: keys("reason", "errno"),
 			want:     map[string]any{"reason": "no_ephemeral_port", "errno": num("99"), "lport": num("0")},
 		},
+		{
+			name: "a connect refused in the call by policy",
+			ev: func() event.Event {
+				return event.Event{
+					Kind: event.KindConnectFailed, Proto: event.ProtoUDP,
+					Start: t0, Time: t0.Add(8 * time.Microsecond),
+					PIDSource: event.PIDSourceConnect,
+					Local:     netip.MustParseAddrPort("0.0.0.0:0"),
+					Remote:    netip.MustParseAddrPort("10.0.0.1:53"),
+					Family:    4,
+					Direction: event.DirectionOutbound, Ephemeral: true,
+					Errno: unix.EPERM, InCall: true,
+				}
+			},
+			wantKeys: keys("start", "duration_ms", "reason", "errno"),
+			want:     map[string]any{"event": "connect_failed", "proto": "udp", "reason": "denied", "errno": num("1"), "duration_ms": num("0.008")},
+		},
+		{
+			name: "bind_failed: a reason, an errno and how long the call took",
+			ev: func() event.Event {
+				return event.Event{
+					Kind: event.KindBindFailed, Proto: event.ProtoTCP,
+					Start: t0, Time: t0.Add(3 * time.Microsecond),
+					PIDSource: event.PIDSourceBind,
+					Local:     netip.MustParseAddrPort("0.0.0.0:0"),
+					Remote:    netip.MustParseAddrPort("0.0.0.0:0"),
+					Family:    4,
+					Direction: event.DirectionOutbound, Ephemeral: true,
+					Errno: unix.EADDRINUSE, InCall: true,
+				}
+			},
+			wantKeys: keys("start", "duration_ms", "reason", "errno"),
+			want: map[string]any{
+				"event":       "bind_failed",
+				"pid_source":  "bind",
+				"reason":      "no_ephemeral_port",
+				"errno":       num("98"),
+				"duration_ms": num("0.003"),
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -541,6 +581,11 @@ func TestTextNotes(t *testing.T) {
 			e.Kind, e.Errno = event.KindConnectFailed, unix.EHOSTUNREACH
 			return e
 		}, "unreachable"},
+		{"bind_failed gives the reason", func() event.Event {
+			e := tcpClose()
+			e.Kind, e.Errno, e.Local = event.KindBindFailed, unix.EADDRINUSE, netip.MustParseAddrPort("0.0.0.0:8080")
+			return e
+		}, "address_in_use"},
 		{"unknown pid is noted", func() event.Event {
 			e := tcpClose()
 			e.Kind, e.Errno, e.PIDSource = event.KindConnectFailed, unix.ECONNREFUSED, event.PIDSourceUnknown

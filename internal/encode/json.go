@@ -79,7 +79,7 @@ func (j *JSON) Append(b []byte, e *event.Event) []byte {
 			b = appendBool(b, `,"connected":`, e.Connected)
 		}
 		b = appendBool(b, `,"pre_existing":`, e.PreExisting)
-	case event.KindConnectFailed:
+	case event.KindConnectFailed, event.KindBindFailed:
 		if !e.Start.IsZero() {
 			b = appendMillis(b, `,"duration_ms":`, e.Duration())
 		}

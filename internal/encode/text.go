@@ -98,7 +98,7 @@ func (t *Text) Append(b []byte, e *event.Event) []byte {
 func appendNotes(b []byte, e *event.Event) []byte {
 	start := len(b)
 	switch e.Kind {
-	case event.KindConnectFailed:
+	case event.KindConnectFailed, event.KindBindFailed:
 		b = append(b, e.Reason()...)
 	case event.KindClose:
 		if e.Proto == event.ProtoTCP {
