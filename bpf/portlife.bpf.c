@@ -57,6 +57,12 @@ int BPF_PROG(tcp_destroy, struct sock *sk)
 	return tcp_destroyed(sk);
 }
 
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(tcp_read, struct sock *sk, int ret, int flags)
+{
+	return tcp_reader(sk);
+}
+
 /* UDP */
 
 SEC("cgroup/bind4")

@@ -32,6 +32,7 @@ enum pid_source {
 	PID_SOURCE_SOCKET = 4,   /* UDP: the task that created, bound or first used it */
 	PID_SOURCE_FD_OWNER = 5, /* a process holding the socket's fd when tracing started */
 	PID_SOURCE_BIND = 6,     /* the task that called bind() */
+	PID_SOURCE_READER = 7,   /* an accepted connection: the first task outside the listener's process to read it */
 };
 
 enum closed_by {
@@ -83,6 +84,8 @@ struct event {
 	__u32 retransmits;  /* TCP: segments retransmitted */
 	__u32 destinations; /* UDP: distinct destinations sent to (saturates) */
 	__s32 error;        /* connect_failed, bind_failed: the error (an errno), 0 if none */
+	__u32 listener_pid; /* inbound TCP: the process that called listen(); 0 if not known */
+	__u32 _pad;         /* explicit: the record stays a multiple of 8 bytes */
 	__u16 lport;        /* host order; 0 if none was allocated */
 	__u16 rport;        /* host order */
 	__u8 kind;          /* enum event_kind */

@@ -58,6 +58,7 @@ func (d *decoder) decode(raw []byte, ev *event.Event) error {
 		CgroupID:     r.CgroupId,
 		NetNS:        r.Netns,
 		PIDSource:    event.PIDSource(r.PidSource),
+		ListenerPID:  r.ListenerPid,
 		Local:        netip.AddrPortFrom(addr(r.Laddr, r.Family), r.Lport),
 		Remote:       netip.AddrPortFrom(addr(r.Raddr, r.Family), r.Rport),
 		Direction:    event.Direction(r.Direction),

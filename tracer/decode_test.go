@@ -192,6 +192,27 @@ func TestDecode(t *testing.T) {
 			},
 		},
 		{
+			name: "a worker's close keeps the listener's pid",
+			rec: portlifeEvent{
+				Laddr: mapped("10.0.0.1"), Raddr: mapped("10.0.0.2"),
+				StartNs: 1_000, EndNs: 2_000, Lport: 80, Rport: 40000,
+				Pid: 301, Tid: 302, ListenerPid: 300,
+				Kind: kClose, Proto: unix.IPPROTO_TCP, Family: 4, Direction: dIn,
+				PidSource: uint8(portlifePidSourcePID_SOURCE_READER),
+				Comm:      commOf("nginx"),
+			},
+			want: event.Event{
+				Kind: event.KindClose, Proto: event.ProtoTCP,
+				Time:  time.Date(2024, 3, 5, 12, 0, 0, 2_000, time.UTC),
+				Start: time.Date(2024, 3, 5, 12, 0, 0, 1_000, time.UTC),
+				PID:   301, TID: 302, ListenerPID: 300, PIDSource: event.PIDSourceReader,
+				Comm:      event.Comm{'n', 'g', 'i', 'n', 'x'},
+				Local:     netip.MustParseAddrPort("10.0.0.1:80"),
+				Remote:    netip.MustParseAddrPort("10.0.0.2:40000"),
+				Direction: event.DirectionInbound,
+			},
+		},
+		{
 			name: "a connect that failed in the call keeps its errno though it has no port",
 			rec: portlifeEvent{
 				Laddr: mapped("::"), Raddr: mapped("2001:db8::1"),
@@ -257,7 +278,7 @@ func TestDecode(t *testing.T) {
 			// Start from a dirty Event: decode must overwrite every field,
 			// because the Tracer reuses one event.Event for all records.
 			got := event.Event{Reset: true, TimeWait: true, PreExisting: true, Connected: true, Ephemeral: true, InCall: true,
-				Start: time.Now(), Established: time.Now(), Errno: unix.EIO, Comm: event.Comm{'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x'}}
+				ListenerPID: 9, Start: time.Now(), Established: time.Now(), Errno: unix.EIO, Comm: event.Comm{'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x'}}
 			if err := d.decode(rawRecord(&tt.rec), &got); err != nil {
 				t.Fatalf("decode: %v", err)
 			}
@@ -423,11 +444,11 @@ func TestNewDecoderAnchorsBootClock(t *testing.T) {
 // The C struct event (bpf/portlife.h) is 152 bytes with no implicit padding;
 // if the generated Go type drifts, decode's cast reads garbage.
 func TestEventSize(t *testing.T) {
-	if got := unsafe.Sizeof(portlifeEvent{}); got != 152 {
-		t.Errorf("unsafe.Sizeof(portlifeEvent{}) = %d, want 152 as in bpf/portlife.h", got)
+	if got := unsafe.Sizeof(portlifeEvent{}); got != 160 {
+		t.Errorf("unsafe.Sizeof(portlifeEvent{}) = %d, want 160 as in bpf/portlife.h", got)
 	}
-	if recordSize != 152 {
-		t.Errorf("recordSize = %d, want 152", recordSize)
+	if recordSize != 160 {
+		t.Errorf("recordSize = %d, want 160", recordSize)
 	}
 	var e portlifeEvent
 	for _, f := range []struct {
@@ -437,9 +458,10 @@ func TestEventSize(t *testing.T) {
 		{"cookie", unsafe.Offsetof(e.Cookie), 32},
 		{"pid", unsafe.Offsetof(e.Pid), 88},
 		{"error", unsafe.Offsetof(e.Error), 120},
-		{"lport", unsafe.Offsetof(e.Lport), 124},
-		{"kind", unsafe.Offsetof(e.Kind), 128},
-		{"comm", unsafe.Offsetof(e.Comm), 136},
+		{"listener_pid", unsafe.Offsetof(e.ListenerPid), 124},
+		{"lport", unsafe.Offsetof(e.Lport), 132},
+		{"kind", unsafe.Offsetof(e.Kind), 136},
+		{"comm", unsafe.Offsetof(e.Comm), 144},
 	} {
 		if f.got != f.want {
 			t.Errorf("offset of %s = %d, want %d", f.name, f.got, f.want)

@@ -113,6 +113,10 @@ func runHelper(role, arg string) error {
 		return netnsConns(arg)
 	case "calls":
 		return failCalls(arg)
+	case "prefork":
+		return prefork(arg)
+	case "preforkworker":
+		return preforkWorker()
 	}
 	return fmt.Errorf("unknown role %q", role)
 }

@@ -105,6 +105,8 @@ type portlifeEvent struct {
 	Retransmits   uint32
 	Destinations  uint32
 	Error         int32
+	ListenerPid   uint32
+	Pad           uint32
 	Lport         uint16
 	Rport         uint16
 	Kind          uint8
@@ -164,6 +166,7 @@ const (
 	portlifePidSourcePID_SOURCE_SOCKET   portlifePidSource = 4
 	portlifePidSourcePID_SOURCE_FD_OWNER portlifePidSource = 5
 	portlifePidSourcePID_SOURCE_BIND     portlifePidSource = 6
+	portlifePidSourcePID_SOURCE_READER   portlifePidSource = 7
 )
 
 type portlifeRaddrKey struct {
@@ -196,6 +199,7 @@ const (
 	portlifeProgConnectExit      = "connect_exit"
 	portlifeProgTcpDestroy       = "tcp_destroy"
 	portlifeProgTcpExisting      = "tcp_existing"
+	portlifeProgTcpRead          = "tcp_read"
 	portlifeProgTcpRstRecv       = "tcp_rst_recv"
 	portlifeProgTcpRstSent       = "tcp_rst_sent"
 	portlifeProgTcpState         = "tcp_state"
@@ -267,6 +271,7 @@ type portlifeProgramSpecs struct {
 	ConnectExit  *ebpf.ProgramSpec `ebpf:"connect_exit"`
 	TcpDestroy   *ebpf.ProgramSpec `ebpf:"tcp_destroy"`
 	TcpExisting  *ebpf.ProgramSpec `ebpf:"tcp_existing"`
+	TcpRead      *ebpf.ProgramSpec `ebpf:"tcp_read"`
 	TcpRstRecv   *ebpf.ProgramSpec `ebpf:"tcp_rst_recv"`
 	TcpRstSent   *ebpf.ProgramSpec `ebpf:"tcp_rst_sent"`
 	TcpState     *ebpf.ProgramSpec `ebpf:"tcp_state"`
@@ -374,6 +379,7 @@ type portlifePrograms struct {
 	ConnectExit  *ebpf.Program `ebpf:"connect_exit"`
 	TcpDestroy   *ebpf.Program `ebpf:"tcp_destroy"`
 	TcpExisting  *ebpf.Program `ebpf:"tcp_existing"`
+	TcpRead      *ebpf.Program `ebpf:"tcp_read"`
 	TcpRstRecv   *ebpf.Program `ebpf:"tcp_rst_recv"`
 	TcpRstSent   *ebpf.Program `ebpf:"tcp_rst_sent"`
 	TcpState     *ebpf.Program `ebpf:"tcp_state"`
@@ -397,6 +403,7 @@ func (p *portlifePrograms) Close() error {
 		p.ConnectExit,
 		p.TcpDestroy,
 		p.TcpExisting,
+		p.TcpRead,
 		p.TcpRstRecv,
 		p.TcpRstSent,
 		p.TcpState,

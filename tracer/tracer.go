@@ -196,6 +196,8 @@ func (t *Tracer) hooks() []hook {
 		{"tcp:tcp_send_reset", p.TcpRstSent, attachTracing, 0, tcp},
 		{"tcp:tcp_receive_reset", p.TcpRstRecv, attachTracing, 0, tcp},
 		{"tcp:tcp_destroy_sock", p.TcpDestroy, attachTracing, 0, tcp},
+		// Who serves an accepted connection shows in its close alone.
+		{"sock:sock_recv_length (TCP)", p.TcpRead, attachTracing, 0, tcp && f.WantsKind(event.KindClose)},
 		{"cgroup/bind4", p.UdpBind4, attachCgroup, ebpf.AttachCGroupInet4Bind, udp},
 		{"cgroup/bind6", p.UdpBind6, attachCgroup, ebpf.AttachCGroupInet6Bind, udp},
 		{"cgroup/post_bind4", p.UdpBound4, attachCgroup, ebpf.AttachCGroupInet4PostBind, udp},

@@ -272,6 +272,21 @@ func TestJSON(t *testing.T) {
 				"duration_ms": num("0.003"),
 			},
 		},
+		{
+			name: "an accepted connection served by a worker names the listener too",
+			ev: func() event.Event {
+				e := tcpClose()
+				e.Direction, e.PIDSource, e.PID, e.ListenerPID = event.DirectionInbound, event.PIDSourceReader, 301, 300
+				return e
+			},
+			wantKeys: keys("listener_pid", "start", "duration_ms", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "retransmits", "closed_by", "reset", "time_wait", "pre_existing"),
+			want: map[string]any{
+				"pid":          num("301"),
+				"pid_source":   "reader",
+				"listener_pid": num("300"),
+				"direction":    "inbound",
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -586,6 +601,11 @@ func TestTextNotes(t *testing.T) {
 			e.Kind, e.Errno, e.Local = event.KindBindFailed, unix.EADDRINUSE, netip.MustParseAddrPort("0.0.0.0:8080")
 			return e
 		}, "address_in_use"},
+		{"a worker's close names the listener", func() event.Event {
+			e := tcpClose()
+			e.Reset, e.PIDSource, e.ListenerPID = false, event.PIDSourceReader, 300
+			return e
+		}, "closed_by=remote listener=300"},
 		{"unknown pid is noted", func() event.Event {
 			e := tcpClose()
 			e.Kind, e.Errno, e.PIDSource = event.KindConnectFailed, unix.ECONNREFUSED, event.PIDSourceUnknown

@@ -41,7 +41,11 @@ func (j *JSON) Append(b []byte, e *event.Event) []byte {
 	b = appendUint(b, `,"cgroup_id":`, e.CgroupID)
 	b = appendUint(b, `,"netns":`, uint64(e.NetNS))
 	b = appendString(b, `,"pid_source":"`, e.PIDSource.String())
-	b = append(b, `","laddr":"`...)
+	b = append(b, '"')
+	if e.ListenerPID != 0 {
+		b = appendUint(b, `,"listener_pid":`, uint64(e.ListenerPID))
+	}
+	b = append(b, `,"laddr":"`...)
 	b = e.Local.Addr().AppendTo(b)
 	b = appendUint(b, `","lport":`, uint64(e.Local.Port()))
 	b = append(b, `,"raddr":"`...)

@@ -117,6 +117,11 @@ func appendNotes(b []byte, e *event.Event) []byte {
 		if e.PreExisting {
 			b = append(b, " pre_existing"...)
 		}
+		if e.PIDSource == event.PIDSourceReader && e.ListenerPID != 0 {
+			// A worker served it: name the listener too.
+			b = append(b, " listener="...)
+			b = strconv.AppendUint(b, uint64(e.ListenerPID), 10)
+		}
 	}
 	if e.PIDSource == event.PIDSourceUnknown {
 		if len(b) > start {

@@ -80,6 +80,7 @@ const (
 	PIDSourceSocket   PIDSource = 4
 	PIDSourceFDOwner  PIDSource = 5
 	PIDSourceBind     PIDSource = 6
+	PIDSourceReader   PIDSource = 7
 )
 
 var pidSourceNames = [...]string{
@@ -90,6 +91,7 @@ var pidSourceNames = [...]string{
 	PIDSourceSocket:   "socket",
 	PIDSourceFDOwner:  "fd_owner",
 	PIDSourceBind:     "bind",
+	PIDSourceReader:   "reader",
 }
 
 func (s PIDSource) String() string { return name(pidSourceNames[:], int(s)) }
@@ -146,6 +148,10 @@ type Event struct {
 	CgroupID  uint64
 	NetNS     uint32
 	PIDSource PIDSource
+	// ListenerPID is, for an accepted TCP connection, the process that
+	// called listen(): the owner of its open, and kept when the process that
+	// first read from it becomes the owner (PIDSourceReader). 0 if unknown.
+	ListenerPID uint32
 
 	Local     netip.AddrPort
 	Remote    netip.AddrPort
