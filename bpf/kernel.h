@@ -96,10 +96,6 @@ typedef enum {
 	SS_DISCONNECTING = 4,
 } socket_state;
 
-/* include/uapi/linux/stat.h */
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
-
 /*
  * The records of the per-syscall tracepoints syscalls:sys_enter_* and
  * sys_exit_* (events/syscalls/<name>/format in tracefs): the common header,
@@ -213,7 +209,6 @@ struct sock_common {
 };
 
 struct inode {
-	unsigned short i_mode;
 	unsigned long i_ino;
 };
 
