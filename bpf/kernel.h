@@ -32,12 +32,14 @@ enum {
 	BPF_MAP_TYPE_LPM_TRIE = 11,
 	BPF_MAP_TYPE_SK_STORAGE = 24,
 	BPF_MAP_TYPE_RINGBUF = 27,
+	BPF_MAP_TYPE_TASK_STORAGE = 29,
 };
 enum {
 	BPF_ANY = 0,
 	BPF_F_NO_PREALLOC = 1,
 	BPF_F_CLONE = 512,
 	BPF_SK_STORAGE_GET_F_CREATE = 1,
+	BPF_LOCAL_STORAGE_GET_F_CREATE = 1,
 	BPF_RB_NO_WAKEUP = 1,
 	BPF_RB_FORCE_WAKEUP = 2,
 	BPF_RB_AVAIL_DATA = 0,
@@ -81,7 +83,55 @@ struct bpf_sock_addr {
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
+#define SOCK_STREAM 1
 #define SOCK_DGRAM 2
+#define AF_UNSPEC 0
+
+/* include/uapi/linux/net.h: struct socket's state */
+typedef enum {
+	SS_FREE = 0,
+	SS_UNCONNECTED = 1,
+	SS_CONNECTING = 2,
+	SS_CONNECTED = 3,
+	SS_DISCONNECTING = 4,
+} socket_state;
+
+/*
+ * The records of the per-syscall tracepoints syscalls:sys_enter_* and
+ * sys_exit_* (events/syscalls/<name>/format in tracefs): the common header,
+ * the syscall number, then each argument, or the return value, in 8 bytes.
+ * A classic tracepoint's record is not relocated by CO-RE; this layout has
+ * not changed since the syscall tracepoints were added.
+ */
+struct syscall_enter_args {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__u64 args[6];
+};
+
+struct syscall_exit_args {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__s64 ret;
+};
+
+/* include/uapi/linux/in.h, in6.h: what connect() and bind() are given. */
+struct sockaddr_in {
+	__u16 sin_family;
+	__be16 sin_port;
+	__be32 sin_addr;
+	__u8 pad[8];
+};
+
+struct sockaddr_in6 {
+	__u16 sin6_family;
+	__be16 sin6_port;
+	__be32 sin6_flowinfo;
+	__u8 sin6_addr[16];
+	__u32 sin6_scope_id;
+};
 
 /* include/net/tcp_states.h */
 enum {
@@ -141,6 +191,10 @@ typedef struct {
 	struct net *net;
 } possible_net_t;
 
+typedef struct {
+	__s64 counter;
+} atomic64_t;
+
 struct sock_common {
 	__be32 skc_daddr;
 	__be32 skc_rcv_saddr;
@@ -151,6 +205,7 @@ struct sock_common {
 	possible_net_t skc_net;
 	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;
+	atomic64_t skc_cookie; /* 0 until someone asks for the socket's cookie */
 };
 
 struct inode {
@@ -159,10 +214,29 @@ struct inode {
 
 struct file {
 	struct inode *f_inode;
+	void *private_data; /* a socket's file: its struct socket */
 };
 
 struct socket {
+	socket_state state;
+	struct sock *sk;
 	struct file *file;
+};
+
+/* A task's descriptors: current->files->fdt->fd[fd]. */
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+};
+
+struct files_struct {
+	struct fdtable *fdt;
+};
+
+struct task_struct {
+	struct files_struct *files;
+	struct task_struct *group_leader;
+	char comm[16];
 };
 
 struct sock {
@@ -195,11 +269,6 @@ struct bpf_iter_meta {
 struct udp_sock {
 	struct inet_sock inet;
 	__u16 gso_size; /* UDP_SEGMENT set on the socket; 0: none */
-};
-
-struct task_struct {
-	struct task_struct *group_leader;
-	char comm[16];
 };
 
 struct bpf_iter__udp {

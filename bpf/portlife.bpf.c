@@ -9,10 +9,12 @@
  *
  * This file holds only the entry points, one call each. The handlers live
  * by concern: common.bpf.h (configuration, maps, the rules every event
- * goes through), tcp.bpf.h, udp.bpf.h, and existing.bpf.h (sockets that
- * existed before tracing).
+ * goes through), tcp.bpf.h, udp.bpf.h, existing.bpf.h (sockets that
+ * existed before tracing) and syscalls.bpf.h (calls that fail before the
+ * protocol takes over).
  */
 #include "common.bpf.h"
+#include "syscalls.bpf.h"
 #include "tcp.bpf.h"
 #include "udp.bpf.h"
 #include "existing.bpf.h"
@@ -27,6 +29,7 @@ const enum pid_source *unused_pid_source __attribute__((unused));
 const enum closed_by *unused_closed_by __attribute__((unused));
 const enum event_flag *unused_event_flag __attribute__((unused));
 const enum drop_reason *unused_drop_reason __attribute__((unused));
+const enum traced_proto *unused_traced_proto __attribute__((unused));
 
 /* TCP */
 
@@ -52,6 +55,12 @@ SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(tcp_destroy, struct sock *sk)
 {
 	return tcp_destroyed(sk);
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(tcp_read, struct sock *sk, int ret, int flags)
+{
+	return tcp_reader(sk);
 }
 
 /* UDP */
@@ -108,6 +117,32 @@ SEC("cgroup/sock_release")
 int udp_release(struct bpf_sock *ctx)
 {
 	return udp_released(ctx);
+}
+
+/* connect() and bind() that fail before the protocol takes over, TCP and UDP. */
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int connect_enter(struct syscall_enter_args *ctx)
+{
+	return call_entered(ctx, EVENT_CONNECT_FAILED);
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int connect_exit(struct syscall_exit_args *ctx)
+{
+	return call_exited(ctx, EVENT_CONNECT_FAILED);
+}
+
+SEC("tracepoint/syscalls/sys_enter_bind")
+int bind_enter(struct syscall_enter_args *ctx)
+{
+	return call_entered(ctx, EVENT_BIND_FAILED);
+}
+
+SEC("tracepoint/syscalls/sys_exit_bind")
+int bind_exit(struct syscall_exit_args *ctx)
+{
+	return call_exited(ctx, EVENT_BIND_FAILED);
 }
 
 /* Sockets from before tracing: run once in each network namespace at start. */

@@ -14,6 +14,7 @@ enum event_kind {
 	EVENT_OPEN = 1,           /* handshake done (TCP) or local port bound (UDP) */
 	EVENT_CLOSE = 2,          /* the port's lifetime ended */
 	EVENT_CONNECT_FAILED = 3, /* an outbound connect never got established */
+	EVENT_BIND_FAILED = 4,    /* bind() failed */
 };
 
 enum direction {
@@ -30,6 +31,8 @@ enum pid_source {
 	PID_SOURCE_CLOSE = 3,    /* the task that called close() or shutdown() */
 	PID_SOURCE_SOCKET = 4,   /* UDP: the task that created, bound or first used it */
 	PID_SOURCE_FD_OWNER = 5, /* a process holding the socket's fd when tracing started */
+	PID_SOURCE_BIND = 6,     /* the task that called bind() */
+	PID_SOURCE_READER = 7,   /* an accepted connection: the first task outside the listener's process to read it */
 };
 
 enum closed_by {
@@ -45,6 +48,13 @@ enum event_flag {
 	EVENT_F_PRE_EXISTING = 1 << 3, /* the socket existed before tracing started */
 	EVENT_F_CONNECTED = 1 << 4,    /* UDP: connect() fixed the peer */
 	EVENT_F_EPHEMERAL = 1 << 5,    /* the ephemeral-side port is in its netns's ip_local_port_range */
+	EVENT_F_SYSCALL = 1 << 6,      /* connect_failed, bind_failed: seen at the syscall's return, before the protocol sent anything */
+};
+
+/* The protocols traced, for hooks that see both (enum traced_proto bits). */
+enum traced_proto {
+	TRACED_TCP = 1 << 0,
+	TRACED_UDP = 1 << 1,
 };
 
 /* Why the kernel side could not deliver or track something; indexes drops. */
@@ -73,7 +83,9 @@ struct event {
 	__u32 rx_packets;   /* TCP: segments received; UDP: datagrams received */
 	__u32 retransmits;  /* TCP: segments retransmitted */
 	__u32 destinations; /* UDP: distinct destinations sent to (saturates) */
-	__s32 error;        /* connect_failed: the socket error (an errno), 0 if none */
+	__s32 error;        /* connect_failed, bind_failed: the error (an errno), 0 if none */
+	__u32 listener_pid; /* inbound TCP: the process that called listen(); 0 if not known */
+	__u32 _pad;         /* explicit: the record stays a multiple of 8 bytes */
 	__u16 lport;        /* host order; 0 if none was allocated */
 	__u16 rport;        /* host order */
 	__u8 kind;          /* enum event_kind */
@@ -120,7 +132,7 @@ struct config {
 	__u8 ephemeral_only;
 	__u8 match_raddr;      /* the remote address must be in raddr_nets */
 	__u8 match_comm;
-	__u8 _pad;
+	__u8 protos;           /* enum traced_proto bits: for the hooks that see every protocol */
 	char comm[COMM_LEN];
 };
 

@@ -8,6 +8,7 @@
 #define __PORTLIFE_TCP_BPF_H
 
 #include "common.bpf.h"
+#include "syscalls.bpf.h"
 
 static __always_inline void read_counters(struct sock *sk, struct event *e)
 {
@@ -78,6 +79,7 @@ static __always_inline void on_child(struct sock *sk)
 		bpf_sk_storage_delete(&conns, sk);
 		return;
 	}
+	owner.listener_pid = owner.pid; /* kept when a worker takes it over (tcp_reader) */
 	begin(c, sk, &owner, DIRECTION_INBOUND, PHASE_HANDSHAKE);
 }
 
@@ -170,6 +172,7 @@ static __always_inline int tcp_state_changed(struct sock *sk, int oldstate, int 
 
 	switch (newstate) {
 	case TCP_SYN_SENT:
+		connect_handed_over(sk);
 		on_connect(sk);
 		break;
 	case TCP_LISTEN:
@@ -192,6 +195,33 @@ static __always_inline int tcp_state_changed(struct sock *sk, int oldstate, int 
 		break;
 	}
 	/* FIN_WAIT2 and CLOSING tell nothing new: no lookup for them. */
+	return 0;
+}
+
+/*
+ * sock:sock_recv_length on a TCP socket. The first process other than the
+ * listener's to read an accepted connection is the one that serves it:
+ * under a prefork server a worker, where listen() named the master; under
+ * a server whose master accepts and forks (postgres), the child. It
+ * becomes the owner, and listener_pid keeps the listener's. A server that
+ * serves its own connections keeps its listener's name. Reads alone: every
+ * server reads what it serves, and servers send more often than they read,
+ * so this looks up fewer sockets than watching both. Inbound sockets
+ * adopted at start keep the owner /proc showed.
+ */
+static __always_inline int tcp_reader(struct sock *sk)
+{
+	struct conn *c;
+
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	if (!c || c->e.direction != DIRECTION_INBOUND || c->e.pid_source == PID_SOURCE_READER ||
+	    (c->e.flags & EVENT_F_PRE_EXISTING) || (c->phase != PHASE_OPEN && c->phase != PHASE_HANDSHAKE))
+		return 0;
+	if (bpf_get_current_pid_tgid() >> 32 == c->e.pid)
+		return 0; /* the listener's own process */
+	set_owner(&c->e, PID_SOURCE_READER);
 	return 0;
 }
 

@@ -58,6 +58,7 @@ func (d *decoder) decode(raw []byte, ev *event.Event) error {
 		CgroupID:     r.CgroupId,
 		NetNS:        r.Netns,
 		PIDSource:    event.PIDSource(r.PidSource),
+		ListenerPID:  r.ListenerPid,
 		Local:        netip.AddrPortFrom(addr(r.Laddr, r.Family), r.Lport),
 		Remote:       netip.AddrPortFrom(addr(r.Raddr, r.Family), r.Rport),
 		Direction:    event.Direction(r.Direction),
@@ -75,9 +76,10 @@ func (d *decoder) decode(raw []byte, ev *event.Event) error {
 		Connected:    r.Flags&uint8(portlifeEventFlagEVENT_F_CONNECTED) != 0,
 		Ephemeral:    r.Flags&uint8(portlifeEventFlagEVENT_F_EPHEMERAL) != 0,
 		Errno:        unix.Errno(r.Error),
+		InCall:       r.Flags&uint8(portlifeEventFlagEVENT_F_SYSCALL) != 0,
 		Family:       int(r.Family),
 	}
-	if ev.Kind == event.KindConnectFailed && r.Lport == 0 && ev.Errno == 0 {
+	if ev.Kind == event.KindConnectFailed && r.Lport == 0 && ev.Errno == 0 && !ev.InCall {
 		// The port allocation failed inside connect(), which returned this;
 		// the socket itself holds no error.
 		ev.Errno = unix.EADDRNOTAVAIL

@@ -48,6 +48,8 @@ const (
 	fPre     = uint8(portlifeEventFlagEVENT_F_PRE_EXISTING)
 	fConn    = uint8(portlifeEventFlagEVENT_F_CONNECTED)
 	fEph     = uint8(portlifeEventFlagEVENT_F_EPHEMERAL)
+	fSyscall = uint8(portlifeEventFlagEVENT_F_SYSCALL)
+	kBind    = uint8(portlifeEventKindEVENT_BIND_FAILED)
 )
 
 func TestDecode(t *testing.T) {
@@ -191,14 +193,94 @@ func TestDecode(t *testing.T) {
 				Errno: unix.ECONNREFUSED,
 			},
 		},
+		{
+			name: "a worker's close keeps the listener's pid",
+			rec: portlifeEvent{
+				Laddr: mapped("10.0.0.1"), Raddr: mapped("10.0.0.2"),
+				StartNs: 1_000, EndNs: 2_000, Lport: 80, Rport: 40000,
+				Pid: 301, Tid: 302, ListenerPid: 300,
+				Kind: kClose, Proto: unix.IPPROTO_TCP, Family: 4, Direction: dIn,
+				PidSource: uint8(portlifePidSourcePID_SOURCE_READER),
+				Comm:      commOf("nginx"),
+			},
+			want: event.Event{
+				Kind: event.KindClose, Proto: event.ProtoTCP,
+				Time:  time.Date(2024, 3, 5, 12, 0, 0, 2_000, time.UTC),
+				Start: time.Date(2024, 3, 5, 12, 0, 0, 1_000, time.UTC),
+				PID:   301, TID: 302, ListenerPID: 300, PIDSource: event.PIDSourceReader,
+				Comm:      event.Comm{'n', 'g', 'i', 'n', 'x'},
+				Local:     netip.MustParseAddrPort("10.0.0.1:80"),
+				Remote:    netip.MustParseAddrPort("10.0.0.2:40000"),
+				Direction: event.DirectionInbound,
+			},
+		},
+		{
+			name: "a connect that failed in the call keeps its errno though it has no port",
+			rec: portlifeEvent{
+				Laddr: mapped("::"), Raddr: mapped("2001:db8::1"),
+				StartNs: 1_000, EndNs: 2_000, Lport: 0, Rport: 80,
+				Error: int32(unix.EADDRNOTAVAIL),
+				Kind:  kFailed, Proto: unix.IPPROTO_TCP, Family: 6, Direction: dOut,
+				PidSource: uint8(portlifePidSourcePID_SOURCE_CONNECT),
+				Flags:     fSyscall | fEph,
+			},
+			want: event.Event{
+				Kind: event.KindConnectFailed, Proto: event.ProtoTCP,
+				Time:      time.Date(2024, 3, 5, 12, 0, 0, 2_000, time.UTC),
+				Start:     time.Date(2024, 3, 5, 12, 0, 0, 1_000, time.UTC),
+				PIDSource: event.PIDSourceConnect,
+				Local:     netip.MustParseAddrPort("[::]:0"),
+				Remote:    netip.MustParseAddrPort("[2001:db8::1]:80"),
+				Direction: event.DirectionOutbound, Ephemeral: true,
+				Errno: unix.EADDRNOTAVAIL, InCall: true,
+			},
+		},
+		{
+			name: "the state machine's connect with no port gets EADDRNOTAVAIL",
+			rec: portlifeEvent{
+				Laddr: mapped("127.0.0.1"), Raddr: mapped("127.0.0.1"),
+				EndNs: 1, Lport: 0, Rport: 5000,
+				Kind: kFailed, Proto: unix.IPPROTO_TCP, Family: 4, Direction: dOut,
+				Flags: fEph,
+			},
+			want: event.Event{
+				Kind: event.KindConnectFailed, Proto: event.ProtoTCP,
+				Time:      time.Date(2024, 3, 5, 12, 0, 0, 1, time.UTC),
+				Local:     netip.MustParseAddrPort("127.0.0.1:0"),
+				Remote:    netip.MustParseAddrPort("127.0.0.1:5000"),
+				Direction: event.DirectionOutbound, Ephemeral: true,
+				Errno: unix.EADDRNOTAVAIL,
+			},
+		},
+		{
+			name: "bind_failed",
+			rec: portlifeEvent{
+				Laddr: mapped("0.0.0.0"), Raddr: mapped("0.0.0.0"),
+				StartNs: 5, EndNs: 9, Lport: 0, Rport: 0,
+				Error: int32(unix.EADDRINUSE),
+				Kind:  kBind, Proto: unix.IPPROTO_UDP, Family: 4, Direction: dOut,
+				PidSource: uint8(portlifePidSourcePID_SOURCE_BIND),
+				Flags:     fSyscall | fEph,
+			},
+			want: event.Event{
+				Kind: event.KindBindFailed, Proto: event.ProtoUDP,
+				Time:      time.Date(2024, 3, 5, 12, 0, 0, 9, time.UTC),
+				Start:     time.Date(2024, 3, 5, 12, 0, 0, 5, time.UTC),
+				PIDSource: event.PIDSourceBind,
+				Local:     netip.MustParseAddrPort("0.0.0.0:0"),
+				Remote:    netip.MustParseAddrPort("0.0.0.0:0"),
+				Direction: event.DirectionOutbound, Ephemeral: true,
+				Errno: unix.EADDRINUSE, InCall: true,
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := testDecoder()
 			// Start from a dirty Event: decode must overwrite every field,
 			// because the Tracer reuses one event.Event for all records.
-			got := event.Event{Reset: true, TimeWait: true, PreExisting: true, Connected: true, Ephemeral: true,
-				Start: time.Now(), Established: time.Now(), Errno: unix.EIO, Comm: event.Comm{'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x'}}
+			got := event.Event{Reset: true, TimeWait: true, PreExisting: true, Connected: true, Ephemeral: true, InCall: true,
+				ListenerPID: 9, Start: time.Now(), Established: time.Now(), Errno: unix.EIO, Comm: event.Comm{'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x'}}
 			if err := d.decode(rawRecord(&tt.rec), &got); err != nil {
 				t.Fatalf("decode: %v", err)
 			}
@@ -390,14 +472,14 @@ func TestDecodeThreadName(t *testing.T) {
 	}
 }
 
-// The C struct event (bpf/portlife.h) is 168 bytes with no implicit padding;
+// The C struct event (bpf/portlife.h) is 176 bytes with no implicit padding;
 // if the generated Go type drifts, decode's cast reads garbage.
 func TestEventSize(t *testing.T) {
-	if got := unsafe.Sizeof(portlifeEvent{}); got != 168 {
-		t.Errorf("unsafe.Sizeof(portlifeEvent{}) = %d, want 168 as in bpf/portlife.h", got)
+	if got := unsafe.Sizeof(portlifeEvent{}); got != 176 {
+		t.Errorf("unsafe.Sizeof(portlifeEvent{}) = %d, want 176 as in bpf/portlife.h", got)
 	}
-	if recordSize != 168 {
-		t.Errorf("recordSize = %d, want 168", recordSize)
+	if recordSize != 176 {
+		t.Errorf("recordSize = %d, want 176", recordSize)
 	}
 	var e portlifeEvent
 	for _, f := range []struct {
@@ -407,10 +489,11 @@ func TestEventSize(t *testing.T) {
 		{"cookie", unsafe.Offsetof(e.Cookie), 32},
 		{"pid", unsafe.Offsetof(e.Pid), 88},
 		{"error", unsafe.Offsetof(e.Error), 120},
-		{"lport", unsafe.Offsetof(e.Lport), 124},
-		{"kind", unsafe.Offsetof(e.Kind), 128},
-		{"comm", unsafe.Offsetof(e.Comm), 136},
-		{"thread", unsafe.Offsetof(e.Thread), 152},
+		{"listener_pid", unsafe.Offsetof(e.ListenerPid), 124},
+		{"lport", unsafe.Offsetof(e.Lport), 132},
+		{"kind", unsafe.Offsetof(e.Kind), 136},
+		{"comm", unsafe.Offsetof(e.Comm), 144},
+		{"thread", unsafe.Offsetof(e.Thread), 160},
 	} {
 		if f.got != f.want {
 			t.Errorf("offset of %s = %d, want %d", f.name, f.got, f.want)

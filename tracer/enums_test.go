@@ -25,6 +25,7 @@ func TestEnumsMatchKernel(t *testing.T) {
 			"EVENT_OPEN":           uint64(event.KindOpen),
 			"EVENT_CLOSE":          uint64(event.KindClose),
 			"EVENT_CONNECT_FAILED": uint64(event.KindConnectFailed),
+			"EVENT_BIND_FAILED":    uint64(event.KindBindFailed),
 		}},
 		{"direction", map[string]uint64{
 			"DIRECTION_UNKNOWN":  uint64(event.DirectionUnknown),
@@ -38,6 +39,8 @@ func TestEnumsMatchKernel(t *testing.T) {
 			"PID_SOURCE_CLOSE":    uint64(event.PIDSourceClose),
 			"PID_SOURCE_SOCKET":   uint64(event.PIDSourceSocket),
 			"PID_SOURCE_FD_OWNER": uint64(event.PIDSourceFDOwner),
+			"PID_SOURCE_BIND":     uint64(event.PIDSourceBind),
+			"PID_SOURCE_READER":   uint64(event.PIDSourceReader),
 		}},
 		{"closed_by", map[string]uint64{
 			"CLOSED_BY_UNKNOWN": uint64(event.ClosedByUnknown),

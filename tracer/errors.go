@@ -17,6 +17,10 @@ var (
 	ErrPermission = errors.New("portlife needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN: run it with sudo")
 	ErrNoBTF      = errors.New("this kernel has no BTF at /sys/kernel/btf/vmlinux: portlife needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
 	ErrOldKernel  = errors.New("this kernel lacks a feature portlife needs: run it on Linux 6.3 or later")
+	// The syscall tracepoints come with CONFIG_FTRACE_SYSCALLS, which some
+	// kernels leave out; only connect_failed and bind_failed need them.
+	ErrNoSyscallTracepoints = errors.New("this kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS): " +
+		"leave connect_failed and bind_failed out of --events")
 )
 
 const btfPath = "/sys/kernel/btf/vmlinux"

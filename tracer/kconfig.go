@@ -28,6 +28,13 @@ func kernelConfig(f *event.Filter, wakeupBytes uint64) portlifeConfig {
 		c.Rports[i].Lo, c.Rports[i].Hi = r.Lo, r.Hi
 	}
 	c.N_rports = uint8(len(f.RemotePorts))
+	// Most hooks are attached per protocol; the syscall hooks see both.
+	if f.WantsProto(event.ProtoTCP) {
+		c.Protos |= uint8(portlifeTracedProtoTRACED_TCP)
+	}
+	if f.WantsProto(event.ProtoUDP) {
+		c.Protos |= uint8(portlifeTracedProtoTRACED_UDP)
+	}
 	c.Family = uint8(f.Family)
 	c.Direction = uint8(f.Direction)
 	c.EphemeralOnly = boolByte(f.EphemeralOnly)

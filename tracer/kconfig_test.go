@@ -10,16 +10,19 @@ import (
 
 func TestKernelConfig(t *testing.T) {
 	const (
-		bitOpen   = 1 << 1 // 1 << EVENT_OPEN
-		bitClose  = 1 << 2 // 1 << EVENT_CLOSE
-		bitFailed = 1 << 3 // 1 << EVENT_CONNECT_FAILED
+		bitOpen    = 1 << 1 // 1 << EVENT_OPEN
+		bitClose   = 1 << 2 // 1 << EVENT_CLOSE
+		bitFailed  = 1 << 3 // 1 << EVENT_CONNECT_FAILED
+		bitBind    = 1 << 4 // 1 << EVENT_BIND_FAILED
+		bothProtos = uint8(portlifeTracedProtoTRACED_TCP | portlifeTracedProtoTRACED_UDP)
 	)
 
 	t.Run("zero filter sends every kind and matches everything", func(t *testing.T) {
 		var f event.Filter
 		var want portlifeConfig
 		want.WakeupBytes = 4096
-		want.Events = bitOpen | bitClose | bitFailed
+		want.Events = bitOpen | bitClose | bitFailed | bitBind
+		want.Protos = bothProtos
 		if got := kernelConfig(&f, 4096); got != want {
 			t.Errorf("kernelConfig:\n got  %+v\n want %+v", got, want)
 		}
@@ -29,7 +32,7 @@ func TestKernelConfig(t *testing.T) {
 		f := event.Filter{
 			PID:           4242,
 			Comm:          "nginx",
-			Protos:        []event.Proto{event.ProtoTCP}, // applied by attaching, not in the config
+			Protos:        []event.Proto{event.ProtoTCP}, // by attaching, and for the syscall hooks that see both
 			Family:        6,
 			Direction:     event.DirectionInbound,
 			LocalPorts:    []event.PortRange{{Lo: 443, Hi: 443}, {Lo: 8000, Hi: 8999}},
@@ -49,6 +52,7 @@ func TestKernelConfig(t *testing.T) {
 		want.N_lports = 2
 		want.Rports[0].Lo, want.Rports[0].Hi = 53, 53
 		want.N_rports = 1
+		want.Protos = uint8(portlifeTracedProtoTRACED_TCP)
 		want.Family = 6
 		want.Direction = uint8(portlifeDirectionDIRECTION_INBOUND)
 		want.EphemeralOnly = 1
@@ -64,7 +68,7 @@ func TestKernelConfig(t *testing.T) {
 		for _, tt := range []struct {
 			k    event.Kind
 			want uint32
-		}{{event.KindOpen, bitOpen}, {event.KindClose, bitClose}, {event.KindConnectFailed, bitFailed}} {
+		}{{event.KindOpen, bitOpen}, {event.KindClose, bitClose}, {event.KindConnectFailed, bitFailed}, {event.KindBindFailed, bitBind}} {
 			f := event.Filter{Kinds: []event.Kind{tt.k}}
 			if got := kernelConfig(&f, 0).Events; got != tt.want {
 				t.Errorf("Kinds [%v]: events = %#x, want %#x", tt.k, got, tt.want)
@@ -97,6 +101,18 @@ func TestKernelConfig(t *testing.T) {
 		last := ranges(event.MaxPortRanges)[event.MaxPortRanges-1]
 		if c.Lports[event.MaxPortRanges-1].Lo != last.Lo || c.Rports[event.MaxPortRanges-1].Hi != last.Hi {
 			t.Errorf("last ranges = %+v %+v, want %v", c.Lports[event.MaxPortRanges-1], c.Rports[event.MaxPortRanges-1], last)
+		}
+	})
+
+	t.Run("each protocol sets its bit", func(t *testing.T) {
+		for _, tt := range []struct {
+			p    event.Proto
+			want uint8
+		}{{event.ProtoTCP, uint8(portlifeTracedProtoTRACED_TCP)}, {event.ProtoUDP, uint8(portlifeTracedProtoTRACED_UDP)}} {
+			f := event.Filter{Protos: []event.Proto{tt.p}}
+			if got := kernelConfig(&f, 0).Protos; got != tt.want {
+				t.Errorf("Protos [%v]: protos = %#x, want %#x", tt.p, got, tt.want)
+			}
 		}
 	})
 

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -112,6 +113,12 @@ func runHelper(role, arg string) error {
 		return netnsConns(arg)
 	case "named":
 		return namedThreadConns(arg)
+	case "calls":
+		return failCalls(arg)
+	case "prefork":
+		return prefork(arg)
+	case "preforkworker":
+		return preforkWorker()
 	}
 	return fmt.Errorf("unknown role %q", role)
 }
@@ -279,4 +286,13 @@ func linkUp(name string) error {
 		return fmt.Errorf("bringing %s up: %w", name, err)
 	}
 	return nil
+}
+
+// setComm names the calling thread, and locks the goroutine to it: the
+// kernel keeps a name per thread, and the calls that follow must come from
+// the named one.
+func setComm(name string) error {
+	runtime.LockOSThread()
+	b := append([]byte(name), 0)
+	return unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&b[0])), 0, 0, 0)
 }

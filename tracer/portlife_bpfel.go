@@ -13,6 +13,17 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type portlifeCall struct {
+	_       structs.HostLayout
+	Sk      uint64
+	Addr    uint64
+	StartNs uint64
+	Addrlen uint32
+	Kind    uint8
+	Active  uint8
+	Pad     [2]uint8
+}
+
 type portlifeClosedBy uint32
 
 const (
@@ -44,7 +55,7 @@ type portlifeConfig struct {
 	EphemeralOnly uint8
 	MatchRaddr    uint8
 	MatchComm     uint8
-	Pad           uint8
+	Protos        uint8
 	Comm          [16]int8
 }
 
@@ -99,6 +110,8 @@ type portlifeEvent struct {
 	Retransmits   uint32
 	Destinations  uint32
 	Error         int32
+	ListenerPid   uint32
+	Pad           uint32
 	Lport         uint16
 	Rport         uint16
 	Kind          uint8
@@ -122,6 +135,7 @@ const (
 	portlifeEventFlagEVENT_F_PRE_EXISTING   portlifeEventFlag = 8
 	portlifeEventFlagEVENT_F_CONNECTED      portlifeEventFlag = 16
 	portlifeEventFlagEVENT_F_EPHEMERAL      portlifeEventFlag = 32
+	portlifeEventFlagEVENT_F_SYSCALL        portlifeEventFlag = 64
 )
 
 type portlifeEventKind uint32
@@ -130,6 +144,7 @@ const (
 	portlifeEventKindEVENT_OPEN           portlifeEventKind = 1
 	portlifeEventKindEVENT_CLOSE          portlifeEventKind = 2
 	portlifeEventKindEVENT_CONNECT_FAILED portlifeEventKind = 3
+	portlifeEventKindEVENT_BIND_FAILED    portlifeEventKind = 4
 )
 
 type portlifeListenKey struct {
@@ -156,6 +171,8 @@ const (
 	portlifePidSourcePID_SOURCE_CLOSE    portlifePidSource = 3
 	portlifePidSourcePID_SOURCE_SOCKET   portlifePidSource = 4
 	portlifePidSourcePID_SOURCE_FD_OWNER portlifePidSource = 5
+	portlifePidSourcePID_SOURCE_BIND     portlifePidSource = 6
+	portlifePidSourcePID_SOURCE_READER   portlifePidSource = 7
 )
 
 type portlifeRaddrKey struct {
@@ -164,39 +181,53 @@ type portlifeRaddrKey struct {
 	Addr      [16]uint8
 }
 
+type portlifeTracedProto uint32
+
+const (
+	portlifeTracedProtoTRACED_TCP portlifeTracedProto = 1
+	portlifeTracedProtoTRACED_UDP portlifeTracedProto = 2
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	portlifeMapConns            = "conns"
-	portlifeMapDestSets         = "dest_sets"
-	portlifeMapDrops            = "drops"
-	portlifeMapEvents           = "events"
-	portlifeMapFdOwners         = "fd_owners"
-	portlifeMapListenPorts      = "listen_ports"
-	portlifeMapRaddrNets        = "raddr_nets"
-	portlifeProgTcpDestroy      = "tcp_destroy"
-	portlifeProgTcpExisting     = "tcp_existing"
-	portlifeProgTcpRstRecv      = "tcp_rst_recv"
-	portlifeProgTcpRstSent      = "tcp_rst_sent"
-	portlifeProgTcpState        = "tcp_state"
-	portlifeProgUdpBind4        = "udp_bind4"
-	portlifeProgUdpBind6        = "udp_bind6"
-	portlifeProgUdpBound4       = "udp_bound4"
-	portlifeProgUdpBound6       = "udp_bound6"
-	portlifeProgUdpExisting     = "udp_existing"
-	portlifeProgUdpRecvd        = "udp_recvd"
-	portlifeProgUdpRelease      = "udp_release"
-	portlifeProgUdpSend4        = "udp_send4"
-	portlifeProgUdpSend6        = "udp_send6"
-	portlifeProgUdpSent         = "udp_sent"
-	portlifeVarCfg              = "cfg"
-	portlifeVarUnusedClosedBy   = "unused_closed_by"
-	portlifeVarUnusedDirection  = "unused_direction"
-	portlifeVarUnusedDropReason = "unused_drop_reason"
-	portlifeVarUnusedEventFlag  = "unused_event_flag"
-	portlifeVarUnusedEventKind  = "unused_event_kind"
-	portlifeVarUnusedPidSource  = "unused_pid_source"
+	portlifeMapCalls             = "calls"
+	portlifeMapConns             = "conns"
+	portlifeMapDestSets          = "dest_sets"
+	portlifeMapDrops             = "drops"
+	portlifeMapEvents            = "events"
+	portlifeMapFdOwners          = "fd_owners"
+	portlifeMapListenPorts       = "listen_ports"
+	portlifeMapRaddrNets         = "raddr_nets"
+	portlifeProgBindEnter        = "bind_enter"
+	portlifeProgBindExit         = "bind_exit"
+	portlifeProgConnectEnter     = "connect_enter"
+	portlifeProgConnectExit      = "connect_exit"
+	portlifeProgTcpDestroy       = "tcp_destroy"
+	portlifeProgTcpExisting      = "tcp_existing"
+	portlifeProgTcpRead          = "tcp_read"
+	portlifeProgTcpRstRecv       = "tcp_rst_recv"
+	portlifeProgTcpRstSent       = "tcp_rst_sent"
+	portlifeProgTcpState         = "tcp_state"
+	portlifeProgUdpBind4         = "udp_bind4"
+	portlifeProgUdpBind6         = "udp_bind6"
+	portlifeProgUdpBound4        = "udp_bound4"
+	portlifeProgUdpBound6        = "udp_bound6"
+	portlifeProgUdpExisting      = "udp_existing"
+	portlifeProgUdpRecvd         = "udp_recvd"
+	portlifeProgUdpRelease       = "udp_release"
+	portlifeProgUdpSend4         = "udp_send4"
+	portlifeProgUdpSend6         = "udp_send6"
+	portlifeProgUdpSent          = "udp_sent"
+	portlifeVarCfg               = "cfg"
+	portlifeVarUnusedClosedBy    = "unused_closed_by"
+	portlifeVarUnusedDirection   = "unused_direction"
+	portlifeVarUnusedDropReason  = "unused_drop_reason"
+	portlifeVarUnusedEventFlag   = "unused_event_flag"
+	portlifeVarUnusedEventKind   = "unused_event_kind"
+	portlifeVarUnusedPidSource   = "unused_pid_source"
+	portlifeVarUnusedTracedProto = "unused_traced_proto"
 )
 
 // loadPortlife returns the embedded CollectionSpec for portlife.
@@ -241,27 +272,33 @@ type portlifeSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type portlifeProgramSpecs struct {
-	TcpDestroy  *ebpf.ProgramSpec `ebpf:"tcp_destroy"`
-	TcpExisting *ebpf.ProgramSpec `ebpf:"tcp_existing"`
-	TcpRstRecv  *ebpf.ProgramSpec `ebpf:"tcp_rst_recv"`
-	TcpRstSent  *ebpf.ProgramSpec `ebpf:"tcp_rst_sent"`
-	TcpState    *ebpf.ProgramSpec `ebpf:"tcp_state"`
-	UdpBind4    *ebpf.ProgramSpec `ebpf:"udp_bind4"`
-	UdpBind6    *ebpf.ProgramSpec `ebpf:"udp_bind6"`
-	UdpBound4   *ebpf.ProgramSpec `ebpf:"udp_bound4"`
-	UdpBound6   *ebpf.ProgramSpec `ebpf:"udp_bound6"`
-	UdpExisting *ebpf.ProgramSpec `ebpf:"udp_existing"`
-	UdpRecvd    *ebpf.ProgramSpec `ebpf:"udp_recvd"`
-	UdpRelease  *ebpf.ProgramSpec `ebpf:"udp_release"`
-	UdpSend4    *ebpf.ProgramSpec `ebpf:"udp_send4"`
-	UdpSend6    *ebpf.ProgramSpec `ebpf:"udp_send6"`
-	UdpSent     *ebpf.ProgramSpec `ebpf:"udp_sent"`
+	BindEnter    *ebpf.ProgramSpec `ebpf:"bind_enter"`
+	BindExit     *ebpf.ProgramSpec `ebpf:"bind_exit"`
+	ConnectEnter *ebpf.ProgramSpec `ebpf:"connect_enter"`
+	ConnectExit  *ebpf.ProgramSpec `ebpf:"connect_exit"`
+	TcpDestroy   *ebpf.ProgramSpec `ebpf:"tcp_destroy"`
+	TcpExisting  *ebpf.ProgramSpec `ebpf:"tcp_existing"`
+	TcpRead      *ebpf.ProgramSpec `ebpf:"tcp_read"`
+	TcpRstRecv   *ebpf.ProgramSpec `ebpf:"tcp_rst_recv"`
+	TcpRstSent   *ebpf.ProgramSpec `ebpf:"tcp_rst_sent"`
+	TcpState     *ebpf.ProgramSpec `ebpf:"tcp_state"`
+	UdpBind4     *ebpf.ProgramSpec `ebpf:"udp_bind4"`
+	UdpBind6     *ebpf.ProgramSpec `ebpf:"udp_bind6"`
+	UdpBound4    *ebpf.ProgramSpec `ebpf:"udp_bound4"`
+	UdpBound6    *ebpf.ProgramSpec `ebpf:"udp_bound6"`
+	UdpExisting  *ebpf.ProgramSpec `ebpf:"udp_existing"`
+	UdpRecvd     *ebpf.ProgramSpec `ebpf:"udp_recvd"`
+	UdpRelease   *ebpf.ProgramSpec `ebpf:"udp_release"`
+	UdpSend4     *ebpf.ProgramSpec `ebpf:"udp_send4"`
+	UdpSend6     *ebpf.ProgramSpec `ebpf:"udp_send6"`
+	UdpSent      *ebpf.ProgramSpec `ebpf:"udp_sent"`
 }
 
 // portlifeMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type portlifeMapSpecs struct {
+	Calls       *ebpf.MapSpec `ebpf:"calls"`
 	Conns       *ebpf.MapSpec `ebpf:"conns"`
 	DestSets    *ebpf.MapSpec `ebpf:"dest_sets"`
 	Drops       *ebpf.MapSpec `ebpf:"drops"`
@@ -275,13 +312,14 @@ type portlifeMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type portlifeVariableSpecs struct {
-	Cfg              *ebpf.VariableSpec `ebpf:"cfg"`
-	UnusedClosedBy   *ebpf.VariableSpec `ebpf:"unused_closed_by"`
-	UnusedDirection  *ebpf.VariableSpec `ebpf:"unused_direction"`
-	UnusedDropReason *ebpf.VariableSpec `ebpf:"unused_drop_reason"`
-	UnusedEventFlag  *ebpf.VariableSpec `ebpf:"unused_event_flag"`
-	UnusedEventKind  *ebpf.VariableSpec `ebpf:"unused_event_kind"`
-	UnusedPidSource  *ebpf.VariableSpec `ebpf:"unused_pid_source"`
+	Cfg               *ebpf.VariableSpec `ebpf:"cfg"`
+	UnusedClosedBy    *ebpf.VariableSpec `ebpf:"unused_closed_by"`
+	UnusedDirection   *ebpf.VariableSpec `ebpf:"unused_direction"`
+	UnusedDropReason  *ebpf.VariableSpec `ebpf:"unused_drop_reason"`
+	UnusedEventFlag   *ebpf.VariableSpec `ebpf:"unused_event_flag"`
+	UnusedEventKind   *ebpf.VariableSpec `ebpf:"unused_event_kind"`
+	UnusedPidSource   *ebpf.VariableSpec `ebpf:"unused_pid_source"`
+	UnusedTracedProto *ebpf.VariableSpec `ebpf:"unused_traced_proto"`
 }
 
 // portlifeObjects contains all objects after they have been loaded into the kernel.
@@ -304,6 +342,7 @@ func (o *portlifeObjects) Close() error {
 //
 // It can be passed to loadPortlifeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portlifeMaps struct {
+	Calls       *ebpf.Map `ebpf:"calls"`
 	Conns       *ebpf.Map `ebpf:"conns"`
 	DestSets    *ebpf.Map `ebpf:"dest_sets"`
 	Drops       *ebpf.Map `ebpf:"drops"`
@@ -315,6 +354,7 @@ type portlifeMaps struct {
 
 func (m *portlifeMaps) Close() error {
 	return _PortlifeClose(
+		m.Calls,
 		m.Conns,
 		m.DestSets,
 		m.Drops,
@@ -329,40 +369,51 @@ func (m *portlifeMaps) Close() error {
 //
 // It can be passed to loadPortlifeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portlifeVariables struct {
-	Cfg              *ebpf.Variable `ebpf:"cfg"`
-	UnusedClosedBy   *ebpf.Variable `ebpf:"unused_closed_by"`
-	UnusedDirection  *ebpf.Variable `ebpf:"unused_direction"`
-	UnusedDropReason *ebpf.Variable `ebpf:"unused_drop_reason"`
-	UnusedEventFlag  *ebpf.Variable `ebpf:"unused_event_flag"`
-	UnusedEventKind  *ebpf.Variable `ebpf:"unused_event_kind"`
-	UnusedPidSource  *ebpf.Variable `ebpf:"unused_pid_source"`
+	Cfg               *ebpf.Variable `ebpf:"cfg"`
+	UnusedClosedBy    *ebpf.Variable `ebpf:"unused_closed_by"`
+	UnusedDirection   *ebpf.Variable `ebpf:"unused_direction"`
+	UnusedDropReason  *ebpf.Variable `ebpf:"unused_drop_reason"`
+	UnusedEventFlag   *ebpf.Variable `ebpf:"unused_event_flag"`
+	UnusedEventKind   *ebpf.Variable `ebpf:"unused_event_kind"`
+	UnusedPidSource   *ebpf.Variable `ebpf:"unused_pid_source"`
+	UnusedTracedProto *ebpf.Variable `ebpf:"unused_traced_proto"`
 }
 
 // portlifePrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadPortlifeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portlifePrograms struct {
-	TcpDestroy  *ebpf.Program `ebpf:"tcp_destroy"`
-	TcpExisting *ebpf.Program `ebpf:"tcp_existing"`
-	TcpRstRecv  *ebpf.Program `ebpf:"tcp_rst_recv"`
-	TcpRstSent  *ebpf.Program `ebpf:"tcp_rst_sent"`
-	TcpState    *ebpf.Program `ebpf:"tcp_state"`
-	UdpBind4    *ebpf.Program `ebpf:"udp_bind4"`
-	UdpBind6    *ebpf.Program `ebpf:"udp_bind6"`
-	UdpBound4   *ebpf.Program `ebpf:"udp_bound4"`
-	UdpBound6   *ebpf.Program `ebpf:"udp_bound6"`
-	UdpExisting *ebpf.Program `ebpf:"udp_existing"`
-	UdpRecvd    *ebpf.Program `ebpf:"udp_recvd"`
-	UdpRelease  *ebpf.Program `ebpf:"udp_release"`
-	UdpSend4    *ebpf.Program `ebpf:"udp_send4"`
-	UdpSend6    *ebpf.Program `ebpf:"udp_send6"`
-	UdpSent     *ebpf.Program `ebpf:"udp_sent"`
+	BindEnter    *ebpf.Program `ebpf:"bind_enter"`
+	BindExit     *ebpf.Program `ebpf:"bind_exit"`
+	ConnectEnter *ebpf.Program `ebpf:"connect_enter"`
+	ConnectExit  *ebpf.Program `ebpf:"connect_exit"`
+	TcpDestroy   *ebpf.Program `ebpf:"tcp_destroy"`
+	TcpExisting  *ebpf.Program `ebpf:"tcp_existing"`
+	TcpRead      *ebpf.Program `ebpf:"tcp_read"`
+	TcpRstRecv   *ebpf.Program `ebpf:"tcp_rst_recv"`
+	TcpRstSent   *ebpf.Program `ebpf:"tcp_rst_sent"`
+	TcpState     *ebpf.Program `ebpf:"tcp_state"`
+	UdpBind4     *ebpf.Program `ebpf:"udp_bind4"`
+	UdpBind6     *ebpf.Program `ebpf:"udp_bind6"`
+	UdpBound4    *ebpf.Program `ebpf:"udp_bound4"`
+	UdpBound6    *ebpf.Program `ebpf:"udp_bound6"`
+	UdpExisting  *ebpf.Program `ebpf:"udp_existing"`
+	UdpRecvd     *ebpf.Program `ebpf:"udp_recvd"`
+	UdpRelease   *ebpf.Program `ebpf:"udp_release"`
+	UdpSend4     *ebpf.Program `ebpf:"udp_send4"`
+	UdpSend6     *ebpf.Program `ebpf:"udp_send6"`
+	UdpSent      *ebpf.Program `ebpf:"udp_sent"`
 }
 
 func (p *portlifePrograms) Close() error {
 	return _PortlifeClose(
+		p.BindEnter,
+		p.BindExit,
+		p.ConnectEnter,
+		p.ConnectExit,
 		p.TcpDestroy,
 		p.TcpExisting,
+		p.TcpRead,
 		p.TcpRstRecv,
 		p.TcpRstSent,
 		p.TcpState,

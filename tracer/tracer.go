@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,8 +81,11 @@ type Tracer struct {
 	cgroupRoot string
 	// ownMount is a cgroup v2 mount portlife made, to unmount at Close.
 	ownMount string
-	objs     portlifeObjects
-	reader   *ringbuf.Reader
+	// tracefs is where tracefs is mounted, once the syscall hooks needed it;
+	// ownTracefs is set if portlife mounted it, to unmount at Close.
+	tracefs, ownTracefs string
+	objs                portlifeObjects
+	reader              *ringbuf.Reader
 
 	mu     sync.Mutex // guards links: Run detaches while Close may run
 	links  []link.Link
@@ -164,44 +168,79 @@ func (t *Tracer) load() error {
 
 // hook is one attachment point, named as an error message should name it.
 type hook struct {
-	name   string
-	proto  event.Proto
-	prog   *ebpf.Program
-	cgroup ebpf.AttachType // for cgroup hooks; 0 for tracepoints
+	name string
+	prog *ebpf.Program
+	// how: a BTF tracepoint (tp_btf), a cgroup hook on the cgroup v2 root,
+	// or a classic tracepoint (group:event, whose id is read from tracefs).
+	how    attachKind
+	cgroup ebpf.AttachType
+	wanted bool // the filter needs it
 }
+
+type attachKind int
+
+const (
+	attachTracing attachKind = iota
+	attachCgroup
+	attachTracepoint
+)
 
 func (t *Tracer) hooks() []hook {
 	p := &t.objs.portlifePrograms
+	f := &t.cfg.Filter
+	tcp, udp := f.WantsProto(event.ProtoTCP), f.WantsProto(event.ProtoUDP)
+	// The syscall hooks see TCP and UDP sockets both.
+	connects := f.WantsKind(event.KindConnectFailed)
+	binds := f.WantsKind(event.KindBindFailed)
 	return []hook{
-		{"sock:inet_sock_set_state", event.ProtoTCP, p.TcpState, 0},
-		{"tcp:tcp_send_reset", event.ProtoTCP, p.TcpRstSent, 0},
-		{"tcp:tcp_receive_reset", event.ProtoTCP, p.TcpRstRecv, 0},
-		{"tcp:tcp_destroy_sock", event.ProtoTCP, p.TcpDestroy, 0},
-		{"cgroup/bind4", event.ProtoUDP, p.UdpBind4, ebpf.AttachCGroupInet4Bind},
-		{"cgroup/bind6", event.ProtoUDP, p.UdpBind6, ebpf.AttachCGroupInet6Bind},
-		{"cgroup/post_bind4", event.ProtoUDP, p.UdpBound4, ebpf.AttachCGroupInet4PostBind},
-		{"cgroup/post_bind6", event.ProtoUDP, p.UdpBound6, ebpf.AttachCGroupInet6PostBind},
-		{"cgroup/sendmsg4", event.ProtoUDP, p.UdpSend4, ebpf.AttachCGroupUDP4Sendmsg},
-		{"cgroup/sendmsg6", event.ProtoUDP, p.UdpSend6, ebpf.AttachCGroupUDP6Sendmsg},
-		{"sock:sock_send_length", event.ProtoUDP, p.UdpSent, 0},
-		{"sock:sock_recv_length", event.ProtoUDP, p.UdpRecvd, 0},
-		{"cgroup/sock_release", event.ProtoUDP, p.UdpRelease, ebpf.AttachCgroupInetSockRelease},
+		{"sock:inet_sock_set_state", p.TcpState, attachTracing, 0, tcp},
+		{"tcp:tcp_send_reset", p.TcpRstSent, attachTracing, 0, tcp},
+		{"tcp:tcp_receive_reset", p.TcpRstRecv, attachTracing, 0, tcp},
+		{"tcp:tcp_destroy_sock", p.TcpDestroy, attachTracing, 0, tcp},
+		// Who serves an accepted connection shows in its close alone.
+		{"sock:sock_recv_length (TCP)", p.TcpRead, attachTracing, 0, tcp && f.WantsKind(event.KindClose)},
+		{"cgroup/bind4", p.UdpBind4, attachCgroup, ebpf.AttachCGroupInet4Bind, udp},
+		{"cgroup/bind6", p.UdpBind6, attachCgroup, ebpf.AttachCGroupInet6Bind, udp},
+		{"cgroup/post_bind4", p.UdpBound4, attachCgroup, ebpf.AttachCGroupInet4PostBind, udp},
+		{"cgroup/post_bind6", p.UdpBound6, attachCgroup, ebpf.AttachCGroupInet6PostBind, udp},
+		{"cgroup/sendmsg4", p.UdpSend4, attachCgroup, ebpf.AttachCGroupUDP4Sendmsg, udp},
+		{"cgroup/sendmsg6", p.UdpSend6, attachCgroup, ebpf.AttachCGroupUDP6Sendmsg, udp},
+		{"sock:sock_send_length", p.UdpSent, attachTracing, 0, udp},
+		{"sock:sock_recv_length", p.UdpRecvd, attachTracing, 0, udp},
+		{"cgroup/sock_release", p.UdpRelease, attachCgroup, ebpf.AttachCgroupInetSockRelease, udp},
+		// Each exit before its entry, and after the TCP hooks (a TCP connect
+		// hands its call over at SYN_SENT): every call an entry records is
+		// seen by its exit. Detaching goes in reverse.
+		{"syscalls:sys_exit_connect", p.ConnectExit, attachTracepoint, 0, connects},
+		{"syscalls:sys_enter_connect", p.ConnectEnter, attachTracepoint, 0, connects},
+		{"syscalls:sys_exit_bind", p.BindExit, attachTracepoint, 0, binds},
+		{"syscalls:sys_enter_bind", p.BindEnter, attachTracepoint, 0, binds},
 	}
 }
 
 func (t *Tracer) attach() error {
 	for _, h := range t.hooks() {
-		if !t.cfg.Filter.WantsProto(h.proto) {
+		if !h.wanted {
 			continue
 		}
 		var (
 			l   link.Link
 			err error
 		)
-		if h.cgroup != 0 {
+		switch h.how {
+		case attachCgroup:
 			// The root of the cgroup v2 tree: every socket on the host.
 			l, err = link.AttachCgroup(link.CgroupOptions{Path: t.cgroupRoot, Attach: h.cgroup, Program: h.prog})
-		} else {
+		case attachTracepoint:
+			if err := t.findTracefs(); err != nil {
+				return err
+			}
+			group, name, _ := strings.Cut(h.name, ":")
+			l, err = link.Tracepoint(group, name, h.prog, nil)
+			if errors.Is(err, os.ErrNotExist) {
+				err = fmt.Errorf("%w (%v)", ErrNoSyscallTracepoints, err)
+			}
+		default:
 			l, err = link.AttachTracing(link.TracingOptions{Program: h.prog})
 		}
 		if err != nil {
@@ -380,6 +419,9 @@ func (t *Tracer) Close() error {
 	if t.ownMount != "" {
 		errs = append(errs, unmountCgroup(t.ownMount))
 		t.ownMount = ""
+	}
+	if t.ownTracefs != "" {
+		errs = append(errs, t.unmountTracefs())
 	}
 	return errors.Join(errs...)
 }

@@ -19,7 +19,7 @@ import (
 // that filters (trace now; top and query next). The rules behind them live
 // in internal/event, with Filter.Validate.
 func addFilterFlags(fs *pflag.FlagSet, f *event.Filter) {
-	fs.Var(event.KindsValue(&f.Kinds), "events", "event kinds to print: open, close, connect_failed (default all)")
+	fs.Var(event.KindsValue(&f.Kinds), "events", "event kinds to print: open, close, connect_failed, bind_failed (default all)")
 	fs.Var(event.ProtosValue(&f.Protos), "proto", "protocols to trace: tcp, udp (default both)")
 	fs.Var(event.PIDValue{P: &f.PID}, "pid", "only this process (its PID, the thread group id)")
 	fs.Var(event.CommValue{P: &f.Comm}, "comm", "only processes with this exact command name (at most 15 bytes, as in /proc/PID/comm)")

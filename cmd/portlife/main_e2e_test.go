@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -154,7 +155,8 @@ func roundTrip(t *testing.T) (client, server net.Addr) {
 var required = map[string][]string{
 	"open":           {"ts", "event", "proto", "family", "pid", "comm", "uid", "laddr", "lport", "raddr", "rport", "direction", "ephemeral"},
 	"close":          {"ts", "event", "proto", "family", "pid", "comm", "uid", "laddr", "lport", "raddr", "rport", "direction", "ephemeral", "duration_ms", "tx_bytes", "rx_bytes", "closed_by"},
-	"connect_failed": {"ts", "event", "proto", "family", "pid", "comm", "uid", "laddr", "lport", "raddr", "rport", "direction", "ephemeral", "reason"},
+	"connect_failed": {"ts", "event", "proto", "family", "pid", "comm", "uid", "laddr", "lport", "raddr", "rport", "direction", "ephemeral", "reason", "errno"},
+	"bind_failed":    {"ts", "event", "proto", "family", "pid", "comm", "uid", "laddr", "lport", "raddr", "rport", "direction", "ephemeral", "reason", "errno"},
 }
 
 func TestJSONOutputAndCleanExit(t *testing.T) {
@@ -226,8 +228,8 @@ func TestKilledLeavesNothingAttached(t *testing.T) {
 	for _, n := range loaded {
 		names[n] = true
 	}
-	if !names["udp_release"] || !names["tcp_state"] {
-		t.Fatalf("loaded %v: want both the TCP and the UDP (cgroup) programs", loaded)
+	if !names["udp_release"] || !names["tcp_state"] || !names["connect_exit"] {
+		t.Fatalf("loaded %v: want the TCP, the UDP (cgroup) and the syscall tracepoint programs", loaded)
 	}
 	p.cmd.Process.Kill()
 	p.cmd.Wait()
@@ -314,6 +316,8 @@ var programNames = map[string]bool{
 	"tcp_state": true, "tcp_rst_sent": true, "tcp_rst_recv": true, "tcp_destroy": true, "tcp_existing": true,
 	"udp_bind4": true, "udp_bind6": true,
 	"udp_send4": true, "udp_send6": true, "udp_recv4": true, "udp_recv6": true, "udp_release": true,
+	"tcp_read":      true,
+	"connect_enter": true, "connect_exit": true, "bind_enter": true, "bind_exit": true,
 }
 
 // ourPrograms lists the loaded programs that bear portlife's names.
@@ -408,4 +412,77 @@ func TestClosedStdoutEndsTheRun(t *testing.T) {
 	if left := stillLoaded(loaded); len(left) > 0 {
 		t.Errorf("programs still loaded after exit: %v", left)
 	}
+}
+
+// A host may not mount tracefs, which the connect() and bind() tracepoints
+// are attached through. portlife then mounts it, says so, and unmounts it
+// at exit. It runs here under a shell in a mount namespace of its own,
+// where tracefs was unmounted first; the shell outlives portlife to check
+// that nothing was left mounted.
+func TestMountsTracefsWhenMissing(t *testing.T) {
+	requireRoot(t)
+	const leftMounted = 98
+	script := `umount -a -t tracefs || exit 97
+"$0" "$@"; code=$?
+if grep -q " - tracefs " /proc/self/mountinfo; then exit ` + fmt.Sprint(leftMounted) + `; fi
+exit $code`
+	cmd := exec.Command("sh", "-c", script, binary, "--output", "json", "--log-format", "json",
+		"--pid", fmt.Sprint(os.Getpid()), "--events", "connect_failed", "--flush-interval", "10ms")
+	// Go makes the new namespace's mounts private: the host's stay.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	p := &process{cmd: cmd, started: make(chan struct{})}
+	p.cmd.Stdout = &p.stdout
+	p.begin(t)
+	portlife := childOf(t, p.cmd.Process.Pid)
+	mountinfo, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", portlife))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(mountinfo), "/sys/kernel/tracing") || !strings.Contains(string(mountinfo), " - tracefs ") {
+		t.Errorf("tracefs is not mounted at /sys/kernel/tracing in portlife's namespace:\n%s", mountinfo)
+	}
+
+	// A connect that fails in the call: the tracepoints are attached.
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	// Loopback's broadcast address, without SO_BROADCAST.
+	if err := syscall.Connect(fd, &syscall.SockaddrInet4{Port: 9, Addr: [4]byte{127, 255, 255, 255}}); err != syscall.EACCES {
+		t.Fatalf("connect to 127.255.255.255: %v, want EACCES", err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	syscall.Kill(portlife, syscall.SIGINT)
+	switch code := p.wait(t); code {
+	case 0:
+	case leftMounted:
+		t.Errorf("tracefs was left mounted after portlife exited")
+	default:
+		t.Fatalf("exit code %d, want 0; stderr:\n%s", code, p.stderr.String())
+	}
+	if !strings.Contains(p.stderr.String(), `"msg":"mounted tracefs`) {
+		t.Errorf("no log line says tracefs was mounted:\n%s", p.stderr.String())
+	}
+	if !strings.Contains(p.stdout.String(), `"event":"connect_failed"`) || !strings.Contains(p.stdout.String(), `"raddr":"127.255.255.255"`) {
+		t.Errorf("no connect_failed for 127.255.255.255 in:\n%s", p.stdout.String())
+	}
+}
+
+// childOf returns the only child of process pid.
+func childOf(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 1 {
+		t.Fatalf("process %d has children %q, want one", pid, f)
+	}
+	child, err := strconv.Atoi(f[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return child
 }

@@ -254,6 +254,61 @@ func TestJSON(t *testing.T) {
 			wantKeys: keys("reason", "errno"),
 			want:     map[string]any{"reason": "no_ephemeral_port", "errno": num("99"), "lport": num("0")},
 		},
+		{
+			name: "a connect refused in the call by policy",
+			ev: func() event.Event {
+				return event.Event{
+					Kind: event.KindConnectFailed, Proto: event.ProtoUDP,
+					Start: t0, Time: t0.Add(8 * time.Microsecond),
+					PIDSource: event.PIDSourceConnect,
+					Local:     netip.MustParseAddrPort("0.0.0.0:0"),
+					Remote:    netip.MustParseAddrPort("10.0.0.1:53"),
+					Family:    4,
+					Direction: event.DirectionOutbound, Ephemeral: true,
+					Errno: unix.EPERM, InCall: true,
+				}
+			},
+			wantKeys: keys("start", "duration_ms", "reason", "errno"),
+			want:     map[string]any{"event": "connect_failed", "proto": "udp", "reason": "denied", "errno": num("1"), "duration_ms": num("0.008")},
+		},
+		{
+			name: "bind_failed: a reason, an errno and how long the call took",
+			ev: func() event.Event {
+				return event.Event{
+					Kind: event.KindBindFailed, Proto: event.ProtoTCP,
+					Start: t0, Time: t0.Add(3 * time.Microsecond),
+					PIDSource: event.PIDSourceBind,
+					Local:     netip.MustParseAddrPort("0.0.0.0:0"),
+					Remote:    netip.MustParseAddrPort("0.0.0.0:0"),
+					Family:    4,
+					Direction: event.DirectionOutbound, Ephemeral: true,
+					Errno: unix.EADDRINUSE, InCall: true,
+				}
+			},
+			wantKeys: keys("start", "duration_ms", "reason", "errno"),
+			want: map[string]any{
+				"event":       "bind_failed",
+				"pid_source":  "bind",
+				"reason":      "no_ephemeral_port",
+				"errno":       num("98"),
+				"duration_ms": num("0.003"),
+			},
+		},
+		{
+			name: "an accepted connection served by a worker names the listener too",
+			ev: func() event.Event {
+				e := tcpClose()
+				e.Direction, e.PIDSource, e.PID, e.ListenerPID = event.DirectionInbound, event.PIDSourceReader, 301, 300
+				return e
+			},
+			wantKeys: keys("listener_pid", "start", "duration_ms", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "retransmits", "closed_by", "reset", "time_wait", "pre_existing"),
+			want: map[string]any{
+				"pid":          num("301"),
+				"pid_source":   "reader",
+				"listener_pid": num("300"),
+				"direction":    "inbound",
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -563,6 +618,16 @@ func TestTextNotes(t *testing.T) {
 			e.Kind, e.Errno = event.KindConnectFailed, unix.EHOSTUNREACH
 			return e
 		}, "unreachable"},
+		{"bind_failed gives the reason", func() event.Event {
+			e := tcpClose()
+			e.Kind, e.Errno, e.Local = event.KindBindFailed, unix.EADDRINUSE, netip.MustParseAddrPort("0.0.0.0:8080")
+			return e
+		}, "address_in_use"},
+		{"a worker's close names the listener", func() event.Event {
+			e := tcpClose()
+			e.Reset, e.PIDSource, e.ListenerPID = false, event.PIDSourceReader, 300
+			return e
+		}, "closed_by=remote listener=300"},
 		{"unknown pid is noted", func() event.Event {
 			e := tcpClose()
 			e.Kind, e.Errno, e.PIDSource = event.KindConnectFailed, unix.ECONNREFUSED, event.PIDSourceUnknown

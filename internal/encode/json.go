@@ -45,7 +45,11 @@ func (j *JSON) Append(b []byte, e *event.Event) []byte {
 	b = appendUint(b, `,"cgroup_id":`, e.CgroupID)
 	b = appendUint(b, `,"netns":`, uint64(e.NetNS))
 	b = appendString(b, `,"pid_source":"`, e.PIDSource.String())
-	b = append(b, `","laddr":"`...)
+	b = append(b, '"')
+	if e.ListenerPID != 0 {
+		b = appendUint(b, `,"listener_pid":`, uint64(e.ListenerPID))
+	}
+	b = append(b, `,"laddr":"`...)
 	b = e.Local.Addr().AppendTo(b)
 	b = appendUint(b, `","lport":`, uint64(e.Local.Port()))
 	b = append(b, `,"raddr":"`...)
@@ -83,7 +87,7 @@ func (j *JSON) Append(b []byte, e *event.Event) []byte {
 			b = appendBool(b, `,"connected":`, e.Connected)
 		}
 		b = appendBool(b, `,"pre_existing":`, e.PreExisting)
-	case event.KindConnectFailed:
+	case event.KindConnectFailed, event.KindBindFailed:
 		if !e.Start.IsZero() {
 			b = appendMillis(b, `,"duration_ms":`, e.Duration())
 		}

@@ -120,7 +120,7 @@ func (t *Text) Append(b []byte, e *event.Event) []byte {
 func appendNotes(b []byte, e *event.Event) []byte {
 	start := len(b)
 	switch e.Kind {
-	case event.KindConnectFailed:
+	case event.KindConnectFailed, event.KindBindFailed:
 		b = append(b, e.Reason()...)
 	case event.KindClose:
 		if e.Proto == event.ProtoTCP {
@@ -138,6 +138,11 @@ func appendNotes(b []byte, e *event.Event) []byte {
 		}
 		if e.PreExisting {
 			b = append(b, " pre_existing"...)
+		}
+		if e.PIDSource == event.PIDSourceReader && e.ListenerPID != 0 {
+			// A worker served it: name the listener too.
+			b = append(b, " listener="...)
+			b = strconv.AppendUint(b, uint64(e.ListenerPID), 10)
 		}
 	}
 	if t := e.ThreadName(); t != nil {

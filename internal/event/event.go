@@ -22,14 +22,19 @@ const (
 	KindOpen          Kind = 1
 	KindClose         Kind = 2
 	KindConnectFailed Kind = 3
+	KindBindFailed    Kind = 4
 )
 
-var kindNames = [...]string{KindOpen: "open", KindClose: "close", KindConnectFailed: "connect_failed"}
+var kindNames = [...]string{KindOpen: "open", KindClose: "close", KindConnectFailed: "connect_failed", KindBindFailed: "bind_failed"}
 
 func (k Kind) String() string { return name(kindNames[:], int(k)) }
 
 // Kinds lists every event kind, in the order of the README.
-var Kinds = []Kind{KindOpen, KindClose, KindConnectFailed}
+var Kinds = []Kind{KindOpen, KindClose, KindConnectFailed, KindBindFailed}
+
+// Failed reports whether the kind is a failed call (connect_failed,
+// bind_failed), which carries a reason and an errno.
+func (k Kind) Failed() bool { return k == KindConnectFailed || k == KindBindFailed }
 
 // Proto is the transport protocol, by its IP protocol number.
 type Proto uint8
@@ -75,6 +80,8 @@ const (
 	PIDSourceClose    PIDSource = 3
 	PIDSourceSocket   PIDSource = 4
 	PIDSourceFDOwner  PIDSource = 5
+	PIDSourceBind     PIDSource = 6
+	PIDSourceReader   PIDSource = 7
 )
 
 var pidSourceNames = [...]string{
@@ -84,6 +91,8 @@ var pidSourceNames = [...]string{
 	PIDSourceClose:    "close",
 	PIDSourceSocket:   "socket",
 	PIDSourceFDOwner:  "fd_owner",
+	PIDSourceBind:     "bind",
+	PIDSourceReader:   "reader",
 }
 
 func (s PIDSource) String() string { return name(pidSourceNames[:], int(s)) }
@@ -153,6 +162,10 @@ type Event struct {
 	CgroupID  uint64
 	NetNS     uint32
 	PIDSource PIDSource
+	// ListenerPID is, for an accepted TCP connection, the process that
+	// called listen(): the owner of its open, and kept when the process that
+	// first read from it becomes the owner (PIDSourceReader). 0 if unknown.
+	ListenerPID uint32
 
 	Local     netip.AddrPort
 	Remote    netip.AddrPort
@@ -172,11 +185,15 @@ type Event struct {
 	PreExisting  bool
 	Connected    bool // UDP: the peer was fixed by connect()
 
-	Errno unix.Errno // connect_failed: the error connect() reported, 0 if none
+	Errno unix.Errno // connect_failed, bind_failed: the error the call reported, 0 if none
+	// InCall: a connect_failed or bind_failed seen at the call's return,
+	// before the protocol sent anything (routing, policy, no port for a UDP
+	// connect, every bind). The others are TCP's state machine's.
+	InCall bool
 }
 
-// Duration is how long the port lived (close) or the connect tried
-// (connect_failed). It is 0 when the start was not seen.
+// Duration is how long the port lived (close), or the call tried
+// (connect_failed, bind_failed). It is 0 when the start was not seen.
 func (e *Event) Duration() time.Duration {
 	if e.Start.IsZero() {
 		return 0
@@ -192,23 +209,43 @@ func (e *Event) ConnectLatency() time.Duration {
 	return e.Established.Sub(e.Start)
 }
 
-// Reason says why a connect failed, in words a runbook can match on.
-// Strings are constants, so this never allocates.
+// Reason says why a connect or a bind failed, in words a runbook can match
+// on. Strings are constants, so this never allocates.
 func (e *Event) Reason() string {
-	switch {
-	case e.Kind != KindConnectFailed:
+	switch e.Kind {
+	case KindConnectFailed:
+		switch {
+		case e.Local.Port() == 0 && !e.InCall:
+			// TCP's state machine saw no local port allocated: connect()
+			// returned EADDRNOTAVAIL. (One that failed in the call with
+			// EADDRNOTAVAIL lacked a local address, not a port.)
+			return "no_ephemeral_port"
+		case e.Local.Port() == 0 && e.Proto == ProtoUDP && e.Errno == unix.EAGAIN:
+			// A UDP connect() that found no port to bind to.
+			return "no_ephemeral_port"
+		case e.Errno == unix.ECONNREFUSED:
+			return "refused"
+		case e.Errno == unix.ETIMEDOUT:
+			return "timeout"
+		case e.Errno == unix.EHOSTUNREACH, e.Errno == unix.ENETUNREACH:
+			return "unreachable"
+		case e.Errno == unix.EACCES, e.Errno == unix.EPERM:
+			return "denied"
+		case e.Errno == 0:
+			return "aborted"
+		}
+	case KindBindFailed:
+		switch {
+		case e.Errno == unix.EADDRINUSE && e.Local.Port() == 0:
+			// bind() to port 0 found no free port in the range.
+			return "no_ephemeral_port"
+		case e.Errno == unix.EADDRINUSE:
+			return "address_in_use"
+		case e.Errno == unix.EACCES, e.Errno == unix.EPERM:
+			return "denied"
+		}
+	default:
 		return ""
-	case e.Local.Port() == 0:
-		// No local port could be allocated: connect() returned EADDRNOTAVAIL.
-		return "no_ephemeral_port"
-	case e.Errno == unix.ECONNREFUSED:
-		return "refused"
-	case e.Errno == unix.ETIMEDOUT:
-		return "timeout"
-	case e.Errno == unix.EHOSTUNREACH, e.Errno == unix.ENETUNREACH:
-		return "unreachable"
-	case e.Errno == 0:
-		return "aborted"
 	}
 	if n := unix.ErrnoName(e.Errno); n != "" {
 		return n

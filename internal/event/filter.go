@@ -126,6 +126,19 @@ func (f *Filter) WantsProto(p Proto) bool {
 	return false
 }
 
+// WantsKind reports whether the filter keeps events of kind k.
+func (f *Filter) WantsKind(k Kind) bool {
+	if len(f.Kinds) == 0 {
+		return true
+	}
+	for _, q := range f.Kinds {
+		if q == k {
+			return true
+		}
+	}
+	return false
+}
+
 // The rules, one copy each: Validate and the flag values both call them.
 
 func checkComm(s string) error {

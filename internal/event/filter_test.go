@@ -2,6 +2,7 @@ package event
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -138,6 +139,28 @@ func TestFilterWantsProto(t *testing.T) {
 			}
 			if got := f.WantsProto(ProtoUDP); got != tt.udp {
 				t.Errorf("WantsProto(udp) = %v, want %v", got, tt.udp)
+			}
+		})
+	}
+}
+
+func TestFilterWantsKind(t *testing.T) {
+	tests := []struct {
+		name  string
+		kinds []Kind
+		want  []Kind
+	}{
+		{"none listed means all", nil, Kinds},
+		{"close only", []Kind{KindClose}, []Kind{KindClose}},
+		{"the failures", []Kind{KindBindFailed, KindConnectFailed}, []Kind{KindConnectFailed, KindBindFailed}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := Filter{Kinds: tt.kinds}
+			for _, k := range Kinds {
+				if got, want := f.WantsKind(k), slices.Contains(tt.want, k); got != want {
+					t.Errorf("WantsKind(%v) = %v, want %v", k, got, want)
+				}
 			}
 		})
 	}

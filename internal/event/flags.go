@@ -80,7 +80,7 @@ func ParseKind(s string) (Kind, error) {
 			return k, nil
 		}
 	}
-	return 0, fmt.Errorf("unknown event %q: want open, close or connect_failed", s)
+	return 0, fmt.Errorf("unknown event %q: want open, close, connect_failed or bind_failed", s)
 }
 
 // ParseProto is the inverse of Proto.String.
