@@ -65,6 +65,13 @@ type Stats struct {
 	RingbufFull uint64 // events dropped: the ring buffer was full
 	StorageFull uint64 // sockets not tracked: no per-socket state could be allocated
 	TableFull   uint64 // entries a bounded kernel table refused or evicted
+	// HookMissed counts runs of the hooks that the kernel skipped: it does
+	// not run a tracing program that an interrupt finds already running on
+	// its CPU. The kernel side still reports the end of a connection whose
+	// last state changes were skipped, when the socket is destroyed; another
+	// skipped change can cost an event, or details of one. Not in Lost,
+	// which counts events known to be lost.
+	HookMissed uint64
 }
 
 // Lost is every event the kernel side could not deliver.
@@ -349,6 +356,16 @@ func (t *Tracer) kernelStats() (Stats, error) {
 		for _, n := range perCPU {
 			*total += n
 		}
+	}
+	for _, h := range t.hooks() {
+		if !t.cfg.Filter.WantsProto(h.proto) {
+			continue
+		}
+		ps, err := h.prog.Stats()
+		if err != nil {
+			return s, fmt.Errorf("reading the runs %s missed: %w", h.name, err)
+		}
+		s.HookMissed += ps.RecursionMisses
 	}
 	return s, nil
 }
