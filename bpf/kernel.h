@@ -35,6 +35,7 @@ enum {
 };
 enum {
 	BPF_ANY = 0,
+	BPF_NOEXIST = 1,
 	BPF_F_NO_PREALLOC = 1,
 	BPF_F_CLONE = 512,
 	BPF_SK_STORAGE_GET_F_CREATE = 1,
@@ -76,11 +77,15 @@ struct bpf_sock_addr {
 	} __attribute__((aligned(8)));
 };
 
+/* uapi: errno */
+#define EEXIST 17
+
 /* uapi: socket families and protocols */
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
+#define SOCK_STREAM 1
 #define SOCK_DGRAM 2
 
 /* include/net/tcp_states.h */
@@ -161,8 +166,11 @@ struct file {
 	struct inode *f_inode;
 };
 
+struct sock;
+
 struct socket {
 	struct file *file;
+	struct sock *sk;
 };
 
 struct sock {
@@ -207,6 +215,48 @@ struct bpf_iter__tcp {
 	struct bpf_iter_meta *meta;
 	struct sock_common *sk_common;
 	__u32 uid;
+};
+
+/* Processes, for the owners of the sockets that existed at start. */
+typedef struct {
+	__u32 val;
+} kuid_t;
+
+struct cred {
+	kuid_t uid;
+};
+
+struct kernfs_node {
+	__u64 id;
+};
+
+struct cgroup {
+	struct kernfs_node *kn;
+};
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
+};
+
+struct nsproxy {
+	struct net *net_ns;
+};
+
+struct task_struct {
+	int tgid;
+	__u64 start_time;
+	struct task_struct *group_leader;
+	const struct cred *cred;
+	char comm[16];
+	struct nsproxy *nsproxy;
+	struct css_set *cgroups;
+};
+
+struct bpf_iter__task_file {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+	__u32 fd;
+	struct file *file;
 };
 
 #pragma clang attribute pop

@@ -110,7 +110,13 @@ int udp_release(struct bpf_sock *ctx)
 	return udp_released(ctx);
 }
 
-/* Sockets from before tracing: run once in each network namespace at start. */
+/* Sockets from before tracing: run once at start (existing.bpf.h). */
+
+SEC("iter/task_file")
+int find_owners(struct bpf_iter__task_file *ctx)
+{
+	return find_owner(ctx);
+}
 
 SEC("iter/tcp")
 int tcp_existing(struct bpf_iter__tcp *ctx)

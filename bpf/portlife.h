@@ -87,15 +87,6 @@ struct event {
 	char comm[COMM_LEN];
 };
 
-/* A process that held a socket when tracing started, found in /proc. */
-struct owner {
-	__u64 cgroup_id;
-	__u32 pid;
-	__u32 uid;
-	char comm[COMM_LEN];
-};
-
-#define MAX_FD_OWNERS 65536
 #define MAX_PORT_RANGES 8
 #define MAX_RADDR_NETS 64
 

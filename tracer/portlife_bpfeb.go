@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type portlifeBatch struct {
+	_  structs.HostLayout
+	Lo uint64
+	Hi uint64
+}
+
 type portlifeClosedBy uint32
 
 const (
@@ -158,6 +164,22 @@ type portlifeRaddrKey struct {
 	Addr      [16]uint8
 }
 
+type portlifeSockFile struct {
+	_         structs.HostLayout
+	Ino       uint64
+	Start     uint64
+	CgroupId  uint64
+	Pid       uint32
+	Uid       uint32
+	Fd        uint32
+	Netns     uint32
+	TaskNetns uint32
+	Lport     uint16
+	Proto     uint8
+	State     uint8
+	Comm      [16]int8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -168,6 +190,7 @@ const (
 	portlifeMapFdOwners         = "fd_owners"
 	portlifeMapListenPorts      = "listen_ports"
 	portlifeMapRaddrNets        = "raddr_nets"
+	portlifeProgFindOwners      = "find_owners"
 	portlifeProgTcpDestroy      = "tcp_destroy"
 	portlifeProgTcpExisting     = "tcp_existing"
 	portlifeProgTcpRstRecv      = "tcp_rst_recv"
@@ -183,6 +206,9 @@ const (
 	portlifeProgUdpSend4        = "udp_send4"
 	portlifeProgUdpSend6        = "udp_send6"
 	portlifeProgUdpSent         = "udp_sent"
+	portlifeVarAdoptBatch       = "adopt_batch"
+	portlifeVarAdoptTcpSockets  = "adopt_tcp_sockets"
+	portlifeVarAdoptUdpSockets  = "adopt_udp_sockets"
 	portlifeVarCfg              = "cfg"
 	portlifeVarUnusedClosedBy   = "unused_closed_by"
 	portlifeVarUnusedDirection  = "unused_direction"
@@ -190,6 +216,7 @@ const (
 	portlifeVarUnusedEventFlag  = "unused_event_flag"
 	portlifeVarUnusedEventKind  = "unused_event_kind"
 	portlifeVarUnusedPidSource  = "unused_pid_source"
+	portlifeVarUnusedSockFile   = "unused_sock_file"
 )
 
 // loadPortlife returns the embedded CollectionSpec for portlife.
@@ -234,6 +261,7 @@ type portlifeSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type portlifeProgramSpecs struct {
+	FindOwners  *ebpf.ProgramSpec `ebpf:"find_owners"`
 	TcpDestroy  *ebpf.ProgramSpec `ebpf:"tcp_destroy"`
 	TcpExisting *ebpf.ProgramSpec `ebpf:"tcp_existing"`
 	TcpRstRecv  *ebpf.ProgramSpec `ebpf:"tcp_rst_recv"`
@@ -267,6 +295,9 @@ type portlifeMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type portlifeVariableSpecs struct {
+	AdoptBatch       *ebpf.VariableSpec `ebpf:"adopt_batch"`
+	AdoptTcpSockets  *ebpf.VariableSpec `ebpf:"adopt_tcp_sockets"`
+	AdoptUdpSockets  *ebpf.VariableSpec `ebpf:"adopt_udp_sockets"`
 	Cfg              *ebpf.VariableSpec `ebpf:"cfg"`
 	UnusedClosedBy   *ebpf.VariableSpec `ebpf:"unused_closed_by"`
 	UnusedDirection  *ebpf.VariableSpec `ebpf:"unused_direction"`
@@ -274,6 +305,7 @@ type portlifeVariableSpecs struct {
 	UnusedEventFlag  *ebpf.VariableSpec `ebpf:"unused_event_flag"`
 	UnusedEventKind  *ebpf.VariableSpec `ebpf:"unused_event_kind"`
 	UnusedPidSource  *ebpf.VariableSpec `ebpf:"unused_pid_source"`
+	UnusedSockFile   *ebpf.VariableSpec `ebpf:"unused_sock_file"`
 }
 
 // portlifeObjects contains all objects after they have been loaded into the kernel.
@@ -319,6 +351,9 @@ func (m *portlifeMaps) Close() error {
 //
 // It can be passed to loadPortlifeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portlifeVariables struct {
+	AdoptBatch       *ebpf.Variable `ebpf:"adopt_batch"`
+	AdoptTcpSockets  *ebpf.Variable `ebpf:"adopt_tcp_sockets"`
+	AdoptUdpSockets  *ebpf.Variable `ebpf:"adopt_udp_sockets"`
 	Cfg              *ebpf.Variable `ebpf:"cfg"`
 	UnusedClosedBy   *ebpf.Variable `ebpf:"unused_closed_by"`
 	UnusedDirection  *ebpf.Variable `ebpf:"unused_direction"`
@@ -326,12 +361,14 @@ type portlifeVariables struct {
 	UnusedEventFlag  *ebpf.Variable `ebpf:"unused_event_flag"`
 	UnusedEventKind  *ebpf.Variable `ebpf:"unused_event_kind"`
 	UnusedPidSource  *ebpf.Variable `ebpf:"unused_pid_source"`
+	UnusedSockFile   *ebpf.Variable `ebpf:"unused_sock_file"`
 }
 
 // portlifePrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadPortlifeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portlifePrograms struct {
+	FindOwners  *ebpf.Program `ebpf:"find_owners"`
 	TcpDestroy  *ebpf.Program `ebpf:"tcp_destroy"`
 	TcpExisting *ebpf.Program `ebpf:"tcp_existing"`
 	TcpRstRecv  *ebpf.Program `ebpf:"tcp_rst_recv"`
@@ -351,6 +388,7 @@ type portlifePrograms struct {
 
 func (p *portlifePrograms) Close() error {
 	return _PortlifeClose(
+		p.FindOwners,
 		p.TcpDestroy,
 		p.TcpExisting,
 		p.TcpRstRecv,

@@ -65,6 +65,7 @@ type Stats struct {
 	RingbufFull uint64 // events dropped: the ring buffer was full
 	StorageFull uint64 // sockets not tracked: no per-socket state could be allocated
 	TableFull   uint64 // entries a bounded kernel table refused or evicted
+	NotAdopted  uint64 // sockets from before start in network namespaces that could not be entered
 	// HookMissed counts runs of the hooks that the kernel skipped: it does
 	// not run a tracing program that an interrupt finds already running on
 	// its CPU. The kernel side still reports the end of a connection whose
@@ -75,7 +76,7 @@ type Stats struct {
 }
 
 // Lost is every event the kernel side could not deliver.
-func (s Stats) Lost() uint64 { return s.RingbufFull + s.StorageFull + s.TableFull }
+func (s Stats) Lost() uint64 { return s.RingbufFull + s.StorageFull + s.TableFull + s.NotAdopted }
 
 // Tracer is a loaded and attached portlife program.
 type Tracer struct {
@@ -92,6 +93,9 @@ type Tracer struct {
 	mu     sync.Mutex // guards links: Run detaches while Close may run
 	links  []link.Link
 	events atomic.Uint64
+	// notAdopted counts the sockets from before start that could not be
+	// adopted, set once by New.
+	notAdopted atomic.Uint64
 }
 
 // New loads and attaches the program. On error nothing stays attached.
@@ -149,6 +153,11 @@ func (t *Tracer) load() error {
 	kcfg := kernelConfig(&t.cfg.Filter, wakeup)
 	if err := spec.Variables["cfg"].Set(kcfg); err != nil {
 		return fmt.Errorf("setting the filter: %w", err)
+	}
+	for name, proto := range map[string]event.Proto{"adopt_tcp_sockets": event.ProtoTCP, "adopt_udp_sockets": event.ProtoUDP} {
+		if err := spec.Variables[name].Set(t.cfg.Filter.WantsProto(proto)); err != nil {
+			return fmt.Errorf("setting %s: %w", name, err)
+		}
 	}
 	spec.Maps["events"].MaxEntries = uint32(t.cfg.RingBufferSize)
 
@@ -338,6 +347,7 @@ func (t *Tracer) prioritize() func() {
 func (t *Tracer) Stats() (Stats, error) {
 	s, err := t.kernelStats()
 	s.Events = t.events.Load()
+	s.NotAdopted = t.notAdopted.Load()
 	return s, err
 }
 

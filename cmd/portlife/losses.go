@@ -69,13 +69,15 @@ func (l losses) summary(log *zap.Logger) error {
 }
 
 // fields are the loss counters as log fields: lost is the sum of every
-// reason, kernel side and consumers alike.
+// reason, kernel side and consumers alike; hook_missed is not a count of
+// events (see tracer.Stats).
 func (l losses) fields(s tracer.Stats, total uint64) []zap.Field {
 	f := []zap.Field{
 		zap.Uint64("lost", total),
 		zap.Uint64("ringbuf_full", s.RingbufFull),
 		zap.Uint64("storage_full", s.StorageFull),
 		zap.Uint64("table_full", s.TableFull),
+		zap.Uint64("not_adopted", s.NotAdopted),
 		zap.Uint64("hook_missed", s.HookMissed),
 	}
 	if cs := l.stream.Stats(); len(cs) > 0 {
