@@ -79,17 +79,20 @@ struct listen_key {
 };
 
 /*
- * The listening ports of the namespace being walked. iter/tcp visits
- * listeners before connections, so a connection on a listening port was
- * accepted. Emptied by user space after each namespace, which has at most
- * 65,535 listening ports.
+ * The listening ports of the namespace being walked, with the listener's
+ * owner: user space puts in those that processes hold, and the walk adds
+ * any other it meets, with no owner. iter/tcp visits listeners before
+ * connections, so a connection on a listening port was accepted; one that
+ * no process holds (not accept()ed yet, or closed and orphaned) gets the
+ * listener's owner. Emptied by user space after each namespace, which has
+ * at most 65,535 listening ports.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct listen_key);
-	__type(value, __u8);
+	__type(value, struct owner);
 } listen_ports SEC(".maps");
 
 /* iter/task_file: one open file of one process. */
@@ -162,12 +165,12 @@ static __always_inline int adopt_tcp(struct sock_common *skc)
 {
 	struct listen_key lk = {};
 	struct event owner = {};
-	struct owner *o;
+	struct owner none = {}, *o;
 	struct tcp_sock *tp;
 	struct sock *sk;
 	struct conn *c;
 	__u64 ino;
-	__u8 state, one = 1;
+	__u8 state;
 
 	if (!skc)
 		return 0;
@@ -180,7 +183,7 @@ static __always_inline int adopt_tcp(struct sock_common *skc)
 	lk.port = skc->skc_num;
 	/* Every batch notes every listener: the table is emptied per namespace. */
 	if (state == TCP_LISTEN) {
-		long err = bpf_map_update_elem(&listen_ports, &lk, &one, BPF_NOEXIST);
+		long err = bpf_map_update_elem(&listen_ports, &lk, &none, BPF_NOEXIST);
 
 		if (err && err != -EEXIST)
 			count_drop(DROP_TABLE_FULL);
@@ -202,6 +205,12 @@ static __always_inline int adopt_tcp(struct sock_common *skc)
 			return 0;
 		}
 		begin(c, sk, &owner, DIRECTION_INBOUND, PHASE_LISTENER);
+		/*
+		 * What the connections it accepts from now on say of their owner,
+		 * until an accept() hook names the process that accepted each.
+		 */
+		if (o)
+			c->e.pid_source = PID_SOURCE_LISTENER_FD_OWNER;
 		return 0;
 	case TCP_ESTABLISHED:
 	case TCP_FIN_WAIT1:
@@ -214,7 +223,10 @@ static __always_inline int adopt_tcp(struct sock_common *skc)
 		return 0;
 	}
 
-	owner.direction = bpf_map_lookup_elem(&listen_ports, &lk) ? DIRECTION_INBOUND : DIRECTION_OUTBOUND;
+	o = bpf_map_lookup_elem(&listen_ports, &lk);
+	owner.direction = o ? DIRECTION_INBOUND : DIRECTION_OUTBOUND;
+	if (o && o->pid && owner.pid_source == PID_SOURCE_UNKNOWN)
+		owner_into(&owner, o, PID_SOURCE_LISTENER_FD_OWNER);
 	if (!owner_wanted(&owner) || !tuple_wanted(sk, &owner))
 		return 0;
 	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);

@@ -30,6 +30,7 @@ enum pid_source {
 	PID_SOURCE_CLOSE = 3,    /* the task that called close() or shutdown() */
 	PID_SOURCE_SOCKET = 4,   /* UDP: the task that created, bound or first used it */
 	PID_SOURCE_FD_OWNER = 5, /* a process holding the socket's fd when tracing started */
+	PID_SOURCE_LISTENER_FD_OWNER = 6, /* accepted by a listener from before tracing: its fd owner */
 };
 
 enum closed_by {

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -422,7 +423,7 @@ func TestAdoptNetnsWithoutProcess(t *testing.T) {
 		check(t, key, "pid", e.PID, h.pid())
 		wantSource := event.PIDSourceConnect
 		if e.Direction == event.DirectionInbound {
-			wantSource = event.PIDSourceFDOwner
+			wantSource = event.PIDSourceListenerFDOwner
 		}
 		check(t, key, "pid source", e.PIDSource, wantSource)
 		check(t, key, "pre-existing", e.PreExisting, false)
@@ -532,4 +533,69 @@ func echoOnce(ln int, addr *unix.SockaddrInet4) (int, error) {
 		return 0, err
 	}
 	return sa.(*unix.SockaddrInet4).Port, nil
+}
+
+// A listener that existed at start names its owner for the connections it
+// accepts: those it accepts after start, and one that was waiting in its
+// queue at start, which no process held yet. They say so: pid_source
+// listener_fd_owner, and pre_existing only for the one from before.
+func TestAdoptListener(t *testing.T) {
+	requireRoot(t)
+	fam := tcpFamilies[0]
+	ln := listen(t, fam)
+	defer ln.Close()
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	queued, err := fam.dial(port) // accepted by the kernel, not yet by accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer queued.Close()
+	queuedLocal := addrPort(t, queued.LocalAddr())
+
+	r := startTracer(t, event.Filter{})
+	fresh, err := fam.dial(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	freshLocal := addrPort(t, fresh.LocalAddr())
+	for _, c := range []net.Conn{queued, fresh} {
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		closeFirst(t, c.(*net.TCPConn), s.(*net.TCPConn), false)
+	}
+
+	server := addrPort(t, ln.Addr())
+	tests := []struct {
+		name        string
+		client      netip.AddrPort
+		want        []string
+		preExisting bool
+		outSource   event.PIDSource
+	}{
+		{"waiting at start", queuedLocal, []string{"close/inbound", "close/outbound"}, true, event.PIDSourceFDOwner},
+		{"after start", freshLocal, []string{"close/inbound", "close/outbound", "open/inbound", "open/outbound"}, false, event.PIDSourceConnect},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := r.events.waitFor(t, len(tt.want), ofConn(tt.client, server))
+			if keys := eventKeys(got); !slices.Equal(keys, tt.want) {
+				t.Fatalf("events %v, want %v: %+v", keys, tt.want, got)
+			}
+			for _, e := range got {
+				key := e.Kind.String() + "/" + e.Direction.String()
+				wantSource := tt.outSource
+				if e.Direction == event.DirectionInbound {
+					wantSource = event.PIDSourceListenerFDOwner
+				}
+				check(t, key, "pid source", e.PIDSource, wantSource)
+				check(t, key, "pid", e.PID, uint32(os.Getpid()))
+				check(t, key, "comm", e.Comm.String(), ownComm(t))
+				check(t, key, "pre-existing", e.PreExisting, tt.preExisting)
+			}
+		})
+	}
+	r.requireNothingLost(t)
 }

@@ -82,6 +82,7 @@ type foundSock struct {
 	netns     uint32
 	fd        uint32 // in procs[proc]
 	lport     uint16
+	listening bool
 	foreign   bool // held by a process outside the socket's namespace
 	adoptable bool // a walk adopts it: it is connected, listening or bound
 }
@@ -142,6 +143,7 @@ func (t *Tracer) findSockets() (*found, error) {
 			netns:     rec.Netns,
 			fd:        rec.Fd,
 			lport:     rec.Lport,
+			listening: tcp && rec.State == tcpListen,
 			foreign:   rec.Netns != rec.TaskNetns,
 			adoptable: tcp && rec.State != tcpClose || !tcp && rec.Lport != 0,
 		})
@@ -160,9 +162,11 @@ func (t *Tracer) findSockets() (*found, error) {
 	return f, nil
 }
 
-// tcpClose is TCP_CLOSE (include/net/tcp_states.h): a socket never
-// connected nor listening, which no walk visits.
-const tcpClose = 7
+// TCP states (include/net/tcp_states.h), as find_owners reports them.
+const (
+	tcpClose  = 7 // never connected nor listening: no walk visits it
+	tcpListen = 10
+)
 
 // batch is the sockets whose inode lies in [lo, hi]: socks, in found's order.
 type batch struct {
@@ -205,6 +209,7 @@ func (t *Tracer) adoptBatch(f *found, b batch, namespaces []netnsRef) error {
 	if err := t.objs.AdoptBatch.Set(portlifeBatch{Lo: b.lo, Hi: b.hi}); err != nil {
 		return fmt.Errorf("setting the batch: %w", err)
 	}
+	listeners := f.listeners()
 	for _, w := range []struct {
 		proto event.Proto
 		prog  *ebpf.Program
@@ -212,22 +217,48 @@ func (t *Tracer) adoptBatch(f *found, b batch, namespaces []netnsRef) error {
 		if !t.cfg.Filter.WantsProto(w.proto) {
 			continue
 		}
-		if err := t.walkAll(w.prog, namespaces); err != nil {
+		if err := t.walkAll(w.prog, namespaces, listeners); err != nil {
 			return fmt.Errorf("walking existing %s sockets: %w", w.proto, err)
 		}
 	}
 	return nil
 }
 
-// walkAll runs a socket iterator in every network namespace, and empties
-// the kernel's table of listening ports after each.
-func (t *Tracer) walkAll(prog *ebpf.Program, namespaces []netnsRef) error {
+// listeners are the listening sockets processes hold, by namespace and
+// port, with their owners: the owners of the connections they accepted
+// that no process holds yet.
+func (f *found) listeners() map[uint32]map[uint16]portlifeOwner {
+	out := map[uint32]map[uint16]portlifeOwner{}
+	for _, s := range f.socks {
+		if !s.listening {
+			continue
+		}
+		if out[s.netns] == nil {
+			out[s.netns] = map[uint16]portlifeOwner{}
+		}
+		if _, ok := out[s.netns][s.lport]; !ok {
+			out[s.netns][s.lport] = f.procs[s.proc].owner
+		}
+	}
+	return out
+}
+
+// walkAll runs a socket iterator in every network namespace. For each, the
+// kernel's table of listening ports starts with the listeners processes
+// hold there, and is emptied after.
+func (t *Tracer) walkAll(prog *ebpf.Program, namespaces []netnsRef, listeners map[uint32]map[uint16]portlifeOwner) error {
 	it, err := link.AttachIter(link.IterOptions{Program: prog})
 	if err != nil {
 		return fmt.Errorf("attaching the iterator: %w", err)
 	}
 	defer it.Close()
 	for _, ns := range namespaces {
+		for port, o := range listeners[ns.ino] {
+			key := portlifeListenKey{Netns: ns.ino, Port: port}
+			if err := t.objs.ListenPorts.Put(&key, &o); err != nil {
+				return fmt.Errorf("recording the listeners of netns %d: %w", ns.ino, err)
+			}
+		}
 		err := walkIn(ns, it)
 		clearMap(t.objs.ListenPorts)
 		if err != nil {

@@ -150,12 +150,13 @@ type portlifeOwner struct {
 type portlifePidSource uint32
 
 const (
-	portlifePidSourcePID_SOURCE_UNKNOWN  portlifePidSource = 0
-	portlifePidSourcePID_SOURCE_CONNECT  portlifePidSource = 1
-	portlifePidSourcePID_SOURCE_LISTENER portlifePidSource = 2
-	portlifePidSourcePID_SOURCE_CLOSE    portlifePidSource = 3
-	portlifePidSourcePID_SOURCE_SOCKET   portlifePidSource = 4
-	portlifePidSourcePID_SOURCE_FD_OWNER portlifePidSource = 5
+	portlifePidSourcePID_SOURCE_UNKNOWN           portlifePidSource = 0
+	portlifePidSourcePID_SOURCE_CONNECT           portlifePidSource = 1
+	portlifePidSourcePID_SOURCE_LISTENER          portlifePidSource = 2
+	portlifePidSourcePID_SOURCE_CLOSE             portlifePidSource = 3
+	portlifePidSourcePID_SOURCE_SOCKET            portlifePidSource = 4
+	portlifePidSourcePID_SOURCE_FD_OWNER          portlifePidSource = 5
+	portlifePidSourcePID_SOURCE_LISTENER_FD_OWNER portlifePidSource = 6
 )
 
 type portlifeRaddrKey struct {

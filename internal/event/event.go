@@ -74,15 +74,19 @@ const (
 	PIDSourceClose    PIDSource = 3
 	PIDSourceSocket   PIDSource = 4
 	PIDSourceFDOwner  PIDSource = 5
+	// PIDSourceListenerFDOwner: accepted by a listener that existed before
+	// tracing, whose fd owner it names.
+	PIDSourceListenerFDOwner PIDSource = 6
 )
 
 var pidSourceNames = [...]string{
-	PIDSourceUnknown:  "unknown",
-	PIDSourceConnect:  "connect",
-	PIDSourceListener: "listener",
-	PIDSourceClose:    "close",
-	PIDSourceSocket:   "socket",
-	PIDSourceFDOwner:  "fd_owner",
+	PIDSourceUnknown:         "unknown",
+	PIDSourceConnect:         "connect",
+	PIDSourceListener:        "listener",
+	PIDSourceClose:           "close",
+	PIDSourceSocket:          "socket",
+	PIDSourceFDOwner:         "fd_owner",
+	PIDSourceListenerFDOwner: "listener_fd_owner",
 }
 
 func (s PIDSource) String() string { return name(pidSourceNames[:], int(s)) }
