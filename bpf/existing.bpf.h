@@ -212,6 +212,20 @@ static __always_inline int adopt_tcp(struct sock_common *skc)
 		if (o)
 			c->e.pid_source = PID_SOURCE_LISTENER_FD_OWNER;
 		return 0;
+	case TCP_SYN_SENT:
+		/* A connect in progress, perhaps retrying: its outcome is reported. */
+		owner.direction = DIRECTION_OUTBOUND;
+		if (!owner_wanted(&owner))
+			return 0;
+		c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!c) {
+			count_drop(DROP_STORAGE_FULL);
+			return 0;
+		}
+		begin(c, sk, &owner, DIRECTION_OUTBOUND, PHASE_CONNECTING);
+		c->e.start_ns = 0;
+		c->e.flags |= EVENT_F_PRE_EXISTING;
+		return 0;
 	case TCP_ESTABLISHED:
 	case TCP_FIN_WAIT1:
 	case TCP_FIN_WAIT2:

@@ -599,3 +599,52 @@ func TestAdoptListener(t *testing.T) {
 	}
 	r.requireNothingLost(t)
 }
+
+// A connect that is retrying when tracing starts (its SYNs dropped) is
+// adopted: whether it then times out or succeeds, its outcome is reported,
+// marked pre-existing, with the process that held it.
+func TestAdoptConnecting(t *testing.T) {
+	requireRoot(t)
+	timesOut, succeeds := stallConnect(t), stallConnect(t)
+	r := startTracer(t, event.Filter{})
+	timesOut.timeOut(t)
+	succeeds.unblock(t)
+
+	tests := []struct {
+		name string
+		s    *stalled
+		want event.Kind
+		then func(t *testing.T, s *stalled) // ends the connection, if it opened
+	}{
+		{"times out", timesOut, event.KindConnectFailed, nil},
+		{"succeeds", succeeds, event.KindOpen, func(t *testing.T, s *stalled) { s.close() }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			of := func(e *event.Event) bool { return e.Local == tt.s.local && e.Remote == tt.s.remote }
+			want := []event.Kind{tt.want}
+			if tt.then != nil {
+				r.events.waitFor(t, 1, of)
+				tt.then(t, tt.s)
+				want = append(want, event.KindClose)
+			}
+			got := r.events.waitFor(t, len(want), of)
+			if len(got) != len(want) {
+				t.Fatalf("%d events, want %v: %+v", len(got), want, got)
+			}
+			for i, e := range got {
+				key := e.Kind.String()
+				check(t, key, "kind", e.Kind, want[i])
+				check(t, key, "pre-existing", e.PreExisting, true)
+				check(t, key, "start", e.Start, time.Time{})
+				check(t, key, "pid", e.PID, uint32(os.Getpid()))
+				check(t, key, "pid source", e.PIDSource, event.PIDSourceFDOwner)
+				check(t, key, "direction", e.Direction, event.DirectionOutbound)
+				if e.Kind == event.KindConnectFailed {
+					check(t, key, "reason", e.Reason(), "timeout")
+				}
+			}
+		})
+	}
+	r.requireNothingLost(t)
+}

@@ -114,9 +114,12 @@ func appendNotes(b []byte, e *event.Event) []byte {
 			b = append(b, "destinations="...)
 			b = strconv.AppendUint(b, uint64(e.Destinations), 10)
 		}
-		if e.PreExisting {
-			b = append(b, " pre_existing"...)
+	}
+	if e.PreExisting {
+		if len(b) > start {
+			b = append(b, ' ')
 		}
+		b = append(b, "pre_existing"...)
 	}
 	if e.PIDSource == event.PIDSourceUnknown {
 		if len(b) > start {
