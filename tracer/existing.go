@@ -269,13 +269,19 @@ func (t *Tracer) walkAll(prog *ebpf.Program, namespaces []netnsRef, listeners ma
 }
 
 // walkIn runs the iterator in the network namespace ns. The iterator takes
-// its namespace from the thread that opens it, so this thread enters ns and
-// comes back. It stays locked if it cannot come back: the runtime then
-// retires it, unless it is the main thread, which it parks instead, and
-// /proc/self/ns/net, which shows the main thread's namespace, would lie.
+// its namespace from the thread that opens it.
 func walkIn(ns netnsRef, it *link.Iter) error {
+	return inNetns(ns, func() error { return readIter(it) })
+}
+
+// inNetns runs fn on a thread in the network namespace ns: the thread
+// enters ns and comes back. It stays locked if it cannot come back: the
+// runtime then retires it, unless it is the main thread, which it parks
+// instead, and /proc/self/ns/net, which shows the main thread's namespace,
+// would lie.
+func inNetns(ns netnsRef, fn func() error) error {
 	if ns.own {
-		return readIter(it)
+		return fn()
 	}
 	done := make(chan error, 1)
 	go func() {
@@ -292,7 +298,7 @@ func walkIn(ns netnsRef, it *link.Iter) error {
 			done <- fmt.Errorf("entering it: %w", err)
 			return
 		}
-		err = readIter(it)
+		err = fn()
 		if back := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); back != nil {
 			done <- errors.Join(err, fmt.Errorf("coming back from it: %w", back))
 			return
@@ -362,8 +368,13 @@ func (t *Tracer) namespaces(f *found) ([]netnsRef, map[uint32]bool) {
 		if err != nil {
 			continue // another path may lead there
 		}
+		ns := netnsRef{ino: ino, file: file}
+		if err := inNetns(ns, func() error { return nil }); err != nil {
+			ns.close() // without CAP_SYS_ADMIN; its sockets are counted below
+			continue
+		}
 		seen[ino] = true
-		out = append(out, netnsRef{ino: ino, file: file})
+		out = append(out, ns)
 	}
 
 	unreachable := map[uint32]bool{}
@@ -376,6 +387,12 @@ func (t *Tracer) namespaces(f *found) ([]netnsRef, map[uint32]bool) {
 			continue
 		}
 		file, err := socketNetns(f.procs[s.proc].owner.Pid, s.fd, s.netns)
+		if err == nil {
+			ns := netnsRef{ino: s.netns, file: file}
+			if err = inNetns(ns, func() error { return nil }); err != nil {
+				ns.close()
+			}
+		}
 		if err != nil {
 			t.log.Debug("a network namespace no process is in cannot be entered through this socket",
 				zap.Uint32("netns", s.netns), zap.Error(err))

@@ -106,6 +106,13 @@ func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
 	if err := checkKernel(); err != nil {
 		return nil, err
 	}
+	if missing := missingCapabilities(&cfg); len(missing) > 0 {
+		fields := make([]zap.Field, len(missing))
+		for i, c := range missing {
+			fields[i] = zap.String(c.name, c.cost)
+		}
+		log.Warn("running without capabilities portlife uses: each one names what it costs", fields...)
+	}
 	dec, err := newDecoder()
 	if err != nil {
 		return nil, err

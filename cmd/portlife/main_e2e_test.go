@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/kerneltest"
 )
@@ -407,5 +408,86 @@ func TestClosedStdoutEndsTheRun(t *testing.T) {
 	}
 	if left := stillLoaded(loaded); len(left) > 0 {
 		t.Errorf("programs still loaded after exit: %v", left)
+	}
+}
+
+// Run with only the capabilities it needs (CAP_BPF, CAP_PERFMON,
+// CAP_NET_ADMIN), as another user, portlife still names the owner of a
+// socket that existed at start and belongs to another user, and warns once
+// at start of each capability it uses but lacks, with what that costs.
+func TestWithoutOptionalCapabilities(t *testing.T) {
+	requireRoot(t) // to give the capabilities, and to hold root's socket
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	p := &process{
+		cmd:     exec.Command(binary, "--output", "json", "--log-format", "json", "--flush-interval", "10ms", "--pid", fmt.Sprint(os.Getpid())),
+		started: make(chan struct{}),
+	}
+	p.cmd.Stdout = &p.stdout
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential:  &syscall.Credential{Uid: 65534, Gid: 65534},
+		AmbientCaps: []uintptr{unix.CAP_BPF, unix.CAP_PERFMON, unix.CAP_NET_ADMIN},
+	}
+	p.begin(t)
+	c.Close()
+	s.Read(make([]byte, 1)) // EOF
+	s.Close()
+	time.Sleep(200 * time.Millisecond) // let the closes reach the ring
+	if code := p.stop(t, os.Interrupt); code != 0 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
+	}
+
+	ports := map[float64]bool{float64(c.LocalAddr().(*net.TCPAddr).Port): true, float64(ln.Addr().(*net.TCPAddr).Port): true}
+	closes := 0
+	sc := bufio.NewScanner(&p.stdout)
+	for sc.Scan() {
+		var ev map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Fatalf("not a JSON line: %q: %v", sc.Text(), err)
+		}
+		if ev["event"] != "close" || !ports[ev["lport"].(float64)] || !ports[ev["rport"].(float64)] {
+			continue
+		}
+		closes++
+		if int(ev["pid"].(float64)) != os.Getpid() || ev["pid_source"] != "fd_owner" {
+			t.Errorf("close of root's socket with pid %v (%v), want %d (fd_owner): %s", ev["pid"], ev["pid_source"], os.Getpid(), sc.Text())
+		}
+	}
+	if closes != 2 {
+		t.Errorf("%d close events of the connection, want 2; stdout:\n%s", closes, p.stdout.String())
+	}
+
+	warnings := 0
+	for _, line := range strings.Split(p.stderr.String(), "\n") {
+		var l map[string]any
+		if json.Unmarshal([]byte(line), &l) != nil || l["level"] != "warn" {
+			continue
+		}
+		if _, ok := l["CAP_SYS_PTRACE"]; !ok {
+			continue
+		}
+		warnings++
+		for _, cap := range []string{"CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_NICE"} {
+			if cost, _ := l[cap].(string); !strings.Contains(cost, "counted as") {
+				t.Errorf("the warning gives %s %q, want what it costs", cap, cost)
+			}
+		}
+	}
+	if warnings != 1 {
+		t.Errorf("%d warnings naming the missing capabilities, want 1; stderr:\n%s", warnings, p.stderr.String())
 	}
 }
