@@ -1,7 +1,9 @@
 package tracer
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -85,6 +87,13 @@ func (t *Tracer) findCgroupRoot() error {
 		return err
 	}
 	dir := "/run/portlife/cgroup2"
+	// The directories that do not exist yet are portlife's, to remove at
+	// Close: the deepest last.
+	for d := dir; d != "/run"; d = filepath.Dir(d) {
+		if _, err := os.Lstat(d); errors.Is(err, fs.ErrNotExist) {
+			t.madeDirs = append([]string{d}, t.madeDirs...)
+		}
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("no cgroup v2 mount, and making %s for one: %w", dir, err)
 	}
@@ -96,9 +105,22 @@ func (t *Tracer) findCgroupRoot() error {
 	return nil
 }
 
-func unmountCgroup(dir string) error {
-	if err := unix.Unmount(dir, 0); err != nil {
-		return fmt.Errorf("unmounting %s: %w", dir, err)
+// removeOwnMount undoes findCgroupRoot: it unmounts the cgroup v2 mount
+// portlife made, then removes the directories it made for it.
+func (t *Tracer) removeOwnMount() error {
+	if t.ownMount != "" {
+		if err := unix.Unmount(t.ownMount, 0); err != nil {
+			return fmt.Errorf("unmounting %s: %w", t.ownMount, err)
+		}
+		t.ownMount = ""
 	}
-	return nil
+	var errs []error
+	for i := len(t.madeDirs) - 1; i >= 0; i-- {
+		// Another program may have put something in one since.
+		if err := os.Remove(t.madeDirs[i]); err != nil && !errors.Is(err, unix.ENOTEMPTY) {
+			errs = append(errs, err)
+		}
+	}
+	t.madeDirs = nil
+	return errors.Join(errs...)
 }

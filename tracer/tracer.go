@@ -85,8 +85,10 @@ type Tracer struct {
 	dec decoder
 	// cgroupRoot is where cgroup v2 is mounted; "" if it is not.
 	cgroupRoot string
-	// ownMount is a cgroup v2 mount portlife made, to unmount at Close.
+	// ownMount is a cgroup v2 mount portlife made, to unmount at Close, and
+	// madeDirs the directories it made for it, to remove then.
 	ownMount string
+	madeDirs []string
 	objs     portlifeObjects
 	reader   *ringbuf.Reader
 
@@ -408,9 +410,6 @@ func (t *Tracer) Close() error {
 	}
 	errs = append(errs, t.objs.Close())
 	t.objs = portlifeObjects{}
-	if t.ownMount != "" {
-		errs = append(errs, unmountCgroup(t.ownMount))
-		t.ownMount = ""
-	}
+	errs = append(errs, t.removeOwnMount())
 	return errors.Join(errs...)
 }
