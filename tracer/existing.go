@@ -56,8 +56,9 @@ func (t *Tracer) adoptExisting() error {
 	}
 
 	batches := found.batches(int(t.objs.FdOwners.MaxEntries()))
+	listeners := found.listeners()
 	for _, b := range batches {
-		if err := t.adoptBatch(found, b, namespaces); err != nil {
+		if err := t.adoptBatch(found, b, namespaces, listeners); err != nil {
 			return err
 		}
 	}
@@ -96,7 +97,7 @@ type found struct {
 
 type foundProc struct {
 	owner portlifeOwner
-	start uint64 // ns since boot: the oldest holder of a socket owns it
+	start uint64 // when it started (CLOCK_MONOTONIC, ns): the oldest holder of a socket owns it
 }
 
 const sockFileSize = int(unsafe.Sizeof(portlifeSockFile{}))
@@ -194,7 +195,7 @@ func (f *found) batches(n int) []batch {
 
 // adoptBatch puts the batch's owners in the kernel's table and runs each
 // protocol's iterator in every namespace, then empties the table.
-func (t *Tracer) adoptBatch(f *found, b batch, namespaces []netnsRef) error {
+func (t *Tracer) adoptBatch(f *found, b batch, namespaces []netnsRef, listeners map[uint32]map[uint16]portlifeOwner) error {
 	keys := make([]uint64, len(b.socks))
 	owners := make([]portlifeOwner, len(b.socks))
 	for i, s := range b.socks {
@@ -209,15 +210,15 @@ func (t *Tracer) adoptBatch(f *found, b batch, namespaces []netnsRef) error {
 	if err := t.objs.AdoptBatch.Set(portlifeBatch{Lo: b.lo, Hi: b.hi}); err != nil {
 		return fmt.Errorf("setting the batch: %w", err)
 	}
-	listeners := f.listeners()
 	for _, w := range []struct {
-		proto event.Proto
-		prog  *ebpf.Program
-	}{{event.ProtoTCP, t.objs.TcpExisting}, {event.ProtoUDP, t.objs.UdpExisting}} {
+		proto     event.Proto
+		prog      *ebpf.Program
+		listeners map[uint32]map[uint16]portlifeOwner
+	}{{event.ProtoTCP, t.objs.TcpExisting, listeners}, {event.ProtoUDP, t.objs.UdpExisting, nil}} {
 		if !t.cfg.Filter.WantsProto(w.proto) {
 			continue
 		}
-		if err := t.walkAll(w.prog, namespaces, listeners); err != nil {
+		if err := t.walkAll(w.prog, namespaces, w.listeners); err != nil {
 			return fmt.Errorf("walking existing %s sockets: %w", w.proto, err)
 		}
 	}
