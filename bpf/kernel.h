@@ -36,6 +36,7 @@ enum {
 };
 enum {
 	BPF_ANY = 0,
+	BPF_NOEXIST = 1,
 	BPF_F_NO_PREALLOC = 1,
 	BPF_F_CLONE = 512,
 	BPF_SK_STORAGE_GET_F_CREATE = 1,
@@ -77,6 +78,9 @@ struct bpf_sock_addr {
 		__u64 : 64;
 	} __attribute__((aligned(8)));
 };
+
+/* uapi: errno */
+#define EEXIST 17
 
 /* uapi: socket families and protocols */
 #define AF_INET 2
@@ -217,6 +221,8 @@ struct file {
 	void *private_data; /* a socket's file: its struct socket */
 };
 
+struct sock;
+
 struct socket {
 	socket_state state;
 	struct sock *sk;
@@ -234,9 +240,14 @@ struct files_struct {
 };
 
 struct task_struct {
+	int tgid;
+	__u64 start_time;
 	struct files_struct *files;
 	struct task_struct *group_leader;
+	const struct cred *cred;
 	char comm[16];
+	struct nsproxy *nsproxy;
+	struct css_set *cgroups;
 };
 
 struct sock {
@@ -282,6 +293,38 @@ struct bpf_iter__tcp {
 	struct bpf_iter_meta *meta;
 	struct sock_common *sk_common;
 	__u32 uid;
+};
+
+/* Processes, for the owners of the sockets that existed at start. */
+typedef struct {
+	__u32 val;
+} kuid_t;
+
+struct cred {
+	kuid_t uid;
+};
+
+struct kernfs_node {
+	__u64 id;
+};
+
+struct cgroup {
+	struct kernfs_node *kn;
+};
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
+};
+
+struct nsproxy {
+	struct net *net_ns;
+};
+
+struct bpf_iter__task_file {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+	__u32 fd;
+	struct file *file;
 };
 
 #pragma clang attribute pop

@@ -145,7 +145,13 @@ int bind_exit(struct syscall_exit_args *ctx)
 	return call_exited(ctx, EVENT_BIND_FAILED);
 }
 
-/* Sockets from before tracing: run once in each network namespace at start. */
+/* Sockets from before tracing: run once at start (existing.bpf.h). */
+
+SEC("iter/task_file")
+int find_owners(struct bpf_iter__task_file *ctx)
+{
+	return find_owner(ctx);
+}
 
 SEC("iter/tcp")
 int tcp_existing(struct bpf_iter__tcp *ctx)

@@ -33,6 +33,7 @@ enum pid_source {
 	PID_SOURCE_FD_OWNER = 5, /* a process holding the socket's fd when tracing started */
 	PID_SOURCE_BIND = 6,     /* the task that called bind() */
 	PID_SOURCE_READER = 7,   /* an accepted connection: the first task outside the listener's process to read it */
+	PID_SOURCE_LISTENER_FD_OWNER = 8, /* accepted by a listener from before tracing: its fd owner */
 };
 
 enum closed_by {
@@ -100,15 +101,6 @@ struct event {
 	char thread[COMM_LEN]; /* the name of the thread that did it (tid); empty if not seen */
 };
 
-/* A process that held a socket when tracing started, found in /proc. */
-struct owner {
-	__u64 cgroup_id;
-	__u32 pid;
-	__u32 uid;
-	char comm[COMM_LEN];
-};
-
-#define MAX_FD_OWNERS 65536
 #define MAX_PORT_RANGES 8
 #define MAX_RADDR_NETS 64
 

@@ -130,6 +130,15 @@ static __always_inline void on_close(struct sock *sk, int oldstate)
 
 	if (!c)
 		return;
+	if (c->phase == PHASE_CONNECTING && oldstate != TCP_SYN_SENT) {
+		/* Established, but the hook was skipped then (see missed_close). */
+		read_tuple(sk, &c->e);
+		if (!tuple_wanted(sk, &c->e)) {
+			bpf_sk_storage_delete(&conns, sk);
+			return;
+		}
+		c->phase = PHASE_OPEN;
+	}
 	if (c->phase == PHASE_CONNECTING) {
 		read_tuple(sk, &c->e);
 		c->e.error = sk->sk_err;
@@ -255,12 +264,45 @@ static __always_inline int tcp_reset_received(struct sock *sk)
 	return 0;
 }
 
+/*
+ * A socket destroyed before its move to TCP_CLOSE was seen. The kernel does
+ * not run a tracing program that an interrupt finds already running on its
+ * CPU: a softirq's state changes (the ACK of a FIN, a reset, a timeout)
+ * that arrive while a process's close() or connect() runs the hook are
+ * skipped, and counted only as the program's recursion misses. The socket
+ * is destroyed in TCP_CLOSE all the same, so its end is reported now, as
+ * the skipped changes would have: the counters are still there, and a
+ * connection we closed first without a reset went through TIME_WAIT.
+ * Stats.HookMissed in user space counts the skipped runs.
+ */
+static __always_inline void missed_close(struct sock *sk, struct conn *c)
+{
+	c->e.end_ns = bpf_ktime_get_boot_ns();
+	if (c->phase == PHASE_CONNECTING) {
+		read_tuple(sk, &c->e);
+		c->e.error = sk->sk_err;
+		c->e.last_state = TCP_SYN_SENT;
+		if (tuple_wanted(sk, &c->e))
+			emit(sk, &c->e, EVENT_CONNECT_FAILED);
+		c->phase = PHASE_DONE;
+		return;
+	}
+	read_counters(sk, &c->e);
+	if (c->e.closed_by == CLOSED_BY_LOCAL && !(c->e.flags & (EVENT_F_RESET_SENT | EVENT_F_RESET_RECEIVED)))
+		c->e.flags |= EVENT_F_TIME_WAIT;
+	c->phase = PHASE_CLOSED;
+}
+
 /* tcp:tcp_destroy_sock: the close event goes out now. */
 static __always_inline int tcp_destroyed(struct sock *sk)
 {
 	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
 
-	if (!c || c->phase != PHASE_CLOSED)
+	if (!c)
+		return 0;
+	if (c->phase == PHASE_OPEN || c->phase == PHASE_CONNECTING)
+		missed_close(sk, c);
+	if (c->phase != PHASE_CLOSED)
 		return 0;
 	emit_close(sk, c);
 	c->phase = PHASE_DONE;

@@ -55,9 +55,17 @@ var requiredTracepoints = []string{
 // hasCapabilities reports whether this process may load and attach tracing
 // programs: CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON and CAP_NET_ADMIN.
 func hasCapabilities() bool {
+	has := effectiveCapabilities()
+	return has(unix.CAP_SYS_ADMIN) || has(unix.CAP_BPF) && has(unix.CAP_PERFMON) && has(unix.CAP_NET_ADMIN)
+}
+
+// effectiveCapabilities reports which capabilities this process has. If
+// /proc does not say, root is taken to have them all.
+func effectiveCapabilities() func(int) bool {
+	all := func(int) bool { return os.Geteuid() == 0 }
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
-		return os.Geteuid() == 0
+		return all
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		hex, ok := strings.CutPrefix(line, "CapEff:")
@@ -66,12 +74,38 @@ func hasCapabilities() bool {
 		}
 		caps, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
 		if err != nil {
-			return os.Geteuid() == 0
+			return all
 		}
-		has := func(c int) bool { return caps&(1<<c) != 0 }
-		return has(unix.CAP_SYS_ADMIN) || has(unix.CAP_BPF) && has(unix.CAP_PERFMON) && has(unix.CAP_NET_ADMIN)
+		return func(c int) bool { return caps&(1<<c) != 0 }
 	}
-	return os.Geteuid() == 0
+	return all
+}
+
+// capabilityCost is a capability portlife uses beyond those it needs to run
+// at all, and what running without it costs.
+type capabilityCost struct {
+	name string
+	cost string
+}
+
+// missingCapabilities lists the capabilities portlife would use with cfg
+// but lacks, and what each costs.
+func missingCapabilities(cfg *Config) []capabilityCost {
+	has := effectiveCapabilities()
+	var out []capabilityCost
+	if !has(unix.CAP_SYS_ADMIN) {
+		out = append(out, capabilityCost{"CAP_SYS_ADMIN",
+			"entering other network namespaces (setns), and mounting cgroup v2 where none is: sockets that existed at start in other namespaces are not adopted, and their ends are not reported (counted as not_adopted)"})
+	}
+	if !has(unix.CAP_SYS_PTRACE) {
+		out = append(out, capabilityCost{"CAP_SYS_PTRACE",
+			"finding the network namespaces of other users' processes (/proc/PID/ns/net), and of sockets held from outside their namespace (pidfd_getfd): sockets that existed at start there are not adopted (counted as not_adopted)"})
+	}
+	if cfg.ReaderNice < 0 && !has(unix.CAP_SYS_NICE) {
+		out = append(out, capabilityCost{"CAP_SYS_NICE",
+			"raising the reader's priority (--reader-nice): on a CPU-saturated host the reader can fall behind, and the kernel then drops events (counted as ringbuf_full)"})
+	}
+	return out
 }
 
 // explain turns the kernel's refusals into the errors above, keeping the

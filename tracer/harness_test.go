@@ -84,6 +84,14 @@ type running struct {
 // stops and closes it.
 func startTracer(t *testing.T, f event.Filter) *running {
 	t.Helper()
+	r := &running{events: newCollector()}
+	r.Tracer = startTracerTo(t, f, r.events)
+	return r
+}
+
+// startTracerTo is startTracer with an Output of the test's own.
+func startTracerTo(t *testing.T, f event.Filter, out Output) *Tracer {
+	t.Helper()
 	requireRoot(t)
 	cfg := DefaultConfig()
 	cfg.Filter = f
@@ -93,10 +101,9 @@ func startTracer(t *testing.T, f event.Filter) *running {
 	if err != nil {
 		t.Fatalf("starting the tracer: %v", err)
 	}
-	r := &running{Tracer: tr, events: newCollector()}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- tr.Run(ctx, r.events) }()
+	go func() { done <- tr.Run(ctx, out) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -106,13 +113,18 @@ func startTracer(t *testing.T, f event.Filter) *running {
 			t.Errorf("Close: %v", err)
 		}
 	})
-	return r
+	return tr
 }
 
-// lost fails the test if the kernel side dropped anything.
+// requireNothingLost fails the test if the kernel side dropped anything.
 func (r *running) requireNothingLost(t *testing.T) {
 	t.Helper()
-	s, err := r.Stats()
+	requireNothingLost(t, r.Tracer)
+}
+
+func requireNothingLost(t *testing.T, tr *Tracer) {
+	t.Helper()
+	s, err := tr.Stats()
 	if err != nil {
 		t.Fatalf("Stats: %v", err)
 	}

@@ -25,7 +25,14 @@ import (
 // must tell them apart from the test process by pid.
 const helperEnv = "PORTLIFE_TEST_HELPER"
 
+// testNetns is the network namespace the test process started in.
+var testNetns uint32
+
 func TestMain(m *testing.M) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &st); err == nil {
+		testNetns = uint32(st.Ino)
+	}
 	if role := os.Getenv(helperEnv); role != "" {
 		if err := runHelper(role, os.Args[len(os.Args)-1]); err != nil {
 			fmt.Fprintf(os.Stderr, "helper %s: %v\n", role, err)
@@ -119,6 +126,12 @@ func runHelper(role, arg string) error {
 		return prefork(arg)
 	case "preforkworker":
 		return preforkWorker()
+	case "holdserver":
+		return holdServer(arg)
+	case "holdclients":
+		return holdClients(arg)
+	case "foreignlistener":
+		return foreignListener(arg)
 	}
 	return fmt.Errorf("unknown role %q", role)
 }

@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type portlifeBatch struct {
+	_  structs.HostLayout
+	Lo uint64
+	Hi uint64
+}
+
 type portlifeCall struct {
 	_       structs.HostLayout
 	Sk      uint64
@@ -165,20 +171,37 @@ type portlifeOwner struct {
 type portlifePidSource uint32
 
 const (
-	portlifePidSourcePID_SOURCE_UNKNOWN  portlifePidSource = 0
-	portlifePidSourcePID_SOURCE_CONNECT  portlifePidSource = 1
-	portlifePidSourcePID_SOURCE_LISTENER portlifePidSource = 2
-	portlifePidSourcePID_SOURCE_CLOSE    portlifePidSource = 3
-	portlifePidSourcePID_SOURCE_SOCKET   portlifePidSource = 4
-	portlifePidSourcePID_SOURCE_FD_OWNER portlifePidSource = 5
-	portlifePidSourcePID_SOURCE_BIND     portlifePidSource = 6
-	portlifePidSourcePID_SOURCE_READER   portlifePidSource = 7
+	portlifePidSourcePID_SOURCE_UNKNOWN           portlifePidSource = 0
+	portlifePidSourcePID_SOURCE_CONNECT           portlifePidSource = 1
+	portlifePidSourcePID_SOURCE_LISTENER          portlifePidSource = 2
+	portlifePidSourcePID_SOURCE_CLOSE             portlifePidSource = 3
+	portlifePidSourcePID_SOURCE_SOCKET            portlifePidSource = 4
+	portlifePidSourcePID_SOURCE_FD_OWNER          portlifePidSource = 5
+	portlifePidSourcePID_SOURCE_BIND              portlifePidSource = 6
+	portlifePidSourcePID_SOURCE_READER            portlifePidSource = 7
+	portlifePidSourcePID_SOURCE_LISTENER_FD_OWNER portlifePidSource = 8
 )
 
 type portlifeRaddrKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	Addr      [16]uint8
+}
+
+type portlifeSockFile struct {
+	_         structs.HostLayout
+	Ino       uint64
+	Start     uint64
+	CgroupId  uint64
+	Pid       uint32
+	Uid       uint32
+	Fd        uint32
+	Netns     uint32
+	TaskNetns uint32
+	Lport     uint16
+	Proto     uint8
+	State     uint8
+	Comm      [16]int8
 }
 
 type portlifeTracedProto uint32
@@ -204,6 +227,7 @@ const (
 	portlifeProgBindExit         = "bind_exit"
 	portlifeProgConnectEnter     = "connect_enter"
 	portlifeProgConnectExit      = "connect_exit"
+	portlifeProgFindOwners       = "find_owners"
 	portlifeProgTcpDestroy       = "tcp_destroy"
 	portlifeProgTcpExisting      = "tcp_existing"
 	portlifeProgTcpRead          = "tcp_read"
@@ -220,6 +244,9 @@ const (
 	portlifeProgUdpSend4         = "udp_send4"
 	portlifeProgUdpSend6         = "udp_send6"
 	portlifeProgUdpSent          = "udp_sent"
+	portlifeVarAdoptBatch        = "adopt_batch"
+	portlifeVarAdoptTcpSockets   = "adopt_tcp_sockets"
+	portlifeVarAdoptUdpSockets   = "adopt_udp_sockets"
 	portlifeVarCfg               = "cfg"
 	portlifeVarUnusedClosedBy    = "unused_closed_by"
 	portlifeVarUnusedDirection   = "unused_direction"
@@ -227,6 +254,7 @@ const (
 	portlifeVarUnusedEventFlag   = "unused_event_flag"
 	portlifeVarUnusedEventKind   = "unused_event_kind"
 	portlifeVarUnusedPidSource   = "unused_pid_source"
+	portlifeVarUnusedSockFile    = "unused_sock_file"
 	portlifeVarUnusedTracedProto = "unused_traced_proto"
 )
 
@@ -276,6 +304,7 @@ type portlifeProgramSpecs struct {
 	BindExit     *ebpf.ProgramSpec `ebpf:"bind_exit"`
 	ConnectEnter *ebpf.ProgramSpec `ebpf:"connect_enter"`
 	ConnectExit  *ebpf.ProgramSpec `ebpf:"connect_exit"`
+	FindOwners   *ebpf.ProgramSpec `ebpf:"find_owners"`
 	TcpDestroy   *ebpf.ProgramSpec `ebpf:"tcp_destroy"`
 	TcpExisting  *ebpf.ProgramSpec `ebpf:"tcp_existing"`
 	TcpRead      *ebpf.ProgramSpec `ebpf:"tcp_read"`
@@ -312,6 +341,9 @@ type portlifeMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type portlifeVariableSpecs struct {
+	AdoptBatch        *ebpf.VariableSpec `ebpf:"adopt_batch"`
+	AdoptTcpSockets   *ebpf.VariableSpec `ebpf:"adopt_tcp_sockets"`
+	AdoptUdpSockets   *ebpf.VariableSpec `ebpf:"adopt_udp_sockets"`
 	Cfg               *ebpf.VariableSpec `ebpf:"cfg"`
 	UnusedClosedBy    *ebpf.VariableSpec `ebpf:"unused_closed_by"`
 	UnusedDirection   *ebpf.VariableSpec `ebpf:"unused_direction"`
@@ -319,6 +351,7 @@ type portlifeVariableSpecs struct {
 	UnusedEventFlag   *ebpf.VariableSpec `ebpf:"unused_event_flag"`
 	UnusedEventKind   *ebpf.VariableSpec `ebpf:"unused_event_kind"`
 	UnusedPidSource   *ebpf.VariableSpec `ebpf:"unused_pid_source"`
+	UnusedSockFile    *ebpf.VariableSpec `ebpf:"unused_sock_file"`
 	UnusedTracedProto *ebpf.VariableSpec `ebpf:"unused_traced_proto"`
 }
 
@@ -369,6 +402,9 @@ func (m *portlifeMaps) Close() error {
 //
 // It can be passed to loadPortlifeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portlifeVariables struct {
+	AdoptBatch        *ebpf.Variable `ebpf:"adopt_batch"`
+	AdoptTcpSockets   *ebpf.Variable `ebpf:"adopt_tcp_sockets"`
+	AdoptUdpSockets   *ebpf.Variable `ebpf:"adopt_udp_sockets"`
 	Cfg               *ebpf.Variable `ebpf:"cfg"`
 	UnusedClosedBy    *ebpf.Variable `ebpf:"unused_closed_by"`
 	UnusedDirection   *ebpf.Variable `ebpf:"unused_direction"`
@@ -376,6 +412,7 @@ type portlifeVariables struct {
 	UnusedEventFlag   *ebpf.Variable `ebpf:"unused_event_flag"`
 	UnusedEventKind   *ebpf.Variable `ebpf:"unused_event_kind"`
 	UnusedPidSource   *ebpf.Variable `ebpf:"unused_pid_source"`
+	UnusedSockFile    *ebpf.Variable `ebpf:"unused_sock_file"`
 	UnusedTracedProto *ebpf.Variable `ebpf:"unused_traced_proto"`
 }
 
@@ -387,6 +424,7 @@ type portlifePrograms struct {
 	BindExit     *ebpf.Program `ebpf:"bind_exit"`
 	ConnectEnter *ebpf.Program `ebpf:"connect_enter"`
 	ConnectExit  *ebpf.Program `ebpf:"connect_exit"`
+	FindOwners   *ebpf.Program `ebpf:"find_owners"`
 	TcpDestroy   *ebpf.Program `ebpf:"tcp_destroy"`
 	TcpExisting  *ebpf.Program `ebpf:"tcp_existing"`
 	TcpRead      *ebpf.Program `ebpf:"tcp_read"`
@@ -411,6 +449,7 @@ func (p *portlifePrograms) Close() error {
 		p.BindExit,
 		p.ConnectEnter,
 		p.ConnectExit,
+		p.FindOwners,
 		p.TcpDestroy,
 		p.TcpExisting,
 		p.TcpRead,

@@ -1,9 +1,9 @@
 package tracer
 
 import (
-	"bufio"
-	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,81 +15,23 @@ import (
 	"github.com/portlife/portlife/internal/event"
 )
 
-// procOwner is a process as /proc shows it, for sockets that existed
-// before tracing started.
-type procOwner struct {
-	pid       uint32
-	uid       uint32
-	comm      string
-	cgroupID  uint64
-	startTime uint64 // clock ticks since boot
-}
-
-// procScan is what one walk of /proc found.
-type procScan struct {
-	// owners maps a socket inode to the process holding it. Where several
-	// hold it (a server that forked workers), the oldest: the one that
-	// created it, as the live hooks would have recorded.
-	owners map[uint64]*procOwner
-	// netns maps each network namespace (its inode) to a process in it.
-	netns map[uint32]uint32
-}
-
-// scanProc walks /proc once. Processes that exit meanwhile are skipped.
-func scanProc(procRoot, cgroupRoot string) (procScan, error) {
-	scan := procScan{owners: map[uint64]*procOwner{}, netns: map[uint32]uint32{}}
-	dirs, err := os.ReadDir(procRoot)
-	if err != nil {
-		return scan, fmt.Errorf("reading %s: %w", procRoot, err)
-	}
-	for _, d := range dirs {
-		pid, err := strconv.ParseUint(d.Name(), 10, 32)
-		if err != nil {
-			continue
-		}
-		dir := filepath.Join(procRoot, d.Name())
-		if ns, ok := nsInode(filepath.Join(dir, "ns/net")); ok {
-			if _, seen := scan.netns[ns]; !seen {
-				scan.netns[ns] = uint32(pid)
-			}
-		}
-		inodes := socketInodes(filepath.Join(dir, "fd"))
-		if len(inodes) == 0 {
-			continue
-		}
-		p, err := readOwner(dir, uint32(pid), cgroupRoot)
-		if err != nil {
-			continue
-		}
-		for _, ino := range inodes {
-			if old, ok := scan.owners[ino]; !ok || p.startTime < old.startTime ||
-				p.startTime == old.startTime && p.pid < old.pid {
-				scan.owners[ino] = p
+// netnsPaths lists /proc/PID/ns/net for every process, then every network
+// namespace bind-mounted under runNetns.
+func netnsPaths(procRoot, runNetns string) []string {
+	var paths []string
+	if dirs, err := os.ReadDir(procRoot); err == nil {
+		for _, d := range dirs {
+			if _, err := strconv.ParseUint(d.Name(), 10, 32); err == nil {
+				paths = append(paths, filepath.Join(procRoot, d.Name(), "ns/net"))
 			}
 		}
 	}
-	return scan, nil
-}
-
-// socketInodes lists the sockets a process holds: fd links "socket:[N]".
-func socketInodes(fdDir string) []uint64 {
-	fds, err := os.ReadDir(fdDir)
-	if err != nil {
-		return nil
-	}
-	var out []uint64
-	for _, fd := range fds {
-		link, err := os.Readlink(filepath.Join(fdDir, fd.Name()))
-		if err != nil {
-			continue
-		}
-		if n, ok := strings.CutPrefix(link, "socket:["); ok {
-			if ino, err := strconv.ParseUint(strings.TrimSuffix(n, "]"), 10, 64); err == nil {
-				out = append(out, ino)
-			}
+	if mounts, err := os.ReadDir(runNetns); err == nil {
+		for _, m := range mounts {
+			paths = append(paths, filepath.Join(runNetns, m.Name()))
 		}
 	}
-	return out
+	return paths
 }
 
 func nsInode(path string) (uint32, bool) {
@@ -98,61 +40,6 @@ func nsInode(path string) (uint32, bool) {
 		return 0, false
 	}
 	return uint32(st.Ino), true
-}
-
-func readOwner(dir string, pid uint32, cgroupRoot string) (*procOwner, error) {
-	p := &procOwner{pid: pid}
-	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
-	if err != nil {
-		return nil, err
-	}
-	// comm is in parentheses and may hold spaces and parentheses itself.
-	open, closing := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
-	if open < 0 || closing < open {
-		return nil, fmt.Errorf("%s/stat: no comm", dir)
-	}
-	p.comm = string(stat[open+1 : closing])
-	fields := strings.Fields(string(stat[closing+1:]))
-	if len(fields) > 19 { // starttime is field 22; fields[0] is field 3
-		p.startTime, _ = strconv.ParseUint(fields[19], 10, 64)
-	}
-	status, err := os.ReadFile(filepath.Join(dir, "status"))
-	if err != nil {
-		return nil, err
-	}
-	sc := bufio.NewScanner(bytes.NewReader(status))
-	for sc.Scan() {
-		if uids, ok := strings.CutPrefix(sc.Text(), "Uid:"); ok {
-			if f := strings.Fields(uids); len(f) > 0 {
-				uid, _ := strconv.ParseUint(f[0], 10, 32)
-				p.uid = uint32(uid)
-			}
-			break
-		}
-	}
-	p.cgroupID = cgroupID(dir, cgroupRoot)
-	return p, nil
-}
-
-// cgroupID is the inode of the process's cgroup v2 directory, which is the
-// id bpf_get_current_cgroup_id() returns. 0 if unknown.
-func cgroupID(dir, cgroupRoot string) uint64 {
-	if cgroupRoot == "" {
-		return 0
-	}
-	b, err := os.ReadFile(filepath.Join(dir, "cgroup"))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if path, ok := strings.CutPrefix(line, "0::"); ok {
-			var st unix.Stat_t
-			if unix.Stat(filepath.Join(cgroupRoot, path), &st) == nil {
-				return st.Ino
-			}
-		}
-	}
-	return 0
 }
 
 // cgroup2Mount finds where the cgroup v2 hierarchy is mounted, from a
@@ -200,6 +87,13 @@ func (t *Tracer) findCgroupRoot() error {
 		return err
 	}
 	dir := "/run/portlife/cgroup2"
+	// The directories that do not exist yet are portlife's, to remove at
+	// Close: the deepest last.
+	for d := dir; d != "/run"; d = filepath.Dir(d) {
+		if _, err := os.Lstat(d); errors.Is(err, fs.ErrNotExist) {
+			t.madeDirs = append([]string{d}, t.madeDirs...)
+		}
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("no cgroup v2 mount, and making %s for one: %w", dir, err)
 	}
@@ -211,9 +105,22 @@ func (t *Tracer) findCgroupRoot() error {
 	return nil
 }
 
-func unmountCgroup(dir string) error {
-	if err := unix.Unmount(dir, 0); err != nil {
-		return fmt.Errorf("unmounting %s: %w", dir, err)
+// removeOwnMount undoes findCgroupRoot: it unmounts the cgroup v2 mount
+// portlife made, then removes the directories it made for it.
+func (t *Tracer) removeOwnMount() error {
+	if t.ownMount != "" {
+		if err := unix.Unmount(t.ownMount, 0); err != nil {
+			return fmt.Errorf("unmounting %s: %w", t.ownMount, err)
+		}
+		t.ownMount = ""
 	}
-	return nil
+	var errs []error
+	for i := len(t.madeDirs) - 1; i >= 0; i-- {
+		// Another program may have put something in one since.
+		if err := os.Remove(t.madeDirs[i]); err != nil && !errors.Is(err, unix.ENOTEMPTY) {
+			errs = append(errs, err)
+		}
+	}
+	t.madeDirs = nil
+	return errors.Join(errs...)
 }

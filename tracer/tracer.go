@@ -66,11 +66,19 @@ type Stats struct {
 	RingbufFull uint64 // events dropped: the ring buffer was full
 	StorageFull uint64 // sockets not tracked: no per-socket state could be allocated
 	TableFull   uint64 // entries a bounded kernel table refused or evicted
-	SkippedRuns uint64 // program runs the kernel skipped (recursion); each may lose an event
+	NotAdopted  uint64 // sockets from before start in network namespaces that could not be entered
+	// SkippedRuns counts runs of portlife's programs that the kernel
+	// skipped: it does not run a tracing program that an interrupt finds
+	// already running on its CPU (recursion misses, Linux 5.12 and later).
+	// The kernel side still reports the end of a connection whose last
+	// state changes were skipped, when the socket is destroyed; another
+	// skipped run can cost an event, or details of one. Not in Lost, which
+	// counts events known to be lost.
+	SkippedRuns uint64
 }
 
 // Lost is every event the kernel side could not deliver.
-func (s Stats) Lost() uint64 { return s.RingbufFull + s.StorageFull + s.TableFull + s.SkippedRuns }
+func (s Stats) Lost() uint64 { return s.RingbufFull + s.StorageFull + s.TableFull + s.NotAdopted }
 
 // Tracer is a loaded and attached portlife program.
 type Tracer struct {
@@ -79,17 +87,22 @@ type Tracer struct {
 	dec decoder
 	// cgroupRoot is where cgroup v2 is mounted; "" if it is not.
 	cgroupRoot string
-	// ownMount is a cgroup v2 mount portlife made, to unmount at Close.
+	// ownMount is a cgroup v2 mount portlife made, to unmount at Close, and
+	// madeDirs the directories it made for it, to remove then.
 	ownMount string
 	// tracefs is where tracefs is mounted, once the syscall hooks needed it;
 	// ownTracefs is set if portlife mounted it, to unmount at Close.
 	tracefs, ownTracefs string
+	madeDirs            []string
 	objs                portlifeObjects
 	reader              *ringbuf.Reader
 
 	mu     sync.Mutex // guards links: Run detaches while Close may run
 	links  []link.Link
 	events atomic.Uint64
+	// notAdopted counts the sockets from before start that could not be
+	// adopted, set once by New.
+	notAdopted atomic.Uint64
 }
 
 // New loads and attaches the program. On error nothing stays attached.
@@ -99,6 +112,13 @@ func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
 	}
 	if err := checkKernel(); err != nil {
 		return nil, err
+	}
+	if missing := missingCapabilities(&cfg); len(missing) > 0 {
+		fields := make([]zap.Field, len(missing))
+		for i, c := range missing {
+			fields[i] = zap.String(c.name, c.cost)
+		}
+		log.Warn("running without capabilities portlife uses: each one names what it costs", fields...)
 	}
 	dec, err := newDecoder()
 	if err != nil {
@@ -147,6 +167,11 @@ func (t *Tracer) load() error {
 	kcfg := kernelConfig(&t.cfg.Filter, wakeup)
 	if err := spec.Variables["cfg"].Set(kcfg); err != nil {
 		return fmt.Errorf("setting the filter: %w", err)
+	}
+	for name, proto := range map[string]event.Proto{"adopt_tcp_sockets": event.ProtoTCP, "adopt_udp_sockets": event.ProtoUDP} {
+		if err := spec.Variables[name].Set(t.cfg.Filter.WantsProto(proto)); err != nil {
+			return fmt.Errorf("setting %s: %w", name, err)
+		}
 	}
 	spec.Maps["events"].MaxEntries = uint32(t.cfg.RingBufferSize)
 
@@ -219,8 +244,9 @@ func (t *Tracer) hooks() []hook {
 }
 
 func (t *Tracer) attach() error {
+	syscallsOff := false
 	for _, h := range t.hooks() {
-		if !h.wanted {
+		if !h.wanted || h.how == attachTracepoint && syscallsOff {
 			continue
 		}
 		var (
@@ -232,11 +258,21 @@ func (t *Tracer) attach() error {
 			// The root of the cgroup v2 tree: every socket on the host.
 			l, err = link.AttachCgroup(link.CgroupOptions{Path: t.cgroupRoot, Attach: h.cgroup, Program: h.prog})
 		case attachTracepoint:
-			if err := t.findTracefs(); err != nil {
-				return err
+			err = t.findTracefs()
+			if err == nil {
+				group, name, _ := strings.Cut(h.name, ":")
+				l, err = link.Tracepoint(group, name, h.prog, nil)
 			}
-			group, name, _ := strings.Cut(h.name, ":")
-			l, err = link.Tracepoint(group, name, h.prog, nil)
+			if errors.Is(err, os.ErrPermission) {
+				// Without root, tracefs, where the syscall tracepoints'
+				// ids are, is usually not readable. The rest of tracing
+				// works: say what is missing, once, and go on.
+				t.log.Warn("connect() and bind() calls that fail before a SYN or a bound port are not reported: "+
+					"the syscall tracepoints cannot be attached without access to tracefs (run as root)",
+					zap.String("hook", h.name), zap.Error(err))
+				syscallsOff = true
+				continue
+			}
 			if errors.Is(err, os.ErrNotExist) {
 				err = fmt.Errorf("%w (%v)", ErrNoSyscallTracepoints, err)
 			}
@@ -371,6 +407,7 @@ func (t *Tracer) prioritize() func() {
 func (t *Tracer) Stats() (Stats, error) {
 	s, err := t.kernelStats()
 	s.Events = t.events.Load()
+	s.NotAdopted = t.notAdopted.Load()
 	skipped, serr := skippedRuns(t.attachedPrograms())
 	s.SkippedRuns = skipped
 	return s, errors.Join(err, serr)
@@ -416,10 +453,7 @@ func (t *Tracer) Close() error {
 	}
 	errs = append(errs, t.objs.Close())
 	t.objs = portlifeObjects{}
-	if t.ownMount != "" {
-		errs = append(errs, unmountCgroup(t.ownMount))
-		t.ownMount = ""
-	}
+	errs = append(errs, t.removeOwnMount())
 	if t.ownTracefs != "" {
 		errs = append(errs, t.unmountTracefs())
 	}

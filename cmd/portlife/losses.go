@@ -27,7 +27,7 @@ func (l losses) watch(ctx context.Context, log *zap.Logger, interval time.Durati
 	}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	var last uint64
+	var last, lastSkipped uint64
 	for {
 		select {
 		case <-ctx.Done():
@@ -40,10 +40,10 @@ func (l losses) watch(ctx context.Context, log *zap.Logger, interval time.Durati
 			continue
 		}
 		total := s.Lost() + l.stream.Dropped()
-		if total > last {
+		if total > last || s.SkippedRuns > lastSkipped {
 			log.Warn("events lost", append(l.fields(s, total),
 				zap.Uint64("lost_since_last", total-last))...)
-			last = total
+			last, lastSkipped = total, s.SkippedRuns
 		}
 	}
 }
@@ -58,6 +58,10 @@ func (l losses) summary(log *zap.Logger) error {
 		log.Warn("the kernel side could not deliver every event: raise --ring-buffer, or narrow the filters",
 			zap.Uint64("lost", s.Lost()))
 	}
+	if s.SkippedRuns > 0 {
+		log.Warn("the kernel skipped runs of portlife's hooks, interrupted on their CPU by another socket's event: closes are still reported, but some events or their details may be missing",
+			zap.Uint64("skipped_runs", s.SkippedRuns))
+	}
 	if d := l.stream.Dropped(); d > 0 {
 		log.Warn("a consumer fell behind and lost events from its queue", zap.Uint64("dropped", d))
 	}
@@ -65,13 +69,15 @@ func (l losses) summary(log *zap.Logger) error {
 }
 
 // fields are the loss counters as log fields: lost is the sum of every
-// reason, kernel side and consumers alike.
+// reason, kernel side and consumers alike; skipped_runs is not a count of
+// events (see tracer.Stats).
 func (l losses) fields(s tracer.Stats, total uint64) []zap.Field {
 	f := []zap.Field{
 		zap.Uint64("lost", total),
 		zap.Uint64("ringbuf_full", s.RingbufFull),
 		zap.Uint64("storage_full", s.StorageFull),
 		zap.Uint64("table_full", s.TableFull),
+		zap.Uint64("not_adopted", s.NotAdopted),
 		zap.Uint64("skipped_runs", s.SkippedRuns),
 	}
 	if cs := l.stream.Stats(); len(cs) > 0 {

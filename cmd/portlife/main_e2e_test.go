@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/kerneltest"
 )
@@ -27,7 +30,13 @@ import (
 
 var binary string // built once by TestMain
 
+// freshMountsEnv makes the test binary the wrapper inFreshMounts.
+const freshMountsEnv = "PORTLIFE_TEST_FRESH_MOUNTS"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(freshMountsEnv) != "" {
+		os.Exit(inFreshMounts(os.Args[1:]))
+	}
 	dir, err := os.MkdirTemp("", "portlife-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -485,4 +494,205 @@ func childOf(t *testing.T, pid int) int {
 		t.Fatal(err)
 	}
 	return child
+}
+
+// Run with only the capabilities it needs (CAP_BPF, CAP_PERFMON,
+// CAP_NET_ADMIN), as another user, portlife still names the owner of a
+// socket that existed at start and belongs to another user, and warns once
+// at start of each capability it uses but lacks, with what that costs.
+func TestWithoutOptionalCapabilities(t *testing.T) {
+	requireRoot(t) // to give the capabilities, and to hold root's socket
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	p := &process{
+		cmd:     exec.Command(binary, "--output", "json", "--log-format", "json", "--flush-interval", "10ms", "--pid", fmt.Sprint(os.Getpid())),
+		started: make(chan struct{}),
+	}
+	p.cmd.Stdout = &p.stdout
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential:  &syscall.Credential{Uid: 65534, Gid: 65534},
+		AmbientCaps: []uintptr{unix.CAP_BPF, unix.CAP_PERFMON, unix.CAP_NET_ADMIN},
+	}
+	p.begin(t)
+	c.Close()
+	s.Read(make([]byte, 1)) // EOF
+	s.Close()
+	time.Sleep(200 * time.Millisecond) // let the closes reach the ring
+	if code := p.stop(t, os.Interrupt); code != 0 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
+	}
+
+	ports := map[float64]bool{float64(c.LocalAddr().(*net.TCPAddr).Port): true, float64(ln.Addr().(*net.TCPAddr).Port): true}
+	closes := 0
+	sc := bufio.NewScanner(&p.stdout)
+	for sc.Scan() {
+		var ev map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Fatalf("not a JSON line: %q: %v", sc.Text(), err)
+		}
+		if ev["event"] != "close" || !ports[ev["lport"].(float64)] || !ports[ev["rport"].(float64)] {
+			continue
+		}
+		closes++
+		if int(ev["pid"].(float64)) != os.Getpid() || ev["pid_source"] != "fd_owner" {
+			t.Errorf("close of root's socket with pid %v (%v), want %d (fd_owner): %s", ev["pid"], ev["pid_source"], os.Getpid(), sc.Text())
+		}
+	}
+	if closes != 2 {
+		t.Errorf("%d close events of the connection, want 2; stdout:\n%s", closes, p.stdout.String())
+	}
+
+	warnings := 0
+	for _, line := range strings.Split(p.stderr.String(), "\n") {
+		var l map[string]any
+		if json.Unmarshal([]byte(line), &l) != nil || l["level"] != "warn" {
+			continue
+		}
+		if _, ok := l["CAP_SYS_PTRACE"]; !ok {
+			continue
+		}
+		warnings++
+		for _, cap := range []string{"CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_NICE"} {
+			if cost, _ := l[cap].(string); !strings.Contains(cost, "counted as") {
+				t.Errorf("the warning gives %s %q, want what it costs", cap, cost)
+			}
+		}
+	}
+	if warnings != 1 {
+		t.Errorf("%d warnings naming the missing capabilities, want 1; stderr:\n%s", warnings, p.stderr.String())
+	}
+}
+
+// On a host where cgroup v2 is not mounted, portlife mounts one for the UDP
+// hooks under /run/portlife, and at exit leaves nothing of it behind. The
+// host is a mount namespace of the test's own, where every cgroup v2 mount
+// is gone and /run is a fresh tmpfs.
+func TestOwnCgroupMountRemoved(t *testing.T) {
+	requireRoot(t)
+	p := &process{
+		cmd: exec.Command(os.Args[0], binary, "--output", "json", "--log-format", "json",
+			"--flush-interval", "10ms", "--pid", fmt.Sprint(os.Getpid())),
+		started: make(chan struct{}),
+	}
+	p.cmd.Env = append(os.Environ(), freshMountsEnv+"=1")
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS} // with private propagation
+	p.cmd.Stdout = &p.stdout
+	p.begin(t)
+	if !strings.Contains(p.stderr.String(), "mounted cgroup v2 for the UDP hooks") {
+		t.Fatalf("portlife did not mount cgroup v2: the test does not test what it says; stderr:\n%s", p.stderr.String())
+	}
+
+	// The UDP hooks work on the cgroup v2 root it mounted.
+	srv, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("udp4", srv.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := srv.ReadFrom(make([]byte, 8)); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	srv.Close()
+	time.Sleep(200 * time.Millisecond) // let the events reach the ring
+	if code := p.stop(t, os.Interrupt); code != 0 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
+	}
+
+	port := float64(c.LocalAddr().(*net.UDPAddr).Port)
+	kinds := map[string]int{}
+	sc := bufio.NewScanner(&p.stdout)
+	for sc.Scan() {
+		var ev map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Fatalf("not a JSON line: %q: %v", sc.Text(), err)
+		}
+		if ev["proto"] == "udp" && ev["lport"] == port {
+			kinds[ev["event"].(string)]++
+		}
+	}
+	if kinds["open"] != 1 || kinds["close"] != 1 {
+		t.Errorf("UDP events of the client socket %v, want an open and a close; stdout:\n%s", kinds, p.stdout.String())
+	}
+	if !strings.Contains(p.stderr.String(), "left under /run: []") {
+		t.Errorf("portlife left something under /run; stderr:\n%s", p.stderr.String())
+	}
+}
+
+// inFreshMounts runs a command (args) in this process's mount namespace,
+// which must be its own, once every cgroup v2 mount is gone and /run is an
+// empty tmpfs; then it writes to stderr what is left under /run, and exits
+// as the command did. It passes SIGINT and SIGTERM on.
+func inFreshMounts(args []string) int {
+	fail := func(err error) int {
+		fmt.Fprintln(os.Stderr, "fresh mounts:", err)
+		return 1
+	}
+	mounts, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return fail(err)
+	}
+	var cgroups []string
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[2] == "cgroup2" {
+			cgroups = append(cgroups, f[1])
+		}
+	}
+	for i := len(cgroups) - 1; i >= 0; i-- {
+		if err := unix.Unmount(cgroups[i], unix.MNT_DETACH); err != nil {
+			return fail(fmt.Errorf("unmounting %s: %w", cgroups[i], err))
+		}
+	}
+	if err := unix.Mount("tmpfs", "/run", "tmpfs", 0, "mode=0755"); err != nil {
+		return fail(fmt.Errorf("mounting a tmpfs on /run: %w", err))
+	}
+
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+	if err := cmd.Start(); err != nil {
+		return fail(err)
+	}
+	go func() {
+		for sig := range signals {
+			cmd.Process.Signal(sig)
+		}
+	}()
+	err = cmd.Wait()
+	var left []string
+	filepath.WalkDir("/run", func(path string, d fs.DirEntry, err error) error {
+		if path != "/run" {
+			left = append(left, path)
+		}
+		return nil
+	})
+	fmt.Fprintf(os.Stderr, "left under /run: %q\n", left)
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return exit.ExitCode()
+	}
+	if err != nil {
+		return fail(err)
+	}
+	return 0
 }

@@ -49,7 +49,7 @@ func tcpClose() event.Event {
 // common is the key set every event has.
 var common = []string{
 	"ts", "event", "proto", "family", "pid", "tid", "comm", "uid", "cgroup_id", "netns",
-	"pid_source", "laddr", "lport", "raddr", "rport", "direction", "ephemeral", "sock_cookie",
+	"pid_source", "laddr", "lport", "raddr", "rport", "direction", "ephemeral", "sock_cookie", "pre_existing",
 }
 
 func keys(extra ...string) []string {
@@ -72,7 +72,7 @@ func TestJSON(t *testing.T) {
 		{
 			name:     "tcp close has counters, TCP close fields and a duration in ms with µs precision",
 			ev:       tcpClose,
-			wantKeys: keys("start", "duration_ms", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "retransmits", "closed_by", "reset", "time_wait", "pre_existing"),
+			wantKeys: keys("start", "duration_ms", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "retransmits", "closed_by", "reset", "time_wait"),
 			want: map[string]any{
 				"ts":           "2024-03-05T11:00:02.623459289Z",
 				"start":        "2024-03-05T11:00:01.123456789Z",
@@ -113,7 +113,7 @@ func TestJSON(t *testing.T) {
 				e.PreExisting, e.Reset, e.TimeWait, e.ClosedBy = true, false, true, event.ClosedByLocal
 				return e
 			},
-			wantKeys: keys("tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "retransmits", "closed_by", "reset", "time_wait", "pre_existing"),
+			wantKeys: keys("tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "retransmits", "closed_by", "reset", "time_wait"),
 			want: map[string]any{
 				"pre_existing": true,
 				"time_wait":    true,
@@ -136,7 +136,7 @@ func TestJSON(t *testing.T) {
 					Destinations: 3, Connected: true,
 				}
 			},
-			wantKeys: keys("start", "duration_ms", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "destinations", "connected", "pre_existing"),
+			wantKeys: keys("start", "duration_ms", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "destinations", "connected"),
 			want: map[string]any{
 				"proto":        "udp",
 				"family":       "ipv6",
@@ -301,7 +301,7 @@ func TestJSON(t *testing.T) {
 				e.Direction, e.PIDSource, e.PID, e.ListenerPID = event.DirectionInbound, event.PIDSourceReader, 301, 300
 				return e
 			},
-			wantKeys: keys("listener_pid", "start", "duration_ms", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "retransmits", "closed_by", "reset", "time_wait", "pre_existing"),
+			wantKeys: keys("listener_pid", "start", "duration_ms", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "retransmits", "closed_by", "reset", "time_wait"),
 			want: map[string]any{
 				"pid":          num("301"),
 				"pid_source":   "reader",
@@ -608,6 +608,16 @@ func TestTextNotes(t *testing.T) {
 			e.Reset, e.PreExisting, e.ClosedBy = false, true, event.ClosedByUnknown
 			return e
 		}, "closed_by=unknown pre_existing"},
+		{"a connect in progress at start ends: its open or its failure is pre-existing too", func() event.Event {
+			e := tcpClose()
+			e.Kind, e.Errno, e.PreExisting = event.KindConnectFailed, unix.ETIMEDOUT, true
+			return e
+		}, "timeout pre_existing"},
+		{"a pre-existing open has only that note", func() event.Event {
+			e := tcpClose()
+			e.Kind, e.PreExisting = event.KindOpen, true
+			return e
+		}, "pre_existing"},
 		{"udp close counts destinations", func() event.Event {
 			e := tcpClose()
 			e.Proto, e.Destinations = event.ProtoUDP, 7

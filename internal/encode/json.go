@@ -58,6 +58,7 @@ func (j *JSON) Append(b []byte, e *event.Event) []byte {
 	b = appendString(b, `,"direction":"`, e.Direction.String())
 	b = appendBool(b, `","ephemeral":`, e.Ephemeral)
 	b = appendUint(b, `,"sock_cookie":`, e.Cookie)
+	b = appendBool(b, `,"pre_existing":`, e.PreExisting)
 	if !e.Start.IsZero() {
 		b = append(b, `,"start":"`...)
 		b = j.start.append(b, e.Start)
@@ -86,7 +87,6 @@ func (j *JSON) Append(b []byte, e *event.Event) []byte {
 			b = appendUint(b, `,"destinations":`, uint64(e.Destinations))
 			b = appendBool(b, `,"connected":`, e.Connected)
 		}
-		b = appendBool(b, `,"pre_existing":`, e.PreExisting)
 	case event.KindConnectFailed, event.KindBindFailed:
 		if !e.Start.IsZero() {
 			b = appendMillis(b, `,"duration_ms":`, e.Duration())

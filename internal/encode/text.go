@@ -132,31 +132,32 @@ func appendNotes(b []byte, e *event.Event) []byte {
 			if e.TimeWait {
 				b = append(b, " time_wait"...)
 			}
+			if e.PIDSource == event.PIDSourceReader && e.ListenerPID != 0 {
+				// A worker served it: name the listener too.
+				b = append(b, " listener="...)
+				b = strconv.AppendUint(b, uint64(e.ListenerPID), 10)
+			}
 		} else {
 			b = append(b, "destinations="...)
 			b = strconv.AppendUint(b, uint64(e.Destinations), 10)
 		}
-		if e.PreExisting {
-			b = append(b, " pre_existing"...)
-		}
-		if e.PIDSource == event.PIDSourceReader && e.ListenerPID != 0 {
-			// A worker served it: name the listener too.
-			b = append(b, " listener="...)
-			b = strconv.AppendUint(b, uint64(e.ListenerPID), 10)
-		}
+	}
+	if e.PreExisting {
+		b = append(separate(b, start), "pre_existing"...)
 	}
 	if t := e.ThreadName(); t != nil {
-		if len(b) > start {
-			b = append(b, ' ')
-		}
-		b = append(b, "thread="...)
-		b = appendPrintable(b, t)
+		b = appendPrintable(append(separate(b, start), "thread="...), t)
 	}
 	if e.PIDSource == event.PIDSourceUnknown {
-		if len(b) > start {
-			b = append(b, ' ')
-		}
-		b = append(b, "pid_unknown"...)
+		b = append(separate(b, start), "pid_unknown"...)
+	}
+	return b
+}
+
+// separate adds a space between notes: after start, if a note is there.
+func separate(b []byte, start int) []byte {
+	if len(b) > start {
+		b = append(b, ' ')
 	}
 	return b
 }

@@ -82,17 +82,21 @@ const (
 	PIDSourceFDOwner  PIDSource = 5
 	PIDSourceBind     PIDSource = 6
 	PIDSourceReader   PIDSource = 7
+	// PIDSourceListenerFDOwner: accepted by a listener that existed before
+	// tracing, whose fd owner it names.
+	PIDSourceListenerFDOwner PIDSource = 8
 )
 
 var pidSourceNames = [...]string{
-	PIDSourceUnknown:  "unknown",
-	PIDSourceConnect:  "connect",
-	PIDSourceListener: "listener",
-	PIDSourceClose:    "close",
-	PIDSourceSocket:   "socket",
-	PIDSourceFDOwner:  "fd_owner",
-	PIDSourceBind:     "bind",
-	PIDSourceReader:   "reader",
+	PIDSourceUnknown:         "unknown",
+	PIDSourceConnect:         "connect",
+	PIDSourceListener:        "listener",
+	PIDSourceClose:           "close",
+	PIDSourceSocket:          "socket",
+	PIDSourceFDOwner:         "fd_owner",
+	PIDSourceBind:            "bind",
+	PIDSourceReader:          "reader",
+	PIDSourceListenerFDOwner: "listener_fd_owner",
 }
 
 func (s PIDSource) String() string { return name(pidSourceNames[:], int(s)) }
