@@ -59,17 +59,25 @@ func (c *collector) matching(keep func(*event.Event) bool) []event.Event {
 // waitFor waits until at least n events match, and returns them all.
 func (c *collector) waitFor(t *testing.T, n int, keep func(*event.Event) bool) []event.Event {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
+	got, ok := c.await(n, keep, 10*time.Second)
+	if !ok {
+		t.Fatalf("waited 10s for %d matching events, got %d: %+v", n, len(got), got)
+	}
+	return got
+}
+
+// await waits up to d until at least n events match; it returns them, and
+// whether there were n.
+func (c *collector) await(n int, keep func(*event.Event) bool, d time.Duration) ([]event.Event, bool) {
+	deadline := time.After(d)
 	for {
 		if got := c.matching(keep); len(got) >= n {
-			return got
+			return got, true
 		}
 		select {
 		case <-c.changed:
 		case <-deadline:
-			got := c.matching(keep)
-			t.Fatalf("waited 10s for %d matching events, got %d: %+v", n, len(got), got)
-			return nil
+			return c.matching(keep), false
 		}
 	}
 }

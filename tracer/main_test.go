@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -301,11 +300,9 @@ func linkUp(name string) error {
 	return nil
 }
 
-// setComm names the calling thread, and locks the goroutine to it: the
-// kernel keeps a name per thread, and the calls that follow must come from
-// the named one.
+// setComm names the calling process.
 func setComm(name string) error {
-	runtime.LockOSThread()
-	b := append([]byte(name), 0)
-	return unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&b[0])), 0, 0, 0)
+	// The process's name is its main thread's: portlife reports that as
+	// comm. PR_SET_NAME would rename whichever thread this goroutine is on.
+	return os.WriteFile("/proc/self/comm", []byte(name), 0)
 }
