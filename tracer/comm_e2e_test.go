@@ -3,7 +3,6 @@ package tracer
 import (
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -94,28 +93,7 @@ func TestProcessNameAndThreadName(t *testing.T) {
 // tcpEcho is an in-process IPv4 echo server; it returns its port.
 func tcpEcho(t *testing.T) uint16 {
 	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, payload)
-				if _, err := io.ReadFull(c, buf); err == nil {
-					c.Write(buf)
-					c.Read(buf)
-				}
-			}()
-		}
-	}()
-	return addrPort(t, ln.Addr()).Port()
+	return inProcessEcho(t, "tcp4", "127.0.0.1:0").Port()
 }
 
 // namedThreadConns names its process and one of its threads, from arg

@@ -201,7 +201,15 @@ func sorted(s []string) []string {
 
 // echoServer6 is an in-process echo server on [::1], for family cases.
 func echoServer6(t *testing.T) netip.AddrPort {
-	ln, err := net.Listen("tcp6", "[::1]:0")
+	t.Helper()
+	return inProcessEcho(t, "tcp6", "[::1]:0")
+}
+
+// inProcessEcho listens on addr and echoes payload bytes on every
+// connection, then waits for the client to close, until the test ends.
+func inProcessEcho(t *testing.T, network, addr string) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
