@@ -54,6 +54,7 @@ type pkgResult struct {
 	after   string              // the last top-level test that ended
 	msgs    map[string][]string // the first messages of each top-level test
 	last    *failure            // the failed test whose subtests' results follow
+	cont    bool                // the last message ends in ":", its text follows
 }
 
 // A failure is a failed top-level test.
@@ -146,6 +147,8 @@ const msgsKept = 10
 
 // line takes one line of `go test -v` output.
 func (p *pkgResult) line(l string) {
+	cont := p.cont
+	p.cont = false
 	if m := testRun.FindStringSubmatch(l); m != nil {
 		p.current, _, _ = strings.Cut(m[2], "/")
 		return
@@ -170,8 +173,16 @@ func (p *pkgResult) line(l string) {
 		}
 		return
 	}
-	if p.current != "" && testMsg.MatchString(l) && len(p.msgs[p.current]) < msgsKept {
-		p.msgs[p.current] = append(p.msgs[p.current], strings.TrimSpace(l))
+	msgs := p.msgs[p.current]
+	switch {
+	case p.current == "":
+	case testMsg.MatchString(l) && len(msgs) < msgsKept:
+		m := strings.TrimSpace(l)
+		p.msgs[p.current] = append(msgs, m)
+		p.cont = strings.HasSuffix(m, ":")
+	case cont && len(msgs) > 0:
+		// "...; stderr:" and, indented on the next line, what it was.
+		msgs[len(msgs)-1] += " " + strings.TrimSpace(l)
 	}
 	if strings.HasPrefix(l, "panic: ") && p.panic == "" {
 		p.panic = l
@@ -329,7 +340,7 @@ func printDetails(w io.Writer, results []*kernelResult) {
 				if len(f.msgs) > 0 {
 					msg = f.msgs[0]
 				}
-				fmt.Fprintf(w, "    %s: %s\n", name, clip(msg, 240))
+				fmt.Fprintf(w, "    %s: %s\n", name, clip(msg, 320))
 			}
 			if n := len(p.failed) - failuresShown; n > 0 {
 				fmt.Fprintf(w, "    and %d more\n", n)
