@@ -9,7 +9,7 @@ TCPLIFE  ?= /usr/sbin/tcplife
 BPF_DEPS := clang llvm-strip
 BPF_PKGS := clang llvm libbpf-dev
 
-.PHONY: build run test generate check-generated bench bench-go baseline clean
+.PHONY: build run test cross test-kernels generate check-generated bench bench-go baseline clean
 
 # -buildvcs=auto stamps the commit into `portlife version`, even where
 # GOFLAGS turns VCS stamping off.
@@ -26,6 +26,25 @@ run: build
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -p 1 ./...
+
+# The same committed eBPF objects (bpf2go's bpfel) serve arm64: the binary
+# and every test must build for it.
+cross:
+	GOARCH=arm64 $(GO) build ./...
+	GOARCH=arm64 $(GO) vet ./...
+
+# The kernel tests (./tracer, ./cmd/portlife) inside other kernels, under
+# qemu without KVM: 5.10, 6.1, 6.12, 6.18 and the newest 7.x, or
+# KERNELS="6.1 7" for some. Kernels come from Debian's archive through apt
+# and are cached in ~/.cache/portlife-kernels; each console's log and the
+# table go to bin/kernels/. KERNELS_ARCH=arm64 boots arm64 kernels;
+# KERNELS_ARGS passes more flags (go run ./test/kernels -h lists them).
+# docs/kernels.md has the details.
+KERNELS      ?=
+KERNELS_ARCH ?= amd64
+KERNELS_ARGS ?=
+test-kernels:
+	$(GO) run ./test/kernels --arch $(KERNELS_ARCH) $(if $(KERNELS),--kernels "$(KERNELS)") $(KERNELS_ARGS)
 
 generate:
 	@for t in $(BPF_DEPS); do command -v $$t >/dev/null || missing=1; done; \

@@ -28,7 +28,7 @@ import (
 // These tests run the real binary as a user would: as root, with the
 // program loaded into the running kernel, stopped by a signal.
 
-var binary string // built once by TestMain
+var binary string // built once by TestMain, or PORTLIFE_BINARY
 
 // freshMountsEnv makes the test binary the wrapper inFreshMounts.
 const freshMountsEnv = "PORTLIFE_TEST_FRESH_MOUNTS"
@@ -36,6 +36,15 @@ const freshMountsEnv = "PORTLIFE_TEST_FRESH_MOUNTS"
 func TestMain(m *testing.M) {
 	if os.Getenv(freshMountsEnv) != "" {
 		os.Exit(inFreshMounts(os.Args[1:]))
+	}
+	// A prebuilt binary, for where there is no Go toolchain: the kernel
+	// matrix (test/kernels) runs these tests inside other kernels.
+	if binary = os.Getenv("PORTLIFE_BINARY"); binary != "" {
+		if _, err := os.Stat(binary); err != nil {
+			fmt.Fprintf(os.Stderr, "PORTLIFE_BINARY: %v\n", err)
+			os.Exit(1)
+		}
+		os.Exit(m.Run())
 	}
 	dir, err := os.MkdirTemp("", "portlife-test")
 	if err != nil {
