@@ -213,8 +213,13 @@ struct sock_common {
 };
 
 struct inode {
+	unsigned short i_mode;
 	unsigned long i_ino;
 };
+
+/* include/uapi/linux/stat.h */
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
 
 struct file {
 	struct inode *f_inode;

@@ -17,6 +17,8 @@ import (
 // of a week-long run still carry the right time.
 type decoder struct {
 	bootTime time.Time
+	// udpUncounted: this kernel has no hooks to count UDP datagrams.
+	udpUncounted bool
 }
 
 func newDecoder() (decoder, error) {
@@ -84,6 +86,9 @@ func (d *decoder) decode(raw []byte, ev *event.Event) error {
 		// the socket itself holds no error.
 		ev.Errno = unix.EADDRNOTAVAIL
 	}
+	// Without per-datagram hooks a UDP socket's counts are not known: 0
+	// would be a claim.
+	ev.Uncounted = ev.Proto == event.ProtoUDP && d.udpUncounted
 	ev.Comm = *(*event.Comm)(unsafe.Pointer(&r.Comm))
 	ev.Thread = *(*event.Comm)(unsafe.Pointer(&r.Thread))
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -105,6 +106,7 @@ func startTracerTo(t *testing.T, f event.Filter, out Output) *Tracer {
 	cfg.Filter = f
 	cfg.FlushInterval = 10 * time.Millisecond
 	cfg.RingBufferSize = 16 << 20
+	cfg.kernel = forcedFallbacks
 	tr, err := New(cfg, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatalf("starting the tracer: %v", err)
@@ -122,6 +124,28 @@ func startTracerTo(t *testing.T, f event.Filter, out Output) *Tracer {
 		}
 	})
 	return tr
+}
+
+// forcedFallbacks, with PORTLIFE_TEST_FALLBACKS=all in the environment
+// (make test sets it for a second run), has every test take every fallback
+// a kernel older than this one needs, as on Linux 5.10: both paths run on
+// any kernel.
+var forcedFallbacks = func() *kernelFeatures {
+	if os.Getenv("PORTLIFE_TEST_FALLBACKS") == "all" {
+		return &everyGap
+	}
+	return nil
+}()
+
+// requireCounted reports whether UDP event e carries datagram counts to
+// check: it must where the kernel has the datagram hooks (Linux 6.3), and
+// must say they are unknown where it has not.
+func (r *running) requireCounted(t *testing.T, e *event.Event) bool {
+	t.Helper()
+	if e.Uncounted == r.features.datagramHooks() {
+		t.Errorf("uncounted is %v on a kernel with datagram hooks %v: %+v", e.Uncounted, r.features.datagramHooks(), e)
+	}
+	return r.features.datagramHooks()
 }
 
 // requireNothingLost fails the test if the kernel side dropped anything.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -48,6 +49,14 @@ type Config struct {
 	// too small a share of the CPU to keep up, and the ring overflows.
 	// 0 leaves it as it is.
 	ReaderNice int
+	// MaxSockets bounds the sockets tracked at once on kernels whose
+	// tracing programs have no socket storage (before Linux 5.11), where a
+	// table stands in for it. A socket past it is not traced, and counted.
+	MaxSockets int
+
+	// kernel, set by tests, is used instead of probing the running kernel:
+	// the fallbacks it names are taken even where the kernel has better.
+	kernel *kernelFeatures
 }
 
 // DefaultConfig traces everything with the buffer sizes the benchmark chose.
@@ -56,6 +65,7 @@ func DefaultConfig() Config {
 		RingBufferSize: 4 << 20,
 		FlushInterval:  100 * time.Millisecond,
 		ReaderNice:     -10,
+		MaxSockets:     1 << 18,
 	}
 }
 
@@ -85,6 +95,8 @@ type Tracer struct {
 	log *zap.Logger
 	cfg Config
 	dec decoder
+	// features is what this kernel lets portlife use (features.go).
+	features kernelFeatures
 	// cgroupRoot is where cgroup v2 is mounted; "" if it is not.
 	cgroupRoot string
 	// ownMount is a cgroup v2 mount portlife made, to unmount at Close, and
@@ -120,11 +132,30 @@ func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
 		}
 		log.Warn("running without capabilities portlife uses: each one names what it costs", fields...)
 	}
+	kernel, err := btf.LoadKernelSpec()
+	if err != nil {
+		return nil, fmt.Errorf("%w (%v)", ErrNoBTF, err)
+	}
+	feat, err := probeFeatures(kernel)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.kernel != nil {
+		feat = *cfg.kernel
+	}
+	if missing := feat.missing(); len(missing) > 0 {
+		fields := make([]zap.Field, len(missing))
+		for i, m := range missing {
+			fields[i] = zap.String(m.name, m.cost)
+		}
+		log.Info("this kernel lacks features portlife uses; each is named with what its fallback costs", fields...)
+	}
 	dec, err := newDecoder()
 	if err != nil {
 		return nil, err
 	}
-	t := &Tracer{log: log, cfg: cfg, dec: dec}
+	dec.udpUncounted = !feat.datagramHooks()
+	t := &Tracer{log: log, cfg: cfg, dec: dec, features: feat}
 	defer func() {
 		if err != nil {
 			t.Close()
@@ -165,6 +196,8 @@ func (t *Tracer) load() error {
 		wakeup = uint64(t.cfg.RingBufferSize / 8)
 	}
 	kcfg := kernelConfig(&t.cfg.Filter, wakeup)
+	kcfg.Gaps = uint8(t.features.gaps)
+	t.features.adapt(spec, uint32(t.cfg.MaxSockets))
 	if err := spec.Variables["cfg"].Set(kcfg); err != nil {
 		return fmt.Errorf("setting the filter: %w", err)
 	}
@@ -223,15 +256,19 @@ func (t *Tracer) hooks() []hook {
 		{"tcp:tcp_receive_reset", p.TcpRstRecv, attachTracing, 0, tcp},
 		{"tcp:tcp_destroy_sock", p.TcpDestroy, attachTracing, 0, tcp},
 		// Who serves an accepted connection shows in its close alone.
-		{"sock:sock_recv_length (TCP)", p.TcpRead, attachTracing, 0, tcp && f.WantsKind(event.KindClose)},
+		{"sock:sock_recv_length (TCP)", p.TcpRead, attachTracing, 0, tcp && f.WantsKind(event.KindClose) && t.features.datagramHooks()},
+		{"tcp:tcp_rcv_space_adjust", p.TcpReadData, attachTracing, 0, tcp && f.WantsKind(event.KindClose) && !t.features.datagramHooks()},
 		{"cgroup/bind4", p.UdpBind4, attachCgroup, ebpf.AttachCGroupInet4Bind, udp},
 		{"cgroup/bind6", p.UdpBind6, attachCgroup, ebpf.AttachCGroupInet6Bind, udp},
+		// Only where no datagram hook sees a connected socket's peer.
+		{"cgroup/connect4", p.UdpConnect4, attachCgroup, ebpf.AttachCGroupInet4Connect, udp && !t.features.datagramHooks()},
+		{"cgroup/connect6", p.UdpConnect6, attachCgroup, ebpf.AttachCGroupInet6Connect, udp && !t.features.datagramHooks()},
 		{"cgroup/post_bind4", p.UdpBound4, attachCgroup, ebpf.AttachCGroupInet4PostBind, udp},
 		{"cgroup/post_bind6", p.UdpBound6, attachCgroup, ebpf.AttachCGroupInet6PostBind, udp},
 		{"cgroup/sendmsg4", p.UdpSend4, attachCgroup, ebpf.AttachCGroupUDP4Sendmsg, udp},
 		{"cgroup/sendmsg6", p.UdpSend6, attachCgroup, ebpf.AttachCGroupUDP6Sendmsg, udp},
-		{"sock:sock_send_length", p.UdpSent, attachTracing, 0, udp},
-		{"sock:sock_recv_length", p.UdpRecvd, attachTracing, 0, udp},
+		{"sock:sock_send_length", p.UdpSent, attachTracing, 0, udp && t.features.datagramHooks()},
+		{"sock:sock_recv_length", p.UdpRecvd, attachTracing, 0, udp && t.features.datagramHooks()},
 		{"cgroup/sock_release", p.UdpRelease, attachCgroup, ebpf.AttachCgroupInetSockRelease, udp},
 		// Each exit before its entry, and after the TCP hooks (a TCP connect
 		// hands its call over at SYN_SENT): every call an entry records is

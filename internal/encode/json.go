@@ -74,10 +74,12 @@ func (j *JSON) Append(b []byte, e *event.Event) []byte {
 		if !e.Start.IsZero() {
 			b = appendMillis(b, `,"duration_ms":`, e.Duration())
 		}
-		b = appendUint(b, `,"tx_bytes":`, e.TxBytes)
-		b = appendUint(b, `,"rx_bytes":`, e.RxBytes)
-		b = appendUint(b, `,"tx_packets":`, uint64(e.TxPackets))
-		b = appendUint(b, `,"rx_packets":`, uint64(e.RxPackets))
+		if !e.Uncounted {
+			b = appendUint(b, `,"tx_bytes":`, e.TxBytes)
+			b = appendUint(b, `,"rx_bytes":`, e.RxBytes)
+			b = appendUint(b, `,"tx_packets":`, uint64(e.TxPackets))
+			b = appendUint(b, `,"rx_packets":`, uint64(e.RxPackets))
+		}
 		if e.Proto == event.ProtoTCP {
 			b = appendUint(b, `,"retransmits":`, uint64(e.Retransmits))
 			b = appendString(b, `,"closed_by":"`, e.ClosedBy.String())

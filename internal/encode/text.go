@@ -104,12 +104,12 @@ func (t *Text) Append(b []byte, e *event.Event) []byte {
 	}
 	pad(s)
 	s = len(b)
-	if e.Kind == event.KindClose {
+	if e.Kind == event.KindClose && !e.Uncounted {
 		b = appendHumanBytes(b, e.TxBytes)
 	}
 	pad(s)
 	s = len(b)
-	if e.Kind == event.KindClose {
+	if e.Kind == event.KindClose && !e.Uncounted {
 		b = appendHumanBytes(b, e.RxBytes)
 	}
 	pad(s)

@@ -188,6 +188,10 @@ type Event struct {
 	TimeWait     bool
 	PreExisting  bool
 	Connected    bool // UDP: the peer was fixed by connect()
+	// Uncounted: the kernel has no hooks to count this socket's datagrams
+	// (UDP before Linux 6.3); TxBytes, RxBytes, TxPackets and RxPackets
+	// are unknown, not 0.
+	Uncounted bool
 
 	Errno unix.Errno // connect_failed, bind_failed: the error the call reported, 0 if none
 	// InCall: a connect_failed or bind_failed seen at the call's return,
