@@ -1,0 +1,493 @@
+package timewait
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
+
+	"github.com/portlife/portlife/internal/event"
+	"github.com/portlife/portlife/internal/kerneltest"
+	"github.com/portlife/portlife/internal/stream"
+	"github.com/portlife/portlife/tracer"
+)
+
+// The end-to-end tests load the real tracer, with a Tracker subscribed to
+// its stream, and make connections in network namespaces they create. A
+// test polls sock_diag itself, every 20 ms, to learn when each of its
+// TIME_WAIT sockets left the kernel's table, and holds each released event
+// to that.
+
+// collector is the stream's primary output: it keeps every event.
+type collector struct {
+	mu      sync.Mutex
+	events  []event.Event
+	changed chan struct{}
+}
+
+func (c *collector) Write(e *event.Event) error {
+	c.mu.Lock()
+	c.events = append(c.events, *e)
+	c.mu.Unlock()
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (c *collector) Flush() error { return nil }
+
+// waitFor waits up to d until n events match, and returns those that do.
+func (c *collector) waitFor(t *testing.T, n int, d time.Duration, keep func(*event.Event) bool) []event.Event {
+	t.Helper()
+	deadline := time.After(d)
+	for {
+		c.mu.Lock()
+		var got []event.Event
+		for i := range c.events {
+			if keep(&c.events[i]) {
+				got = append(got, c.events[i])
+			}
+		}
+		c.mu.Unlock()
+		if len(got) >= n {
+			return got
+		}
+		select {
+		case <-c.changed:
+		case <-time.After(100 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("waited %v for %d matching events, got %d: %+v", d, n, len(got), got)
+		}
+	}
+}
+
+// startTracing runs the tracer into a stream whose primary output is the
+// returned collector, with a Tracker subscribed; cleanup stops it all.
+func startTracing(t *testing.T) (*collector, *Tracker) {
+	t.Helper()
+	kerneltest.RequireRoot(t)
+	cfg := tracer.DefaultConfig()
+	cfg.FlushInterval = 10 * time.Millisecond
+	cfg.RingBufferSize = 16 << 20
+	cfg.Filter.Protos = []event.Proto{event.ProtoTCP}
+	tr, err := tracer.New(cfg, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatalf("starting the tracer: %v", err)
+	}
+	c := &collector{changed: make(chan struct{}, 1)}
+	s := stream.New(c)
+	tw := New(DefaultConfig(), s, zaptest.NewLogger(t))
+	s.Subscribe("timewait", tw, 8192)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := tw.Run(ctx); err != nil {
+			t.Errorf("Tracker.Run: %v", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := tr.Run(ctx, s); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		if err := s.Close(); err != nil {
+			t.Errorf("stream Close: %v", err)
+		}
+		if err := tr.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		if s := tw.Stats(); s.Untracked+s.Unobservable != 0 {
+			t.Errorf("releases lost: %+v", s)
+		}
+	})
+	return c, tw
+}
+
+// netns is a thread in a network namespace of the test's own: the sockets
+// and the sysctls each call makes are that namespace's.
+type netns struct {
+	calls chan func()
+	ino   uint32
+}
+
+func newNetns(t *testing.T, sysctls map[string]string) *netns {
+	t.Helper()
+	ns := &netns{calls: make(chan func())}
+	ready := make(chan error, 1)
+	go func() {
+		// The thread never leaves the namespace: it ends, locked, with the
+		// goroutine, and the runtime retires it.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			ready <- err
+			return
+		}
+		ns.ino = nsInode("/proc/thread-self/ns/net")
+		err := linkUp("lo")
+		for k, v := range sysctls {
+			if err == nil {
+				err = os.WriteFile("/proc/sys/net/ipv4/"+k, []byte(v), 0)
+			}
+		}
+		ready <- err
+		if err != nil {
+			return
+		}
+		for f := range ns.calls {
+			f()
+		}
+	}()
+	if err := <-ready; err != nil {
+		t.Fatalf("making a network namespace: %v", err)
+	}
+	t.Cleanup(func() { close(ns.calls) })
+	return ns
+}
+
+// do runs f in the namespace.
+func (ns *netns) do(f func() error) error {
+	done := make(chan error, 1)
+	ns.calls <- func() { done <- f() }
+	return <-done
+}
+
+func linkUp(name string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// listen opens a listener on 127.0.0.1 in the namespace, which the test's
+// cleanup closes; it returns the fd and the port.
+func (ns *netns) listen(t *testing.T) (int, uint16) {
+	t.Helper()
+	var fd int
+	var port uint16
+	err := ns.do(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			return err
+		}
+		if err := unix.Listen(fd, 128); err != nil {
+			return err
+		}
+		sa, err := unix.Getsockname(fd)
+		port = uint16(sa.(*unix.SockaddrInet4).Port)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listening: %v", err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd, port
+}
+
+// closeFirst connects from localPort (0: any) to the listener, and closes
+// our side first, so that our side goes to TIME_WAIT once the server's FIN
+// arrives. It returns our local port once both sides are closed.
+func (ns *netns) closeFirst(t *testing.T, ln int, port, localPort uint16) uint16 {
+	t.Helper()
+	var lport uint16
+	err := ns.do(func() error {
+		c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(c)
+		// Its TIME_WAIT keeps SO_REUSEADDR, which a bind to its port needs.
+		if err := unix.SetsockoptInt(c, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return err
+		}
+		if localPort != 0 {
+			if err := unix.Bind(c, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(localPort)}); err != nil {
+				return fmt.Errorf("binding port %d: %w", localPort, err)
+			}
+		}
+		if err := unix.Connect(c, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(port)}); err != nil {
+			return fmt.Errorf("connecting: %w", err)
+		}
+		s, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(s)
+		sa, err := unix.Getsockname(c)
+		if err != nil {
+			return err
+		}
+		lport = uint16(sa.(*unix.SockaddrInet4).Port)
+		if err := unix.Shutdown(c, unix.SHUT_WR); err != nil {
+			return err
+		}
+		// The server reads our FIN, then closes: we get its FIN in
+		// FIN_WAIT2 and go to TIME_WAIT.
+		var b [1]byte
+		if n, err := unix.Read(s, b[:]); n != 0 || err != nil {
+			return fmt.Errorf("server read: %d, %v", n, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("connection from port %d: %v", localPort, err)
+	}
+	return lport
+}
+
+// oracle polls sock_diag in a namespace every 20 ms and records, per
+// TIME_WAIT socket, the first and the last time it was present.
+type oracle struct {
+	mu          sync.Mutex
+	first, last map[twKey]time.Time
+	ports       map[uint16]bool
+	stop        func()
+}
+
+// twKey is one TIME_WAIT: its local port, and its cookie, which tells a
+// port's successive TIME_WAITs apart.
+type twKey struct {
+	port   uint16
+	cookie uint64
+}
+
+func watchTimeWait(t *testing.T, ns *netns) *oracle {
+	t.Helper()
+	var fd int
+	if err := ns.do(func() (err error) {
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	o := &oracle{first: map[twKey]time.Time{}, last: map[twKey]time.Time{}, ports: map[uint16]bool{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 64<<10)
+		for ctx.Err() == nil {
+			ports, err := dumpByFamily(fd, buf)
+			now := time.Now()
+			if err != nil {
+				t.Errorf("oracle: %v", err)
+				return
+			}
+			o.mu.Lock()
+			for _, k := range ports {
+				if _, ok := o.first[k]; !ok {
+					o.first[k] = now
+				}
+				o.last[k] = now
+				o.ports[k.port] = true
+			}
+			o.mu.Unlock()
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	o.stop = func() { cancel(); <-done; unix.Close(fd) }
+	t.Cleanup(o.stop)
+	return o
+}
+
+// gone says when the TIME_WAIT of a close was last seen, and whether it is
+// gone (not seen for 100 ms, five polls).
+func (o *oracle) gone(close *event.Event) (time.Time, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	last, ok := o.last[twKey{close.Local.Port(), close.Cookie}]
+	return last, ok && time.Since(last) > 100*time.Millisecond
+}
+
+// seen says whether any TIME_WAIT on lport was seen.
+func (o *oracle) seen(lport uint16) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.ports[lport]
+}
+
+// dumpByFamily lists the IPv4 TIME_WAIT sockets with SOCK_DIAG_BY_FAMILY:
+// another request than the Tracker's, parsed apart.
+func dumpByFamily(fd int, buf []byte) ([]twKey, error) {
+	var req struct {
+		hdr unix.NlMsghdr
+		// struct inet_diag_req_v2
+		family, protocol, ext, pad uint8
+		states                     uint32
+		id                         inetDiagSockID
+	}
+	req.hdr = unix.NlMsghdr{Len: uint32(unsafe.Sizeof(req)), Type: unix.SOCK_DIAG_BY_FAMILY, Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP}
+	req.family, req.protocol, req.states = unix.AF_INET, unix.IPPROTO_TCP, 1<<tcpTimeWait
+	if err := unix.Sendto(fd, (*[unsafe.Sizeof(req)]byte)(unsafe.Pointer(&req))[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, err
+	}
+	var ports []twKey
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return nil, err
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return ports, nil
+			case unix.NLMSG_ERROR:
+				return nil, errors.New("sock_diag error")
+			}
+			// inet_diag_msg: family, state, timer, retrans, then the
+			// sockid: sport, dport, src, dst, if, cookie.
+			if len(m.Data) >= 52 && m.Data[1] == tcpTimeWait {
+				ports = append(ports, twKey{
+					port:   binary.BigEndian.Uint16(m.Data[4:6]),
+					cookie: uint64(binary.NativeEndian.Uint32(m.Data[44:48])) | uint64(binary.NativeEndian.Uint32(m.Data[48:52]))<<32,
+				})
+			}
+		}
+	}
+}
+
+func ofPort(ns *netns, lport uint16, k event.Kind) func(*event.Event) bool {
+	return func(e *event.Event) bool {
+		return e.NetNS == ns.ino && e.Kind == k && e.Local.Port() == lport && e.Local.Addr() == netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+}
+
+// within1s holds a released time to the oracle's.
+func within1s(t *testing.T, lport uint16, got, want time.Time) {
+	t.Helper()
+	if d := got.Sub(want); d > time.Second || d < -time.Second {
+		t.Errorf("port %d: released at %s, but its TIME_WAIT left the table at %s (%v apart; want within 1s)",
+			lport, got.Format(time.StampMicro), want.Format(time.StampMicro), d)
+	} else {
+		t.Logf("port %d: released %v from when its TIME_WAIT left the table", lport, d)
+	}
+}
+
+func TestReleased(t *testing.T) {
+	events, _ := startTracing(t)
+
+	// Each case runs in a namespace of its own, in parallel: expiry alone
+	// takes a minute, the others wait on it.
+	t.Run("expired", func(t *testing.T) {
+		t.Parallel()
+		ns := newNetns(t, nil)
+		o := watchTimeWait(t, ns)
+		ln, port := ns.listen(t)
+		var ports []uint16
+		for i := 0; i < 4; i++ {
+			ports = append(ports, ns.closeFirst(t, ln, port, 0))
+			time.Sleep(700 * time.Millisecond) // spread over timer wheel slots
+		}
+		for _, p := range ports {
+			closes := events.waitFor(t, 1, 10*time.Second, ofPort(ns, p, event.KindClose))
+			rel := events.waitFor(t, 1, 70*time.Second, ofPort(ns, p, event.KindReleased))[0]
+			left, gone := o.gone(&closes[0])
+			if !gone {
+				t.Fatalf("port %d: released, but its TIME_WAIT is still there: %+v", p, rel)
+			}
+			if rel.Release != event.ReleaseExpired {
+				t.Errorf("port %d: release %v, want expired", p, rel.Release)
+			}
+			if !rel.Start.Equal(closes[0].Time) || rel.Cookie != closes[0].Cookie || rel.PID != closes[0].PID {
+				t.Errorf("port %d: released %+v does not repeat its close %+v", p, rel, closes[0])
+			}
+			within1s(t, p, rel.Time, left)
+		}
+	})
+
+	t.Run("reused", func(t *testing.T) {
+		t.Parallel()
+		ns := newNetns(t, map[string]string{"tcp_tw_reuse": "1", "tcp_timestamps": "1"})
+		o := watchTimeWait(t, ns)
+		ln, port := ns.listen(t)
+		p := ns.closeFirst(t, ln, port, 0)
+		// Let a sweep see it, and let it age past tcp_tw_reuse_delay.
+		time.Sleep(2500 * time.Millisecond)
+		if !o.seen(p) {
+			t.Fatalf("port %d: no TIME_WAIT to reuse", p)
+		}
+		if again := ns.closeFirst(t, ln, port, p); again != p {
+			t.Fatalf("reconnected from port %d, want %d", again, p)
+		}
+		opens := events.waitFor(t, 2, 10*time.Second, ofPort(ns, p, event.KindOpen))
+		rel := events.waitFor(t, 1, 10*time.Second, ofPort(ns, p, event.KindReleased))
+		if rel[0].Release != event.ReleaseReused {
+			t.Fatalf("port %d: release %v, want reused: %+v", p, rel[0].Release, rel[0])
+		}
+		if !rel[0].Time.Equal(opens[1].Start) {
+			t.Errorf("port %d: reused at %s, want the new connect's start %s", p, rel[0].Time, opens[1].Start)
+		}
+		closes := events.waitFor(t, 2, 10*time.Second, ofPort(ns, p, event.KindClose))
+		if rel[0].Cookie != closes[0].Cookie {
+			t.Errorf("the release is not the first close's: %+v, closes %+v", rel[0], closes)
+		}
+		left, gone := o.gone(&closes[0])
+		if !gone {
+			t.Fatalf("port %d: the first TIME_WAIT is still there", p)
+		}
+		within1s(t, p, rel[0].Time, left)
+	})
+
+	t.Run("overflow", func(t *testing.T) {
+		t.Parallel()
+		ns := newNetns(t, map[string]string{"tcp_max_tw_buckets": "1"})
+		o := watchTimeWait(t, ns)
+		ln, port := ns.listen(t)
+		var ports []uint16
+		for i := 0; i < 3; i++ {
+			ports = append(ports, ns.closeFirst(t, ln, port, 0))
+		}
+		time.Sleep(200 * time.Millisecond)
+		var overflowed int
+		for _, p := range ports {
+			if o.seen(p) {
+				continue // it got the one bucket
+			}
+			overflowed++
+			closes := events.waitFor(t, 1, 10*time.Second, ofPort(ns, p, event.KindClose))
+			rel := events.waitFor(t, 1, 10*time.Second, ofPort(ns, p, event.KindReleased))[0]
+			if rel.Release != event.ReleaseOverflow || !rel.Time.Equal(closes[0].Time) {
+				t.Errorf("port %d: released %v at %s, want overflow at its close, %s", p, rel.Release, rel.Time, closes[0].Time)
+			}
+		}
+		if overflowed != 2 {
+			t.Errorf("%d of 3 closes overflowed tcp_max_tw_buckets=1, want 2", overflowed)
+		}
+	})
+}

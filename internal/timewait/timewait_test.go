@@ -1,0 +1,85 @@
+package timewait
+
+import (
+	"testing"
+	"time"
+
+	"github.com/portlife/portlife/internal/event"
+)
+
+// finish places a release from what the sweeps saw: these cases pin each
+// rule, with the close at c and times in seconds after it.
+func TestFinish(t *testing.T) {
+	c := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	at := func(s float64) time.Time {
+		if s < 0 {
+			return time.Time{}
+		}
+		return c.Add(time.Duration(s * float64(time.Second)))
+	}
+	tests := []struct {
+		name                     string
+		seen                     bool
+		lastSeen, expiry, reused float64 // -1: none
+		goneLo, goneHi           float64
+		overflowed               bool
+		want                     event.Release
+		wantAt                   float64
+	}{
+		{"expired: gone between two sweeps after its expiry", true, 60.3, 60, -1, 60.3, 61.3, false, event.ReleaseExpired, 60.8},
+		{"expired: a timer never fires early, so the window starts at the expiry", true, 59.8, 60, -1, 59.8, 60.9, false, event.ReleaseExpired, 60.45},
+		{"killed: gone before its expiry", true, 29.5, 60, -1, 29.5, 30.5, false, event.ReleaseKilled, 30},
+		{"killed before the first sweep saw it", false, -1, -1, -1, 0, 0.8, false, event.ReleaseKilled, 0.4},
+		{"reused before its expiry: at the new connect", true, 9.5, 60, 10, 9.5, 10.5, false, event.ReleaseReused, 10},
+		{"reused before the first sweep", false, -1, -1, 0.2, 0, 0.9, false, event.ReleaseReused, 0.2},
+		{"an open after its expiry: expired, before that open", true, 60.1, 60, 60.5, 60.1, 61.1, false, event.ReleaseExpired, 60.3},
+		{"an open after it was gone is no reuse", true, 60.1, 60, 70, 60.1, 61.1, false, event.ReleaseExpired, 60.6},
+		{"overflow: freed at the close", false, -1, -1, -1, 0, 0, true, event.ReleaseOverflow, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			en := entry{
+				ev:       event.Event{Kind: event.KindClose, Time: c, TimeWait: true, Cookie: 7},
+				seen:     tt.seen,
+				lastSeen: at(tt.lastSeen),
+				expiry:   at(tt.expiry),
+				reusedAt: at(tt.reused),
+				gone:     true,
+				goneLo:   at(tt.goneLo),
+				goneHi:   at(tt.goneHi),
+			}
+			if tt.overflowed {
+				en.seenRound = ^uint64(0)
+			}
+			r := (&Tracker{}).finish(&en)
+			if r.Kind != event.KindReleased || r.Release != tt.want || !r.Time.Equal(at(tt.wantAt)) || !r.Start.Equal(c) || r.Cookie != 7 {
+				t.Errorf("got %v %v at %v (start %v, cookie %d), want released %v at %v (start %v, cookie 7)",
+					r.Kind, r.Release, r.Time.Sub(c), r.Start.Sub(c), r.Cookie, tt.want, at(tt.wantAt).Sub(c), time.Duration(0))
+			}
+		})
+	}
+}
+
+func TestParseOverflows(t *testing.T) {
+	const netstat = "TcpExt: SyncookiesSent TCPTimeWaitOverflow TWKilled\n" +
+		"TcpExt: 1 42 3\n" +
+		"IpExt: InNoRoutes\nIpExt: 0\n"
+	tests := []struct {
+		name string
+		in   string
+		want uint64
+		ok   bool
+	}{
+		{"the TcpExt pair", netstat, 42, true},
+		{"no TcpExt", "IpExt: InNoRoutes\nIpExt: 0\n", 0, false},
+		{"a kernel without the counter", "TcpExt: SyncookiesSent\nTcpExt: 1\n", 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseOverflows([]byte(tt.in))
+			if (err == nil) != tt.ok || got != tt.want {
+				t.Errorf("got %d, %v; want %d, ok=%v", got, err, tt.want, tt.ok)
+			}
+		})
+	}
+}
