@@ -109,13 +109,15 @@ func (h *nsHandle) dumpTimeWait(out []sighting, buf []byte) ([]sighting, []byte,
 				return out, buf, nil
 			}
 			if l >= unix.NLMSG_HDRLEN+sizeofMsg {
+				// Every reply is a timewait socket: the request asked for
+				// no other state. Its State is the substate: FIN_WAIT2 for
+				// an orphan still waiting for the peer's FIN (its timer
+				// is tcp_fin_timeout's, and rescheduled when it comes).
 				m := (*inetDiagMsg)(unsafe.Pointer(&b[unix.NLMSG_HDRLEN]))
-				if m.State == tcpTimeWait {
-					out = append(out, sighting{
-						cookie:  uint64(m.ID.Cookie[0]) | uint64(m.ID.Cookie[1])<<32,
-						expires: time.Duration(m.Expires) * time.Millisecond,
-					})
-				}
+				out = append(out, sighting{
+					cookie:  uint64(m.ID.Cookie[0]) | uint64(m.ID.Cookie[1])<<32,
+					expires: time.Duration(m.Expires) * time.Millisecond,
+				})
 			}
 			al := (l + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1)
 			if al > len(b) {

@@ -129,7 +129,7 @@ type netns struct {
 	ino   uint32
 }
 
-func newNetns(t *testing.T, sysctls map[string]string) *netns {
+func newNetns(t testing.TB, sysctls map[string]string) *netns {
 	t.Helper()
 	ns := &netns{calls: make(chan func())}
 	ready := make(chan error, 1)
@@ -244,7 +244,6 @@ func (ns *netns) closeFirst(t *testing.T, ln int, port, localPort uint16) uint16
 		if err != nil {
 			return err
 		}
-		defer unix.Close(s)
 		sa, err := unix.Getsockname(c)
 		if err != nil {
 			return err
@@ -253,11 +252,18 @@ func (ns *netns) closeFirst(t *testing.T, ln int, port, localPort uint16) uint16
 		if err := unix.Shutdown(c, unix.SHUT_WR); err != nil {
 			return err
 		}
-		// The server reads our FIN, then closes: we get its FIN in
-		// FIN_WAIT2 and go to TIME_WAIT.
+		// The server reads our FIN, then closes: we read its FIN in
+		// FIN_WAIT2, and are in TIME_WAIT before our own close.
 		var b [1]byte
 		if n, err := unix.Read(s, b[:]); n != 0 || err != nil {
+			unix.Close(s)
 			return fmt.Errorf("server read: %d, %v", n, err)
+		}
+		if err := unix.Close(s); err != nil {
+			return err
+		}
+		if n, err := unix.Read(c, b[:]); n != 0 || err != nil {
+			return fmt.Errorf("client read: %d, %v", n, err)
 		}
 		return nil
 	})
@@ -372,7 +378,9 @@ func dumpByFamily(fd int, buf []byte) ([]twKey, error) {
 			}
 			// inet_diag_msg: family, state, timer, retrans, then the
 			// sockid: sport, dport, src, dst, if, cookie.
-			if len(m.Data) >= 52 && m.Data[1] == tcpTimeWait {
+			// The request asked for TIME_WAIT sockets alone; the state
+			// shown is their substate (FIN_WAIT2 until the peer's FIN).
+			if len(m.Data) >= 52 {
 				ports = append(ports, twKey{
 					port:   binary.BigEndian.Uint16(m.Data[4:6]),
 					cookie: uint64(binary.NativeEndian.Uint32(m.Data[44:48])) | uint64(binary.NativeEndian.Uint32(m.Data[48:52]))<<32,
