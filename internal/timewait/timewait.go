@@ -85,11 +85,49 @@ type tupleKey struct {
 	local, remote netip.AddrPort
 }
 
+// closed is what a released event repeats of its close: half of an
+// event.Event, for a set that may hold 100k.
+type closed struct {
+	Time          time.Time
+	Local, Remote netip.AddrPort
+	Cookie        uint64
+	CgroupID      uint64
+	PID, TID, UID uint32
+	NetNS         uint32
+	ListenerPID   uint32
+	Comm, Thread  event.Comm
+	Family        uint8
+	PIDSource     event.PIDSource
+	Direction     event.Direction
+	Ephemeral     bool
+	PreExisting   bool
+}
+
+func closedFrom(e *event.Event) closed {
+	return closed{
+		Time: e.Time, Local: e.Local, Remote: e.Remote, Cookie: e.Cookie, CgroupID: e.CgroupID,
+		PID: e.PID, TID: e.TID, UID: e.UID, NetNS: e.NetNS, ListenerPID: e.ListenerPID,
+		Comm: e.Comm, Thread: e.Thread, Family: uint8(e.Family), PIDSource: e.PIDSource,
+		Direction: e.Direction, Ephemeral: e.Ephemeral, PreExisting: e.PreExisting,
+	}
+}
+
+// released is the released event of the close: at at, ended by how.
+func (c *closed) released(how event.Release, at time.Time) event.Event {
+	return event.Event{
+		Kind: event.KindReleased, Proto: event.ProtoTCP, Release: how, Time: at, Start: c.Time,
+		Local: c.Local, Remote: c.Remote, Cookie: c.Cookie, CgroupID: c.CgroupID,
+		PID: c.PID, TID: c.TID, UID: c.UID, NetNS: c.NetNS, ListenerPID: c.ListenerPID,
+		Comm: c.Comm, Thread: c.Thread, Family: int(c.Family), PIDSource: c.PIDSource,
+		Direction: c.Direction, Ephemeral: c.Ephemeral, PreExisting: c.PreExisting,
+	}
+}
+
 // entry is one close whose TIME_WAIT is watched. It keeps what the released
 // event repeats of the close, and what the sweeps learned.
 type entry struct {
-	ev    event.Event // the close
-	added time.Time   // when the Tracker took it in
+	ev    closed    // the close
+	added time.Time // when the Tracker took it in
 
 	seen      bool      // a sweep found its TIME_WAIT
 	seenRound uint64    // the last sweep round that found it
@@ -201,7 +239,7 @@ func (t *Tracker) track(e *event.Event) {
 		t.untracked.Add(1)
 		return
 	}
-	t.entries[i] = entry{ev: *e, added: time.Now(), live: true}
+	t.entries[i] = entry{ev: closedFrom(e), added: time.Now(), live: true}
 	t.byCookie[e.Cookie] = i
 	t.byTuple[tupleKey{e.NetNS, e.Local, e.Remote}] = i
 	ns := t.ns[e.NetNS]
@@ -463,38 +501,32 @@ func (t *Tracker) judge(en *entry, ns *nsState, round uint64) {
 
 // finish turns a watch into its released event.
 func (t *Tracker) finish(en *entry) event.Event {
-	r := en.ev
-	r.Kind = event.KindReleased
-	r.Start = en.ev.Time
 	lo, hi := en.goneLo, en.goneHi
 	switch {
 	case en.seenRound == ^uint64(0):
-		r.Release, r.Time = event.ReleaseOverflow, en.ev.Time
-		return r
+		return en.ev.released(event.ReleaseOverflow, en.ev.Time)
 	case !en.reusedAt.IsZero() && !en.reusedAt.After(hi) && (en.expiry.IsZero() || en.reusedAt.Before(en.expiry)):
 		// Before its timer was due, only the connect that took its
 		// 4-tuple could have ended it.
-		r.Release, r.Time = event.ReleaseReused, en.reusedAt
-		return r
+		return en.ev.released(event.ReleaseReused, en.reusedAt)
 	case !en.reusedAt.IsZero() && !en.reusedAt.After(hi):
 		// Its timer was due: it may have fired first. Either way the
 		// port was free when the new connect began.
 		hi = en.reusedAt
 	}
+	how := event.ReleaseKilled
 	if en.seen && !en.expiry.After(hi) {
 		// A timer never fires early: it went in [expiry, hi].
-		r.Release = event.ReleaseExpired
+		how = event.ReleaseExpired
 		if en.expiry.After(lo) {
 			lo = en.expiry
 		}
-	} else {
-		r.Release = event.ReleaseKilled
 	}
-	r.Time = lo.Add(hi.Sub(lo) / 2)
-	if r.Time.Before(r.Start) {
-		r.Time = r.Start
+	at := lo.Add(hi.Sub(lo) / 2)
+	if at.Before(en.ev.Time) {
+		at = en.ev.Time
 	}
-	return r
+	return en.ev.released(how, at)
 }
 
 // release queues the event for publishing and frees the watch.

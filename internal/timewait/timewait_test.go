@@ -1,6 +1,7 @@
 package timewait
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -39,7 +40,7 @@ func TestFinish(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			en := entry{
-				ev:       event.Event{Kind: event.KindClose, Time: c, TimeWait: true, Cookie: 7},
+				ev:       closedFrom(&event.Event{Kind: event.KindClose, Proto: event.ProtoTCP, Time: c, TimeWait: true, Cookie: 7}),
 				seen:     tt.seen,
 				lastSeen: at(tt.lastSeen),
 				expiry:   at(tt.expiry),
@@ -81,5 +82,34 @@ func TestParseOverflows(t *testing.T) {
 				t.Errorf("got %d, %v; want %d, ok=%v", got, err, tt.want, tt.ok)
 			}
 		})
+	}
+}
+
+// A released event names the close's connection and owner as the close did.
+func TestReleasedRepeatsTheClose(t *testing.T) {
+	var comm, thread event.Comm
+	copy(comm[:], "curl")
+	copy(thread[:], "worker")
+	c := event.Event{
+		Kind: event.KindClose, Proto: event.ProtoTCP, Family: 6,
+		Time: time.Unix(100, 5), Start: time.Unix(90, 0), Established: time.Unix(91, 0),
+		PID: 1, TID: 2, UID: 3, Comm: comm, Thread: thread, CgroupID: 4, NetNS: 5,
+		PIDSource: event.PIDSourceReader, ListenerPID: 6,
+		Local: netip.MustParseAddrPort("[2001:db8::1]:40000"), Remote: netip.MustParseAddrPort("[2001:db8::2]:443"),
+		Direction: event.DirectionOutbound, Ephemeral: true, Cookie: 7, PreExisting: true,
+		TxBytes: 8, RxBytes: 9, TimeWait: true, ClosedBy: event.ClosedByLocal,
+	}
+	at := time.Unix(160, 0)
+	cl := closedFrom(&c)
+	got := cl.released(event.ReleaseExpired, at)
+	want := event.Event{
+		Kind: event.KindReleased, Proto: c.Proto, Family: c.Family, Time: at, Start: c.Time,
+		PID: c.PID, TID: c.TID, UID: c.UID, Comm: c.Comm, Thread: c.Thread, CgroupID: c.CgroupID, NetNS: c.NetNS,
+		PIDSource: c.PIDSource, ListenerPID: c.ListenerPID, Local: c.Local, Remote: c.Remote,
+		Direction: c.Direction, Ephemeral: c.Ephemeral, Cookie: c.Cookie, PreExisting: c.PreExisting,
+		Release: event.ReleaseExpired,
+	}
+	if got != want {
+		t.Errorf("released:\n got  %+v\n want %+v", got, want)
 	}
 }
