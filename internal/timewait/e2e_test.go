@@ -472,6 +472,33 @@ func TestReleased(t *testing.T) {
 		within1s(t, p, rel[0].Time, left)
 	})
 
+	t.Run("killed", func(t *testing.T) {
+		t.Parallel()
+		ns := newNetns(t, map[string]string{"tcp_rfc1337": "0"})
+		o := watchTimeWait(t, ns)
+		ln, port := ns.listen(t)
+		p, rcvNxt := ns.closeFirstSeq(t, ln, port)
+		// Let sweeps see it, so that its going is placed between two.
+		time.Sleep(2500 * time.Millisecond)
+		if !o.seen(p) {
+			t.Fatalf("port %d: no TIME_WAIT to kill", p)
+		}
+		// An in-window reset, from the server's end: TIME_WAIT assassination.
+		if err := ns.do(func() error { return sendReset(port, p, rcvNxt) }); err != nil {
+			t.Fatalf("sending a reset: %v", err)
+		}
+		closes := events.waitFor(t, 1, 10*time.Second, ofPort(ns, p, event.KindClose))
+		rel := events.waitFor(t, 1, 10*time.Second, ofPort(ns, p, event.KindReleased))[0]
+		left, gone := o.gone(&closes[0])
+		if !gone {
+			t.Fatalf("port %d: released, but its TIME_WAIT is still there: %+v", p, rel)
+		}
+		if rel.Release != event.ReleaseKilled {
+			t.Errorf("port %d: release %v, want killed", p, rel.Release)
+		}
+		within1s(t, p, rel.Time, left)
+	})
+
 	t.Run("overflow", func(t *testing.T) {
 		t.Parallel()
 		ns := newNetns(t, map[string]string{"tcp_max_tw_buckets": "1"})
@@ -499,3 +526,94 @@ func TestReleased(t *testing.T) {
 		}
 	})
 }
+
+// closeFirstSeq is closeFirst, and it also returns the sequence number our
+// TIME_WAIT expects next: the server's FIN's, plus one. The server reads it
+// in repair mode (TCP_QUEUE_SEQ of its send queue) just before its close.
+func (ns *netns) closeFirstSeq(t *testing.T, ln int, port uint16) (uint16, uint32) {
+	t.Helper()
+	var lport uint16
+	var seq uint32
+	err := ns.do(func() error {
+		c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(c)
+		if err := unix.Connect(c, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(port)}); err != nil {
+			return err
+		}
+		s, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
+		if err != nil {
+			return err
+		}
+		sa, err := unix.Getsockname(c)
+		if err != nil {
+			unix.Close(s)
+			return err
+		}
+		lport = uint16(sa.(*unix.SockaddrInet4).Port)
+		if err := unix.Shutdown(c, unix.SHUT_WR); err != nil {
+			unix.Close(s)
+			return err
+		}
+		var b [1]byte
+		if _, err := unix.Read(s, b[:]); err != nil {
+			unix.Close(s)
+			return err
+		}
+		for _, o := range [][2]int{{unix.TCP_REPAIR, 1}, {unix.TCP_REPAIR_QUEUE, tcpSendQueue}} {
+			if err := unix.SetsockoptInt(s, unix.IPPROTO_TCP, o[0], o[1]); err != nil {
+				unix.Close(s)
+				return fmt.Errorf("repair mode: %w", err)
+			}
+		}
+		v, err := unix.GetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_QUEUE_SEQ)
+		if err == nil {
+			err = unix.SetsockoptInt(s, unix.IPPROTO_TCP, unix.TCP_REPAIR, 0)
+		}
+		if err != nil {
+			unix.Close(s)
+			return fmt.Errorf("reading the send sequence: %w", err)
+		}
+		seq = uint32(v) + 1 // the FIN takes one
+		if err := unix.Close(s); err != nil {
+			return err
+		}
+		_, err = unix.Read(c, b[:])
+		return err
+	})
+	if err != nil {
+		t.Fatalf("connection: %v", err)
+	}
+	return lport, seq
+}
+
+// sendReset sends a bare RST from 127.0.0.1:from to 127.0.0.1:to with
+// sequence number seq, through a raw socket.
+func sendReset(from, to uint16, seq uint32) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var h [20]byte
+	binary.BigEndian.PutUint16(h[0:], from)
+	binary.BigEndian.PutUint16(h[2:], to)
+	binary.BigEndian.PutUint32(h[4:], seq)
+	h[12] = 5 << 4 // data offset: 5 words
+	h[13] = 0x04   // RST
+	// The checksum covers a pseudo-header: addresses, protocol, length.
+	sum := uint32(0x7f00+0x0001)*2 + unix.IPPROTO_TCP + uint32(len(h))
+	for i := 0; i < len(h); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(h[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	binary.BigEndian.PutUint16(h[16:], ^uint16(sum))
+	return unix.Sendto(fd, h[:], 0, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+}
+
+// tcpSendQueue is TCP_SEND_QUEUE, for TCP_REPAIR_QUEUE (linux/tcp.h).
+const tcpSendQueue = 2
