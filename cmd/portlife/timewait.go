@@ -96,6 +96,7 @@ func (s timeWaitStats) MarshalLogObject(o zapcore.ObjectEncoder) error {
 	o.AddUint64("expired", s.Expired)
 	o.AddUint64("reused", s.Reused)
 	o.AddUint64("killed", s.Killed)
+	o.AddUint64("netns_gone", s.NetnsGone)
 	o.AddUint64("overflow", s.Overflow)
 	o.AddUint64("pending", s.Pending)
 	o.AddUint64("untracked", s.Untracked)

@@ -115,7 +115,9 @@ func startTracing(t *testing.T) (*collector, *Tracker) {
 		if err := tr.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
-		if s := tw.Stats(); s.Untracked+s.Unobservable != 0 {
+		// The tracker watches every namespace on the host, and others'
+		// tests come and go: only its capacity is the test's to check.
+		if s := tw.Stats(); s.Untracked != 0 {
 			t.Errorf("releases lost: %+v", s)
 		}
 	})

@@ -61,15 +61,19 @@ type Stats struct {
 	Killed   uint64
 	Overflow uint64
 	// Lost releases: the tracked set was full (Untracked), the close's
-	// network namespace could not be entered (Unobservable), or the stream
-	// was closed when the release was published (Unpublished).
+	// network namespace could not be entered or swept (Unobservable), or
+	// the stream was closed when the release was published (Unpublished).
 	Untracked    uint64
 	Unobservable uint64
 	Unpublished  uint64
-	Sweeps       uint64        // namespace sweeps done
-	SweepErrors  uint64        // namespace sweeps that failed; their TIME_WAITs wait for the next
-	SweepTime    time.Duration // spent in sweeps, in total
-	Namespaces   uint64        // namespaces with a sock_diag handle open now
+	// NetnsGone: killed releases of closes whose namespace was gone before
+	// a sweep could look: destroying it purged their TIME_WAITs, at a time
+	// between the close and the sweep. They are among Killed.
+	NetnsGone   uint64
+	Sweeps      uint64        // namespace sweeps done
+	SweepErrors uint64        // namespace sweeps that failed; their TIME_WAITs wait for the next
+	SweepTime   time.Duration // spent in sweeps, in total
+	Namespaces  uint64        // namespaces with a sock_diag handle open now
 }
 
 // Lost is every release that will not be reported.
@@ -147,6 +151,9 @@ type nsState struct {
 	overflows   uint64    // TCPTimeWaitOverflow at the last sweep
 	overflowsAt time.Time // when it was read
 	idleSince   time.Time // when count fell to 0
+	// vanished: no process or mount showed it when it was to be opened.
+	vanished   bool
+	vanishedAt time.Time
 	// This round's sweep: when it ran, and whether it did.
 	t0, t1 time.Time
 	swept  bool
@@ -174,7 +181,7 @@ type Tracker struct {
 
 	tracked, untracked, unobservable, unpublished atomic.Uint64
 	byRelease                                     [5]atomic.Uint64
-	sweeps, sweepErrors, namespaces               atomic.Uint64
+	sweeps, sweepErrors, namespaces, netnsGone    atomic.Uint64
 	sweepTime                                     atomic.Int64
 	pending                                       atomic.Int64
 }
@@ -323,7 +330,17 @@ func (t *Tracker) sweep() {
 			continue
 		}
 		ns := t.ns[en.ev.NetNS]
-		if ns == nil || ns.h == nil {
+		switch {
+		case ns == nil:
+			continue
+		case ns.vanished:
+			if !en.gone {
+				en.gone, en.goneLo, en.goneHi = true, en.ev.Time, ns.vanishedAt
+			}
+			t.netnsGone.Add(1)
+			t.release(int32(i), t.finish(en))
+			continue
+		case ns.h == nil:
 			continue
 		}
 		if ns.swept && en.added.Before(ns.t0) {
@@ -386,6 +403,14 @@ func (t *Tracker) sweepNetns(ino uint32, round uint64) {
 	if h == nil {
 		var err error
 		h, err = t.open(ino, pid, tid)
+		if errors.Is(err, errNetnsGone) {
+			// Its TIME_WAITs went with it: destroying a namespace purges
+			// them. They are released as killed, between their close and now.
+			t.mu.Lock()
+			ns.vanished, ns.vanishedAt = true, time.Now()
+			t.mu.Unlock()
+			return
+		}
 		if err != nil {
 			t.log.Warn("cannot watch TIME_WAIT sockets in a network namespace: their releases are not reported",
 				zap.Uint32("netns", ino), zap.Error(err))
@@ -459,13 +484,16 @@ func (t *Tracker) sweepNetns(ino uint32, round uint64) {
 	ns.overflows, ns.overflowsAt = over, t1
 }
 
+// errNetnsGone: no process or mount shows the namespace any more.
+var errNetnsGone = errors.New("the network namespace is gone")
+
 func (t *Tracker) open(ino, pid, tid uint32) (*nsHandle, error) {
 	if ino == t.ownNetns {
 		return openHandle("", true)
 	}
 	path, ok := findNetns(ino, pid, tid)
 	if !ok {
-		return nil, errors.New("no process or mount shows it any more")
+		return nil, errNetnsGone
 	}
 	return openHandle(path, false)
 }
@@ -562,6 +590,7 @@ func (t *Tracker) Stats() Stats {
 		Untracked:    t.untracked.Load(),
 		Unobservable: t.unobservable.Load(),
 		Unpublished:  t.unpublished.Load(),
+		NetnsGone:    t.netnsGone.Load(),
 		Sweeps:       t.sweeps.Load(),
 		SweepErrors:  t.sweepErrors.Load(),
 		SweepTime:    time.Duration(t.sweepTime.Load()),

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap/zaptest"
+
 	"github.com/portlife/portlife/internal/event"
 )
 
@@ -111,5 +113,37 @@ func TestReleasedRepeatsTheClose(t *testing.T) {
 	}
 	if got != want {
 		t.Errorf("released:\n got  %+v\n want %+v", got, want)
+	}
+}
+
+// collect is a Publisher that keeps what it gets.
+type collect []event.Event
+
+func (c *collect) Publish(e *event.Event) error {
+	*c = append(*c, *e)
+	return nil
+}
+
+// A close whose namespace no process or mount shows any more: destroying
+// the namespace purged its TIME_WAIT, so it is released as killed, between
+// the close and the sweep that found the namespace gone.
+func TestNetnsGoneIsKilled(t *testing.T) {
+	var got collect
+	tr := New(Config{Interval: time.Hour}, &got, zaptest.NewLogger(t))
+	closedAt := time.Now().Add(-300 * time.Millisecond)
+	const gone = 1 // no namespace has inode 1
+	tr.Write(&event.Event{Kind: event.KindClose, Proto: event.ProtoTCP, TimeWait: true, NetNS: gone, Cookie: 9, Time: closedAt})
+	time.Sleep(time.Millisecond)
+	before := time.Now()
+	tr.sweep()
+	if len(got) != 1 {
+		t.Fatalf("published %+v, want one release", got)
+	}
+	r := got[0]
+	if r.Kind != event.KindReleased || r.Release != event.ReleaseKilled || r.Cookie != 9 || r.Time.Before(closedAt) || r.Time.After(before) {
+		t.Errorf("released %v %v at %v, cookie %d; want killed, cookie 9, between the close %v and the sweep %v", r.Kind, r.Release, r.Time, r.Cookie, closedAt, before)
+	}
+	if s := tr.Stats(); s.Killed != 1 || s.NetnsGone != 1 || s.Pending != 0 || s.Lost() != 0 {
+		t.Errorf("stats %+v: want 1 killed, 1 netns_gone, nothing pending or lost", s)
 	}
 }
