@@ -346,7 +346,9 @@ func (t *Tracker) sweep() {
 		if ns.swept && en.added.Before(ns.t0) {
 			t.judge(en, ns, round)
 		}
-		if en.gone && now.Sub(en.goneHi) >= t.cfg.Grace {
+		// An overflow goes at once: no TIME_WAIT was made, so nothing
+		// could reuse it.
+		if en.gone && (en.seenRound == ^uint64(0) || now.Sub(en.goneHi) >= t.cfg.Grace) {
 			t.release(int32(i), t.finish(en))
 		}
 	}
