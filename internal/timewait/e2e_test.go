@@ -619,3 +619,95 @@ func sendReset(from, to uint16, seq uint32) error {
 
 // tcpSendQueue is TCP_SEND_QUEUE, for TCP_REPAIR_QUEUE (linux/tcp.h).
 const tcpSendQueue = 2
+
+// One sweep finds the TIME_WAITs of both families, and of dual-stack
+// sockets: IPv6 sockets talking to a v4-mapped address.
+func TestDumpFindsEveryFamily(t *testing.T) {
+	kerneltest.RequireRoot(t)
+	ns := newNetns(t, nil)
+	tests := []struct {
+		name         string
+		family       int
+		listen, dial unix.Sockaddr
+	}{
+		{"ipv4", unix.AF_INET, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}},
+		{"ipv6", unix.AF_INET6, &unix.SockaddrInet6{Addr: netip.IPv6Loopback().As16()}, &unix.SockaddrInet6{Addr: netip.IPv6Loopback().As16()}},
+		{"v4-mapped", unix.AF_INET6, &unix.SockaddrInet6{}, &unix.SockaddrInet6{Addr: netip.MustParseAddr("::ffff:127.0.0.1").As16()}},
+	}
+	want := map[uint64]string{}
+	for _, tt := range tests {
+		err := ns.do(func() error {
+			ln, err := unix.Socket(tt.family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(ln)
+			if err := unix.Bind(ln, tt.listen); err != nil {
+				return err
+			}
+			if err := unix.Listen(ln, 1); err != nil {
+				return err
+			}
+			sa, err := unix.Getsockname(ln)
+			if err != nil {
+				return err
+			}
+			switch a := tt.dial.(type) {
+			case *unix.SockaddrInet4:
+				a.Port = sa.(*unix.SockaddrInet4).Port
+			case *unix.SockaddrInet6:
+				a.Port = sa.(*unix.SockaddrInet6).Port
+			}
+			c, err := unix.Socket(tt.family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(c)
+			if err := unix.Connect(c, tt.dial); err != nil {
+				return err
+			}
+			s, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(s)
+			cookie, err := unix.GetsockoptUint64(c, unix.SOL_SOCKET, unix.SO_COOKIE)
+			if err != nil {
+				return err
+			}
+			want[cookie] = tt.name
+			var b [1]byte
+			unix.Shutdown(c, unix.SHUT_WR)
+			unix.Read(s, b[:])
+			unix.Shutdown(s, unix.SHUT_WR)
+			_, err = unix.Read(c, b[:])
+			return err
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+	}
+	tr := New(DefaultConfig(), nopPublisher{}, zaptest.NewLogger(t))
+	h, err := tr.open(ns.ino, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	found, _, err := h.dumpTimeWait(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range found {
+		if _, ok := want[s.cookie]; !ok {
+			t.Errorf("a TIME_WAIT with cookie %d, not one of ours", s.cookie)
+			continue
+		}
+		if s.expires <= 50*time.Second || s.expires > 60*time.Second {
+			t.Errorf("%s: expires in %v, want a fresh 60s timer", want[s.cookie], s.expires)
+		}
+		delete(want, s.cookie)
+	}
+	for _, name := range want {
+		t.Errorf("%s: its TIME_WAIT is not in the sweep", name)
+	}
+}

@@ -33,10 +33,7 @@ func (h *nsHandle) Close() error {
 
 // openHandle makes the handle inside the namespace at nsPath, on a thread
 // locked for the purpose and returned to its namespace after.
-func openHandle(nsPath string, own bool) (*nsHandle, error) {
-	if own {
-		return newHandle()
-	}
+func openHandle(nsPath string) (*nsHandle, error) {
 	ns, err := os.Open(nsPath)
 	if err != nil {
 		return nil, err

@@ -172,7 +172,6 @@ type Tracker struct {
 	byTuple  map[tupleKey]int32
 	ns       map[uint32]*nsState
 	round    uint64
-	ownNetns uint32
 
 	// The sweeper's reused buffers.
 	sightings []sighting
@@ -205,7 +204,6 @@ func New(cfg Config, pub Publisher, log *zap.Logger) *Tracker {
 		byCookie: make(map[uint64]int32),
 		byTuple:  make(map[tupleKey]int32),
 		ns:       make(map[uint32]*nsState),
-		ownNetns: nsInode("/proc/self/ns/net"),
 	}
 }
 
@@ -490,14 +488,14 @@ func (t *Tracker) sweepNetns(ino uint32, round uint64) {
 var errNetnsGone = errors.New("the network namespace is gone")
 
 func (t *Tracker) open(ino, pid, tid uint32) (*nsHandle, error) {
-	if ino == t.ownNetns {
-		return openHandle("", true)
-	}
+	// Even portlife's own namespace is found by its inode: /proc/self
+	// shows the main thread's, which a goroutine locked to it may have
+	// moved.
 	path, ok := findNetns(ino, pid, tid)
 	if !ok {
 		return nil, errNetnsGone
 	}
-	return openHandle(path, false)
+	return openHandle(path)
 }
 
 // dropNetns forgets every watch in a namespace that cannot be swept.
