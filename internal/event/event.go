@@ -47,7 +47,8 @@ type Release uint8
 
 const (
 	ReleaseUnknown Release = 0
-	// ReleaseExpired: its 60 s timer fired.
+	// ReleaseExpired: its timer fired (60 s; tcp_fin_timeout while it
+	// still waited for the peer's FIN).
 	ReleaseExpired Release = 1
 	// ReleaseReused: a new connection took the same 4-tuple before then.
 	ReleaseReused Release = 2

@@ -15,7 +15,10 @@ import (
 // a sweep.
 const (
 	tcpdiagGetsock = 18
+	tcpFinWait2    = 5
 	tcpTimeWait    = 6
+	// timerTimeWait is idiag_timer of a timewait socket.
+	timerTimeWait = 3
 )
 
 // inetDiagReq is struct inet_diag_req (linux/inet_diag.h).
@@ -74,7 +77,11 @@ func (h *nsHandle) dumpTimeWait(out []sighting, buf []byte) ([]sighting, []byte,
 		Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP,
 		Seq:   1,
 	}
-	req.req = inetDiagReq{States: 1 << tcpTimeWait}
+	// The kernel filters a timewait socket by its substate: FIN_WAIT2
+	// until the peer's FIN comes (an orphan that closed before it), then
+	// TIME_WAIT. Full sockets in FIN_WAIT2 match too, and are told apart by
+	// their timer.
+	req.req = inetDiagReq{States: 1<<tcpTimeWait | 1<<tcpFinWait2}
 	b := (*[unsafe.Sizeof(req)]byte)(unsafe.Pointer(&req))[:]
 	if err := unix.Sendto(h.diag, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return out, buf, fmt.Errorf("sock_diag request: %w", err)
@@ -109,15 +116,15 @@ func (h *nsHandle) dumpTimeWait(out []sighting, buf []byte) ([]sighting, []byte,
 				return out, buf, nil
 			}
 			if l >= unix.NLMSG_HDRLEN+sizeofMsg {
-				// Every reply is a timewait socket: the request asked for
-				// no other state. Its State is the substate: FIN_WAIT2 for
-				// an orphan still waiting for the peer's FIN (its timer
-				// is tcp_fin_timeout's, and rescheduled when it comes).
+				// A timewait socket in FIN_WAIT2 waits tcp_fin_timeout
+				// for the peer's FIN, then TIME_WAIT's 60 s once it comes.
 				m := (*inetDiagMsg)(unsafe.Pointer(&b[unix.NLMSG_HDRLEN]))
-				out = append(out, sighting{
-					cookie:  uint64(m.ID.Cookie[0]) | uint64(m.ID.Cookie[1])<<32,
-					expires: time.Duration(m.Expires) * time.Millisecond,
-				})
+				if m.Timer == timerTimeWait {
+					out = append(out, sighting{
+						cookie:  uint64(m.ID.Cookie[0]) | uint64(m.ID.Cookie[1])<<32,
+						expires: time.Duration(m.Expires) * time.Millisecond,
+					})
+				}
 			}
 			al := (l + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1)
 			if al > len(b) {

@@ -366,7 +366,7 @@ func dumpByFamily(fd int, buf []byte) ([]twSeen, error) {
 		id                         inetDiagSockID
 	}
 	req.hdr = unix.NlMsghdr{Len: uint32(unsafe.Sizeof(req)), Type: unix.SOCK_DIAG_BY_FAMILY, Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP}
-	req.family, req.protocol, req.states = unix.AF_INET, unix.IPPROTO_TCP, 1<<tcpTimeWait
+	req.family, req.protocol, req.states = unix.AF_INET, unix.IPPROTO_TCP, 1<<tcpTimeWait|1<<tcpFinWait2
 	if err := unix.Sendto(fd, (*[unsafe.Sizeof(req)]byte)(unsafe.Pointer(&req))[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return nil, err
 	}
@@ -388,11 +388,10 @@ func dumpByFamily(fd int, buf []byte) ([]twSeen, error) {
 				return nil, errors.New("sock_diag error")
 			}
 			// inet_diag_msg: family, state, timer, retrans, then the
-			// sockid: sport, dport, src, dst, if, cookie.
-			// The request asked for TIME_WAIT sockets alone; the state
-			// shown is their substate (FIN_WAIT2 until the peer's FIN).
-			// Then idiag_expires, in ms.
-			if len(m.Data) >= 56 {
+			// sockid: sport, dport, src, dst, if, cookie; then
+			// idiag_expires, in ms. A timewait socket's state is its
+			// substate (FIN_WAIT2 until the peer's FIN), its timer 3.
+			if len(m.Data) >= 56 && m.Data[2] == timerTimeWait {
 				ports = append(ports, twSeen{
 					twKey: twKey{
 						port:   binary.BigEndian.Uint16(m.Data[4:6]),
@@ -458,6 +457,56 @@ func TestReleased(t *testing.T) {
 			o.mu.Unlock()
 			t.Logf("port %d: its TIME_WAIT left the table %v after its timer was due", p, left.Sub(due).Round(time.Millisecond))
 		}
+	})
+
+	// An orphan in FIN_WAIT2 becomes a timewait socket too, waiting for
+	// the peer's FIN for tcp_fin_timeout, which a namespace sets: the same
+	// timer and the same end as a TIME_WAIT's, in seconds.
+	t.Run("expired in FIN_WAIT2", func(t *testing.T) {
+		t.Parallel()
+		ns := newNetns(t, map[string]string{"tcp_fin_timeout": "3"})
+		o := watchTimeWait(t, ns)
+		ln, port := ns.listen(t)
+		var p uint16
+		if err := ns.do(func() error {
+			c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			if err := unix.Connect(c, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(port)}); err != nil {
+				unix.Close(c)
+				return err
+			}
+			s, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
+			if err != nil {
+				unix.Close(c)
+				return err
+			}
+			// The server never closes, so our FIN_WAIT2 waits in vain.
+			t.Cleanup(func() { unix.Close(s) })
+			sa, err := unix.Getsockname(c)
+			if err != nil {
+				unix.Close(c)
+				return err
+			}
+			p = uint16(sa.(*unix.SockaddrInet4).Port)
+			return unix.Close(c)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		closes := events.waitFor(t, 1, 10*time.Second, ofPort(ns, p, event.KindClose))
+		if !closes[0].TimeWait {
+			t.Fatalf("port %d: close %+v without time_wait", p, closes[0])
+		}
+		rel := events.waitFor(t, 1, 15*time.Second, ofPort(ns, p, event.KindReleased))[0]
+		left, gone := o.gone(&closes[0])
+		if !gone {
+			t.Fatalf("port %d: released, but its timewait socket is still there: %+v", p, rel)
+		}
+		if rel.Release != event.ReleaseExpired || rel.Duration() < 3*time.Second {
+			t.Errorf("port %d: release %v after %v, want expired after tcp_fin_timeout (3s)", p, rel.Release, rel.Duration())
+		}
+		within1s(t, p, rel.Time, left)
 	})
 
 	t.Run("reused", func(t *testing.T) {
