@@ -151,6 +151,7 @@ type nsState struct {
 	overflows   uint64    // TCPTimeWaitOverflow at the last sweep
 	overflowsAt time.Time // when it was read
 	idleSince   time.Time // when count fell to 0
+	warned      bool      // a failed sweep was logged
 	// vanished: no process or mount showed it when it was to be opened.
 	vanished   bool
 	vanishedAt time.Time
@@ -440,7 +441,13 @@ func (t *Tracker) sweepNetns(ino uint32, round uint64) {
 	t.sweepTime.Add(int64(t1.Sub(t0)))
 	if err != nil {
 		t.sweepErrors.Add(1)
-		t.log.Warn("sweeping TIME_WAIT sockets", zap.Uint32("netns", ino), zap.Error(err))
+		t.mu.Lock()
+		warned := ns.warned
+		ns.warned = true
+		t.mu.Unlock()
+		if !warned { // once a namespace: sweep_errors counts the rest
+			t.log.Warn("sweeping TIME_WAIT sockets: their releases wait for a sweep that works", zap.Uint32("netns", ino), zap.Error(err))
+		}
 		return
 	}
 
