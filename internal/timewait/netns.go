@@ -27,8 +27,11 @@ type nsHandle struct {
 }
 
 func (h *nsHandle) Close() error {
-	err := unix.Close(h.diag)
-	return errors.Join(err, h.netstat.Close(), h.maxTW.Close())
+	err := errors.Join(unix.Close(h.diag), h.netstat.Close())
+	if h.maxTW != nil {
+		err = errors.Join(err, h.maxTW.Close())
+	}
+	return err
 }
 
 // openHandle makes the handle inside the namespace at nsPath, on a thread
@@ -86,18 +89,18 @@ func newHandle() (*nsHandle, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	// A sysctl file, like a proc file, stays the namespace's it was opened in.
-	m, err := os.Open("/proc/sys/net/ipv4/tcp_max_tw_buckets")
-	if err != nil {
-		unix.Close(fd)
-		f.Close()
-		return nil, err
-	}
+	// A sysctl file, like a proc file, stays the namespace's it was opened
+	// in. Without it (a kernel that keeps it host-wide) overflows are told
+	// by the counter alone.
+	m, _ := os.Open("/proc/sys/net/ipv4/tcp_max_tw_buckets")
 	return &nsHandle{diag: fd, netstat: f, maxTW: m, buf: make([]byte, 8<<10)}, nil
 }
 
 // maxBuckets reads the namespace's tcp_max_tw_buckets.
 func (h *nsHandle) maxBuckets() (uint64, error) {
+	if h.maxTW == nil {
+		return 0, errors.New("no per-namespace tcp_max_tw_buckets")
+	}
 	n, err := h.maxTW.ReadAt(h.buf, 0)
 	if n == 0 && err != nil {
 		return 0, fmt.Errorf("reading tcp_max_tw_buckets: %w", err)
