@@ -50,7 +50,8 @@ const (
 	// ReleaseExpired: its timer fired (60 s; tcp_fin_timeout while it
 	// still waited for the peer's FIN).
 	ReleaseExpired Release = 1
-	// ReleaseReused: a new connection took the same 4-tuple before then.
+	// ReleaseReused: a new connect took the same 4-tuple before then
+	// (an open, or a connect_failed after its SYN).
 	ReleaseReused Release = 2
 	// ReleaseKilled: it went early, with no new connection on its 4-tuple
 	// (an RST or a SYN that killed it, its namespace destroyed).

@@ -542,6 +542,67 @@ func TestReleased(t *testing.T) {
 		within1s(t, p, rel[0].Time, left)
 	})
 
+	// A connect that takes the 4-tuple and then fails (refused: the
+	// listener is gone) ended the TIME_WAIT all the same.
+	t.Run("reused by a connect that failed", func(t *testing.T) {
+		t.Parallel()
+		ns := newNetns(t, map[string]string{"tcp_tw_reuse": "1", "tcp_timestamps": "1"})
+		o := watchTimeWait(t, ns)
+		var ln int
+		var port uint16
+		if err := ns.do(func() error {
+			var err error
+			if ln, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
+				return err
+			}
+			if err := unix.Bind(ln, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+				return err
+			}
+			sa, err := unix.Getsockname(ln)
+			port = uint16(sa.(*unix.SockaddrInet4).Port)
+			if err == nil {
+				err = unix.Listen(ln, 8)
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		p := ns.closeFirst(t, ln, port, 0)
+		unix.Close(ln)
+		time.Sleep(2500 * time.Millisecond)
+		if !o.seen(p) {
+			t.Fatalf("port %d: no TIME_WAIT to reuse", p)
+		}
+		err := ns.do(func() error {
+			c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(c)
+			if err := unix.SetsockoptInt(c, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+				return err
+			}
+			if err := unix.Bind(c, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(p)}); err != nil {
+				return err
+			}
+			return unix.Connect(c, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(port)})
+		})
+		if err != unix.ECONNREFUSED {
+			t.Fatalf("connecting again with no listener: %v, want ECONNREFUSED", err)
+		}
+		failed := events.waitFor(t, 1, 10*time.Second, ofPort(ns, p, event.KindConnectFailed))
+		rel := events.waitFor(t, 1, 10*time.Second, ofPort(ns, p, event.KindReleased))
+		if rel[0].Release != event.ReleaseReused || !rel[0].Time.Equal(failed[0].Start) {
+			t.Fatalf("port %d: released %v at %s, want reused at the failed connect's start %s", p, rel[0].Release, rel[0].Time, failed[0].Start)
+		}
+		closes := events.waitFor(t, 1, 10*time.Second, ofPort(ns, p, event.KindClose))
+		left, gone := o.gone(&closes[0])
+		if !gone {
+			t.Fatalf("port %d: the TIME_WAIT is still there", p)
+		}
+		within1s(t, p, rel[0].Time, left)
+	})
+
 	t.Run("killed", func(t *testing.T) {
 		t.Parallel()
 		ns := newNetns(t, map[string]string{"tcp_rfc1337": "0"})

@@ -40,9 +40,14 @@ type Config struct {
 	Max int
 	// Grace is how long a TIME_WAIT found gone waits for an open on its
 	// 4-tuple (a reuse) to come through the stream before it is called
-	// killed. It must exceed the tracer's flush interval.
+	// killed: the stream must have delivered events this far past its
+	// going, or be idle this long after it. It must exceed the tracer's
+	// flush interval and a handshake's time.
 	Grace time.Duration
 }
+
+// maxWait bounds how long a release waits for the stream to catch up.
+const maxWait = 30 * time.Second
 
 // idleHandle is how long a namespace's handle outlives its last watch.
 const idleHandle = time.Minute
@@ -173,6 +178,10 @@ type Tracker struct {
 	byTuple  map[tupleKey]int32
 	ns       map[uint32]*nsState
 	round    uint64
+	// watermark is the latest event time Write saw (Unix ns);
+	// lastWatermark, the sweeper's reading of it at the last sweep.
+	watermark     atomic.Int64
+	lastWatermark time.Time
 
 	// The sweeper's reused buffers.
 	sightings []sighting
@@ -211,13 +220,18 @@ func New(cfg Config, pub Publisher, log *zap.Logger) *Tracker {
 // Write learns from the stream: a TCP close into TIME_WAIT starts a watch,
 // an open on a watched 4-tuple marks its reuse. It ignores its own kind.
 func (t *Tracker) Write(e *event.Event) error {
+	// Only this goroutine writes it.
+	if ns := e.Time.UnixNano(); ns > t.watermark.Load() {
+		t.watermark.Store(ns)
+	}
 	if e.Proto != event.ProtoTCP {
 		return nil
 	}
 	switch {
 	case e.Kind == event.KindClose && e.TimeWait:
 		t.track(e)
-	case e.Kind == event.KindOpen:
+	case e.Kind == event.KindOpen, e.Kind == event.KindConnectFailed && e.Local.Port() != 0:
+		// A connect that failed after its SYN took the 4-tuple all the same.
 		t.opened(e)
 	}
 	return nil
@@ -322,6 +336,11 @@ func (t *Tracker) sweep() {
 
 	t.mu.Lock()
 	now := time.Now()
+	// The stream has delivered every event up to the watermark; when no
+	// event came since the last sweep, it is idle, and nothing is pending.
+	wm := time.Unix(0, t.watermark.Load())
+	idle := wm.Equal(t.lastWatermark)
+	t.lastWatermark = wm
 	t.out = t.out[:0]
 	for i := range t.entries {
 		en := &t.entries[i]
@@ -345,9 +364,7 @@ func (t *Tracker) sweep() {
 		if ns.swept && en.added.Before(ns.t0) {
 			t.judge(en, ns, round)
 		}
-		// An overflow goes at once: no TIME_WAIT was made, so nothing
-		// could reuse it.
-		if en.gone && (en.seenRound == ^uint64(0) || now.Sub(en.goneHi) >= t.cfg.Grace) {
+		if t.ready(en, now, wm, idle) {
 			t.release(int32(i), t.finish(en))
 		}
 	}
@@ -562,6 +579,25 @@ func (t *Tracker) finish(en *entry) event.Event {
 		at = en.ev.Time
 	}
 	return en.ev.released(how, at)
+}
+
+// ready says whether a watch found gone can be released now. An overflow
+// goes at once: no TIME_WAIT was made, so nothing could reuse it. Else an
+// open that reused it may still be on its way: it waits until the stream
+// delivered events a grace past its going (a handshake's time), or the
+// stream is idle and the grace is over.
+func (t *Tracker) ready(en *entry, now, watermark time.Time, idle bool) bool {
+	switch {
+	case !en.gone:
+		return false
+	case en.seenRound == ^uint64(0):
+		return true
+	case !watermark.Before(en.goneHi.Add(t.cfg.Grace)):
+		return true
+	case idle && now.Sub(en.goneHi) >= t.cfg.Grace:
+		return true
+	}
+	return now.Sub(en.goneHi) >= maxWait
 }
 
 // release queues the event for publishing and frees the watch.

@@ -147,3 +147,37 @@ func TestNetnsGoneIsKilled(t *testing.T) {
 		t.Errorf("stats %+v: want 1 killed, 1 netns_gone, nothing pending or lost", s)
 	}
 }
+
+// A watch found gone waits for a reusing open to come through the stream:
+// until the stream is a grace past its going, or idle a grace after it.
+func TestReadyWaitsForTheStream(t *testing.T) {
+	gone := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	tr := New(Config{Grace: 2 * time.Second}, &collect{}, zaptest.NewLogger(t))
+	s := func(d float64) time.Time { return gone.Add(time.Duration(d * float64(time.Second))) }
+	tests := []struct {
+		name           string
+		overflowed     bool
+		now, watermark float64
+		idle           bool
+		want           bool
+	}{
+		{"an overflow goes at once", true, 0, -5, false, true},
+		{"the stream is not past the grace yet", false, 3, 1.5, false, false},
+		{"the stream delivered events a grace past its going", false, 2.1, 2, false, true},
+		{"behind by more than the grace, and flowing: a backlog", false, 10, 1, false, false},
+		{"idle, and the grace is over", false, 2.5, 0.5, true, true},
+		{"idle, within the grace", false, 1, 0.5, true, false},
+		{"a stalled watermark waits no longer than maxWait", false, 31, 0, false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			en := entry{gone: true, goneLo: s(-1), goneHi: gone}
+			if tt.overflowed {
+				en.seenRound = ^uint64(0)
+			}
+			if got := tr.ready(&en, s(tt.now), s(tt.watermark), tt.idle); got != tt.want {
+				t.Errorf("ready = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
