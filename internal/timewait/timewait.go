@@ -351,6 +351,11 @@ func (t *Tracker) sweep() {
 		switch {
 		case ns == nil:
 			continue
+		case ns.vanished && en.added.After(ns.vanishedAt):
+			// A close came from it since: it is there after all (held by
+			// a descriptor alone, say). Look for it again next round.
+			ns.vanished = false
+			continue
 		case ns.vanished:
 			if !en.gone {
 				en.gone, en.goneLo, en.goneHi = true, en.ev.Time, ns.vanishedAt
