@@ -49,6 +49,22 @@ func TestEnumsMatchKernel(t *testing.T) {
 			"CLOSED_BY_REMOTE":  uint64(event.ClosedByRemote),
 		}},
 	}
+	// Kinds that only user space produces, from the events it reads: the
+	// kernel's enum must leave their values free.
+	goOnlyKinds := []event.Kind{event.KindReleased}
+	t.Run("go-only kinds", func(t *testing.T) {
+		var e *btf.Enum
+		if err := spec.Types.TypeByName("event_kind", &e); err != nil {
+			t.Fatalf("enum event_kind in the ELF's BTF: %v", err)
+		}
+		for _, k := range goOnlyKinds {
+			for _, v := range e.Values {
+				if v.Value == uint64(k) {
+					t.Errorf("%s = %d in the kernel is the Go-only kind %v", v.Name, v.Value, k)
+				}
+			}
+		}
+	})
 	for _, tt := range tests {
 		t.Run(tt.enum, func(t *testing.T) {
 			var e *btf.Enum

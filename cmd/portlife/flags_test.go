@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/portlife/portlife/internal/event"
+	"github.com/portlife/portlife/internal/timewait"
 	"github.com/portlife/portlife/tracer"
 )
 
@@ -46,6 +47,9 @@ func TestParseFlagsDefaults(t *testing.T) {
 			if o.log.debug {
 				t.Error("debug is on by default")
 			}
+			if o.timewait.off || o.timewait.cfg != timewait.DefaultConfig() {
+				t.Errorf("timewait = %+v, want on, with DefaultConfig() %+v", o.timewait, timewait.DefaultConfig())
+			}
 			// No flags means the tracer's defaults, with no filter at all.
 			if want := tracer.DefaultConfig(); !reflect.DeepEqual(o.cfg, want) {
 				t.Errorf("cfg = %+v, want DefaultConfig() %+v", o.cfg, want)
@@ -72,6 +76,16 @@ func TestParseFlagsGood(t *testing.T) {
 		{"output text", []string{"--output", "text"}, func(t *testing.T, o options) {
 			if o.output != "text" {
 				t.Errorf("output = %q", o.output)
+			}
+		}},
+		{"released events on by default, tuned", []string{"--released-interval", "250ms", "--released-max", "1000"}, func(t *testing.T, o options) {
+			if o.timewait.off || o.timewait.cfg.Interval != 250*time.Millisecond || o.timewait.cfg.Max != 1000 {
+				t.Errorf("timewait = %+v", o.timewait)
+			}
+		}},
+		{"no-released", []string{"--no-released"}, func(t *testing.T, o options) {
+			if !o.timewait.off {
+				t.Errorf("timewait = %+v", o.timewait)
 			}
 		}},
 		{"log-format json", []string{"--log-format=json"}, func(t *testing.T, o options) {
@@ -212,6 +226,12 @@ func TestParseFlagsBad(t *testing.T) {
 		{"min-duration negative", []string{"--min-duration", "-1s"}, "--min-duration"},
 		{"flush-interval negative", []string{"--flush-interval", "-1s"}, "--flush-interval"},
 		{"stats-interval negative", []string{"--stats-interval", "-1s"}, "--stats-interval"},
+		{"released-interval too short", []string{"--released-interval", "10ms"}, "--released-interval"},
+		{"released-interval too long", []string{"--released-interval", "1m"}, "--released-interval"},
+		{"released-interval not a duration", []string{"--released-interval", "1"}, "--released-interval"},
+		{"released-max zero", []string{"--released-max", "0"}, "--released-max"},
+		{"released-max not a number", []string{"--released-max", "many"}, "--released-max"},
+		{"no-released with a value", []string{"--no-released=maybe"}, "--no-released"},
 		{"unknown flag", []string{"--nope"}, "--nope"},
 		{"extra positional argument", []string{"--debug", "extra"}, `"extra"`},
 	}

@@ -175,6 +175,7 @@ var required = map[string][]string{
 	"close":          {"ts", "event", "proto", "family", "pid", "comm", "uid", "laddr", "lport", "raddr", "rport", "direction", "ephemeral", "duration_ms", "tx_bytes", "rx_bytes", "closed_by"},
 	"connect_failed": {"ts", "event", "proto", "family", "pid", "comm", "uid", "laddr", "lport", "raddr", "rport", "direction", "ephemeral", "reason", "errno"},
 	"bind_failed":    {"ts", "event", "proto", "family", "pid", "comm", "uid", "laddr", "lport", "raddr", "rport", "direction", "ephemeral", "reason", "errno"},
+	"released":       {"ts", "event", "proto", "family", "pid", "comm", "uid", "laddr", "lport", "raddr", "rport", "direction", "ephemeral", "start", "time_wait_ms", "release"},
 }
 
 func TestJSONOutputAndCleanExit(t *testing.T) {

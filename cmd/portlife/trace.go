@@ -26,6 +26,7 @@ type options struct {
 	statsInterval time.Duration // how often to warn while events are lost
 	version       bool
 	cfg           tracer.Config
+	timewait      timeWaitOptions
 }
 
 // parseFlags reads the arguments of `portlife trace` into options. Every
@@ -43,6 +44,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	fs.Var(durationValue{&o.cfg.FlushInterval}, "flush-interval", "longest an event waits before it is written; 0 wakes the reader for each event, at more CPU")
 	fs.Var(durationValue{&o.statsInterval}, "stats-interval", "how often to warn while events are being lost; 0 only at exit")
 	fs.Var(niceValue{&o.cfg.ReaderNice}, "reader-nice", "nice value of the thread that reads and writes events, so a CPU-saturated host cannot starve it; 0 leaves it unchanged")
+	addTimeWaitFlags(fs, &o.timewait)
 	addLogFlags(fs, &o.log)
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 
@@ -107,10 +109,11 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 		out = sink.NewWriter(stdout, &encode.JSON{}, 256<<10)
 	}
 	s := stream.New(out)
-	l := losses{tracer: t, stream: s}
-
 	watchCtx, stopWatching := context.WithCancel(ctx)
 	var wg sync.WaitGroup
+	l := losses{tracer: t, stream: s}
+	l.timewait = startTimeWait(watchCtx, opts.timewait, &opts.cfg.Filter, s, log, &wg)
+
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

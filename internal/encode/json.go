@@ -95,6 +95,8 @@ func (j *JSON) Append(b []byte, e *event.Event) []byte {
 		}
 		b = appendString(b, `,"reason":"`, e.Reason())
 		b = appendUint(b, `","errno":`, uint64(e.Errno))
+	case event.KindReleased:
+		b = appendReleasedJSON(b, e)
 	}
 	return append(b, "}\n"...)
 }

@@ -122,6 +122,8 @@ func appendNotes(b []byte, e *event.Event) []byte {
 	switch e.Kind {
 	case event.KindConnectFailed, event.KindBindFailed:
 		b = append(b, e.Reason()...)
+	case event.KindReleased:
+		b = appendReleasedNotes(b, e)
 	case event.KindClose:
 		if e.Proto == event.ProtoTCP {
 			b = append(b, "closed_by="...)

@@ -23,18 +23,47 @@ const (
 	KindClose         Kind = 2
 	KindConnectFailed Kind = 3
 	KindBindFailed    Kind = 4
+	// KindReleased: a TIME_WAIT that a close left behind is gone and its
+	// port is free. User space derives it (internal/timewait); no kernel
+	// record has this kind.
+	KindReleased Kind = 5
 )
 
-var kindNames = [...]string{KindOpen: "open", KindClose: "close", KindConnectFailed: "connect_failed", KindBindFailed: "bind_failed"}
+var kindNames = [...]string{KindOpen: "open", KindClose: "close", KindConnectFailed: "connect_failed", KindBindFailed: "bind_failed", KindReleased: "released"}
 
 func (k Kind) String() string { return name(kindNames[:], int(k)) }
 
-// Kinds lists every event kind, in the order of the README.
+// Kinds lists every event kind the kernel sends, in the order of the
+// README. Derived kinds (released) are not in it: they follow the kinds
+// they come from.
 var Kinds = []Kind{KindOpen, KindClose, KindConnectFailed, KindBindFailed}
 
 // Failed reports whether the kind is a failed call (connect_failed,
 // bind_failed), which carries a reason and an errno.
 func (k Kind) Failed() bool { return k == KindConnectFailed || k == KindBindFailed }
+
+// Release says how a TIME_WAIT ended (a released event).
+type Release uint8
+
+const (
+	ReleaseUnknown Release = 0
+	// ReleaseExpired: its timer fired (60 s; tcp_fin_timeout while it
+	// still waited for the peer's FIN).
+	ReleaseExpired Release = 1
+	// ReleaseReused: a new connect took the same 4-tuple before then
+	// (an open, or a connect_failed after its SYN).
+	ReleaseReused Release = 2
+	// ReleaseKilled: it went early, with no new connection on its 4-tuple
+	// (an RST or a SYN that killed it, its namespace destroyed).
+	ReleaseKilled Release = 3
+	// ReleaseOverflow: tcp_max_tw_buckets was full, so the kernel made no
+	// TIME_WAIT and freed the port at the close.
+	ReleaseOverflow Release = 4
+)
+
+var releaseNames = [...]string{ReleaseUnknown: "unknown", ReleaseExpired: "expired", ReleaseReused: "reused", ReleaseKilled: "killed", ReleaseOverflow: "overflow"}
+
+func (r Release) String() string { return name(releaseNames[:], int(r)) }
 
 // Proto is the transport protocol, by its IP protocol number.
 type Proto uint8
@@ -154,8 +183,8 @@ type Event struct {
 	Kind        Kind
 	Proto       Proto
 	Family      int       // 4 or 6: the address family on the wire (v4-mapped IPv6 is 4)
-	Time        time.Time // when it happened; for close, when the port was released
-	Start       time.Time // when the lifetime began; zero if before tracing
+	Time        time.Time // when it happened; for close, when the port was released; for released, when the TIME_WAIT left the kernel's table
+	Start       time.Time // when the lifetime began; zero if before tracing; for released, the close
 	Established time.Time // when the handshake completed; zero if never
 
 	PID       uint32
@@ -198,6 +227,8 @@ type Event struct {
 	// before the protocol sent anything (routing, policy, no port for a UDP
 	// connect, every bind). The others are TCP's state machine's.
 	InCall bool
+
+	Release Release // released: how the TIME_WAIT ended
 }
 
 // Duration is how long the port lived (close), or the call tried
