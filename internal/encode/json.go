@@ -93,6 +93,13 @@ func (j *JSON) Append(b []byte, e *event.Event) []byte {
 		}
 		b = appendString(b, `,"reason":"`, e.Reason())
 		b = appendUint(b, `","errno":`, uint64(e.Errno))
+	case event.KindPressure:
+		if e.Pressure != nil {
+			b = appendPressure(b, e.Pressure)
+		}
+	}
+	if e.BindBeforeConnect {
+		b = append(b, `,"bind_before_connect":true`...)
 	}
 	return append(b, "}\n"...)
 }

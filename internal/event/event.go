@@ -23,9 +23,12 @@ const (
 	KindClose         Kind = 2
 	KindConnectFailed Kind = 3
 	KindBindFailed    Kind = 4
+	// KindPressure is made in user space (internal/ports), never by the
+	// kernel: a key's port pressure crossed a threshold. It carries Pressure.
+	KindPressure Kind = 6
 )
 
-var kindNames = [...]string{KindOpen: "open", KindClose: "close", KindConnectFailed: "connect_failed", KindBindFailed: "bind_failed"}
+var kindNames = [...]string{KindOpen: "open", KindClose: "close", KindConnectFailed: "connect_failed", KindBindFailed: "bind_failed", KindPressure: "pressure"}
 
 func (k Kind) String() string { return name(kindNames[:], int(k)) }
 
@@ -188,12 +191,20 @@ type Event struct {
 	TimeWait     bool
 	PreExisting  bool
 	Connected    bool // UDP: the peer was fixed by connect()
+	// BindBeforeConnect: a TCP socket that took its port with bind() to
+	// port 0 and then connected, so its port came from the bind pool, which
+	// every destination shares.
+	BindBeforeConnect bool
 
 	Errno unix.Errno // connect_failed, bind_failed: the error the call reported, 0 if none
 	// InCall: a connect_failed or bind_failed seen at the call's return,
 	// before the protocol sent anything (routing, policy, no port for a UDP
 	// connect, every bind). The others are TCP's state machine's.
 	InCall bool
+
+	// Pressure is set on KindPressure events alone. It is never changed once
+	// published, so the copies the stream makes may share it.
+	Pressure *Pressure
 }
 
 // Duration is how long the port lived (close), or the call tried
