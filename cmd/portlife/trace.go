@@ -26,6 +26,7 @@ type options struct {
 	statsInterval time.Duration // how often to warn while events are lost
 	version       bool
 	cfg           tracer.Config
+	ports         portsOptions
 }
 
 // parseFlags reads the arguments of `portlife trace` into options. Every
@@ -36,13 +37,14 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	fs.SortFlags = false
 	fs.Usage = func() { usage(fs) }
 
-	o := options{cfg: tracer.DefaultConfig(), statsInterval: 10 * time.Second}
+	o := options{cfg: tracer.DefaultConfig(), statsInterval: 10 * time.Second, ports: defaultPortsOptions()}
 	fs.Var(&choiceValue{p: &o.output, choices: []string{"text", "json"}}, "output", "event format: text or json (default text on a terminal, json otherwise)")
 	addFilterFlags(fs, &o.cfg.Filter)
 	fs.Var(ringSizeValue{&o.cfg.RingBufferSize}, "ring-buffer", "kernel-to-user buffer: a power of two from 4KiB to 1GiB; it costs twice this in RSS")
 	fs.Var(durationValue{&o.cfg.FlushInterval}, "flush-interval", "longest an event waits before it is written; 0 wakes the reader for each event, at more CPU")
 	fs.Var(durationValue{&o.statsInterval}, "stats-interval", "how often to warn while events are being lost; 0 only at exit")
 	fs.Var(niceValue{&o.cfg.ReaderNice}, "reader-nice", "nice value of the thread that reads and writes events, so a CPU-saturated host cannot starve it; 0 leaves it unchanged")
+	addPortsFlags(fs, &o.ports)
 	addLogFlags(fs, &o.log)
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 
@@ -107,6 +109,7 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 		out = sink.NewWriter(stdout, &encode.JSON{}, 256<<10)
 	}
 	s := stream.New(out)
+	acct := startAccounting(s, opts.ports, &opts.cfg.Filter, log)
 	l := losses{tracer: t, stream: s}
 
 	watchCtx, stopWatching := context.WithCancel(ctx)
@@ -123,6 +126,7 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	stopWatching()
 	wg.Wait()
 
+	accountingSummary(acct, log)
 	statsErr := l.summary(log)
 	return errors.Join(runErr, closeErr, statsErr)
 }

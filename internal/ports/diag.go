@@ -1,0 +1,311 @@
+package ports
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/portlife/portlife/internal/event"
+)
+
+// The sockets that hold ports when accounting starts come from sock_diag,
+// once per network namespace: the tracer's adoption reports no TIME_WAIT
+// (it has no full socket), and the ports a TIME_WAIT holds are what
+// exhaustion is made of. A netlink socket belongs to the namespace it was
+// made in, so one thread enters each namespace only to make it.
+
+// Existing is one socket that sock_diag listed.
+type Existing struct {
+	NetNS   uint32
+	Proto   event.Proto
+	Family  int
+	State   uint8 // TCP state (TCP_TIME_WAIT, TCP_LISTEN...); UDP: TCP_ESTABLISHED if connected
+	Local   netip.AddrPort
+	Remote  netip.AddrPort
+	Cookie  uint64
+	Inode   uint32
+	Expires time.Duration // TIME_WAIT: until it ends
+	PID     uint32        // a process holding it; 0 if none (TIME_WAIT) or unknown
+	Comm    event.Comm
+}
+
+const (
+	tcpEstablished = 1
+	tcpTimeWait    = 6
+	tcpListen      = 10
+	tcpSynRecv     = 3
+	tcpClose       = 7
+)
+
+// Namespaces lists every network namespace a process is in, with a path to
+// enter each by; those only bind-mounted under /run/netns too.
+func Namespaces() map[uint32]string {
+	out := map[uint32]string{}
+	add := func(pattern string) {
+		paths, _ := filepath.Glob(pattern)
+		for _, p := range paths {
+			var st unix.Stat_t
+			if unix.Stat(p, &st) == nil {
+				if _, ok := out[uint32(st.Ino)]; !ok {
+					out[uint32(st.Ino)] = p
+				}
+			}
+		}
+	}
+	add("/proc/self/ns/net")
+	add("/proc/[0-9]*/ns/net")
+	add("/run/netns/*")
+	add("/proc/[0-9]*/task/[0-9]*/ns/net")
+	return out
+}
+
+// Dump lists the TCP and UDP sockets of the namespaces given (inode to
+// path), with their owners where a process holds them. A namespace that
+// cannot be read is reported in the error; the others are still listed.
+func Dump(namespaces map[uint32]string) ([]Existing, error) {
+	own := ownNetns()
+	var out []Existing
+	var errs []error
+	for inode, path := range namespaces {
+		var fd int
+		mk := func() (err error) {
+			fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+			return err
+		}
+		var err error
+		if inode == own {
+			err = mk()
+		} else {
+			err = inNetns(path, mk)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("network namespace %d: %w", inode, err))
+			continue
+		}
+		for _, q := range []struct {
+			proto  event.Proto
+			family uint8
+		}{{event.ProtoTCP, unix.AF_INET}, {event.ProtoTCP, unix.AF_INET6}, {event.ProtoUDP, unix.AF_INET}, {event.ProtoUDP, unix.AF_INET6}} {
+			socks, err := dumpOne(fd, q.proto, q.family)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("network namespace %d: %w", inode, err))
+				break
+			}
+			for i := range socks {
+				socks[i].NetNS = inode
+			}
+			out = append(out, socks...)
+		}
+		unix.Close(fd)
+	}
+	owners(out)
+	return out, errors.Join(errs...)
+}
+
+// inet_diag_req_v2 and inet_diag_msg, from linux/inet_diag.h.
+type diagReq struct {
+	family, protocol, ext, pad uint8
+	states                     uint32
+	id                         diagSockID
+}
+
+type diagSockID struct {
+	sport, dport [2]byte // network order
+	src, dst     [16]byte
+	ifindex      uint32
+	cookie       [2]uint32
+}
+
+type diagMsg struct {
+	family, state, timer, retrans uint8
+	id                            diagSockID
+	expires, rqueue, wqueue       uint32
+	uid, inode                    uint32
+}
+
+func dumpOne(fd int, proto event.Proto, family uint8) ([]Existing, error) {
+	req := diagReq{family: family, protocol: uint8(proto), states: ^uint32(0) &^ (1 << tcpSynRecv)}
+	hdr := unix.NlMsghdr{
+		Len:   uint32(unix.SizeofNlMsghdr + unsafe.Sizeof(req)),
+		Type:  20, // SOCK_DIAG_BY_FAMILY
+		Flags: unix.NLM_F_REQUEST | unix.NLM_F_DUMP,
+		Seq:   1,
+	}
+	buf := make([]byte, hdr.Len)
+	*(*unix.NlMsghdr)(unsafe.Pointer(&buf[0])) = hdr
+	*(*diagReq)(unsafe.Pointer(&buf[unix.SizeofNlMsghdr])) = req
+	if err := unix.Sendto(fd, buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, fmt.Errorf("sock_diag request: %w", err)
+	}
+	var out []Existing
+	rb := make([]byte, 64<<10)
+	for {
+		n, _, err := unix.Recvfrom(fd, rb, 0)
+		if err != nil {
+			return nil, fmt.Errorf("sock_diag reply: %w", err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(rb[:n])
+		if err != nil {
+			return nil, fmt.Errorf("sock_diag reply: %w", err)
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return out, nil
+			case unix.NLMSG_ERROR:
+				if len(m.Data) >= 4 {
+					if errno := int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
+						return nil, fmt.Errorf("sock_diag: %w", unix.Errno(-errno))
+					}
+				}
+				return out, nil
+			}
+			if len(m.Data) < int(unsafe.Sizeof(diagMsg{})) {
+				continue
+			}
+			d := (*diagMsg)(unsafe.Pointer(&m.Data[0]))
+			x := Existing{
+				Proto:  proto,
+				State:  d.state,
+				Cookie: uint64(d.id.cookie[0]) | uint64(d.id.cookie[1])<<32,
+				Inode:  d.inode,
+				Local:  diagAddr(d.family, d.id.src, d.id.sport),
+				Remote: diagAddr(d.family, d.id.dst, d.id.dport),
+			}
+			x.Family = 4
+			if x.Local.Addr().Is6() {
+				x.Family = 6
+			}
+			if d.state == tcpTimeWait {
+				x.Expires = time.Duration(d.expires) * time.Millisecond
+			}
+			out = append(out, x)
+		}
+	}
+}
+
+// diagAddr reads an address as sock_diag gives it; a v4-mapped one is IPv4,
+// as the tracer reports it.
+func diagAddr(family uint8, a [16]byte, port [2]byte) netip.AddrPort {
+	p := binary.BigEndian.Uint16(port[:])
+	if family == unix.AF_INET {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(a[:4])), p)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom16(a).Unmap(), p)
+}
+
+// owners fills in the process holding each socket, from the descriptors
+// /proc lists: the oldest process, where several hold one.
+func owners(socks []Existing) {
+	want := map[uint32][]int{}
+	for i, s := range socks {
+		if s.Inode != 0 {
+			want[s.Inode] = append(want[s.Inode], i)
+		}
+	}
+	if len(want) == 0 {
+		return
+	}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.ParseUint(p.Name(), 10, 32)
+		if err != nil {
+			continue
+		}
+		dir := "/proc/" + p.Name() + "/fd"
+		fds, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		var comm event.Comm
+		for _, fd := range fds {
+			link, err := os.Readlink(dir + "/" + fd.Name())
+			if err != nil || !strings.HasPrefix(link, "socket:[") {
+				continue
+			}
+			ino, err := strconv.ParseUint(strings.TrimSuffix(link[len("socket:["):], "]"), 10, 32)
+			if err != nil {
+				continue
+			}
+			for _, i := range want[uint32(ino)] {
+				if socks[i].PID != 0 && socks[i].PID < uint32(pid) {
+					continue
+				}
+				if comm[0] == 0 {
+					b, _ := os.ReadFile("/proc/" + p.Name() + "/comm")
+					copy(comm[:15], strings.TrimSuffix(string(b), "\n"))
+				}
+				socks[i].PID, socks[i].Comm = uint32(pid), comm
+			}
+		}
+	}
+}
+
+// Prime counts the sockets that existed at start, as of now: the ports they
+// hold are counted from the first second, and their ends are followed by
+// cookie like any other. keep, if not nil, picks the sockets to count: those
+// the trace's filters would keep, since it will see the ends of no others.
+func (a *Accountant) Prime(socks []Existing, keep func(*Existing) bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.cfg.Now()
+	type port struct {
+		netns uint32
+		port  uint16
+	}
+	listening := map[port]bool{}
+	for _, x := range socks {
+		if x.Proto == event.ProtoTCP && x.State == tcpListen {
+			listening[port{x.NetNS, x.Local.Port()}] = true
+		}
+	}
+	a.priming = true
+	defer func() {
+		a.priming = false
+		for id := range a.keys {
+			a.check(id, now, nil)
+		}
+	}()
+	var e event.Event
+	for _, x := range socks {
+		if x.Local.Port() == 0 || keep != nil && !keep(&x) {
+			continue
+		}
+		if x.Proto == event.ProtoTCP && x.State != tcpListen && listening[port{x.NetNS, x.Local.Port()}] {
+			continue // accepted: it shares its listener's port
+		}
+		if _, ok := a.sockets[x.Cookie]; ok {
+			continue
+		}
+		e = event.Event{
+			Kind: event.KindOpen, Proto: x.Proto, Family: x.Family, Time: now, PID: x.PID, Comm: x.Comm,
+			NetNS: x.NetNS, Local: x.Local, Remote: x.Remote, Cookie: x.Cookie, PreExisting: true,
+			Direction: event.DirectionOutbound,
+		}
+		switch {
+		case x.Proto == event.ProtoTCP && x.State == tcpListen, x.Proto == event.ProtoTCP && x.State == tcpClose:
+			// A listener, or a socket bound and not connected: it took its
+			// port with bind() or listen(), so connect() skips that port
+			// for every destination (B), and bind() too.
+			a.add(&e, false, time.Time{}, true)
+		case x.Proto == event.ProtoTCP && x.State == tcpTimeWait:
+			a.add(&e, true, now.Add(x.Expires-timeWaitLen), false)
+		case x.Proto == event.ProtoUDP && !x.Remote.Addr().IsUnspecified() && x.Remote.Port() != 0:
+			// A connected UDP socket: its port came from the range unless
+			// it was bound by number, which add's range check cannot tell.
+			a.add(&e, false, time.Time{}, false)
+		case x.Proto == event.ProtoTCP:
+			a.add(&e, false, time.Time{}, false)
+		}
+	}
+}
