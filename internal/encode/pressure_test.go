@@ -15,8 +15,8 @@ func pressureEvent(exhaustion time.Duration) event.Event {
 	copy(comm[:], "curl")
 	return event.Event{
 		Kind: event.KindPressure, Proto: event.ProtoTCP, Family: 4,
-		Time:  time.Date(2026, 12, 1, 18, 0, 0, 0, time.UTC),
-		PID:   42, Comm: comm, NetNS: 4026531840,
+		Time: time.Date(2026, 12, 1, 18, 0, 0, 0, time.UTC),
+		PID:  42, Comm: comm, NetNS: 4026531840,
 		Local: netip.MustParseAddrPort("10.0.0.1:0"), Remote: netip.MustParseAddrPort("10.0.0.2:443"),
 		Pressure: &event.Pressure{
 			Mechanism: event.MechanismPerDestination, Used: 800, Capacity: 1000, Ratio: 0.8,
