@@ -399,3 +399,96 @@ func TestStartupCountsExistingPorts(t *testing.T) {
 		t.Fatalf("pressure in the first second: %+v; want one event, at 50%%, used 7, time_wait 3", got)
 	}
 }
+
+func TestPressureBindPool(t *testing.T) {
+	requireRoot(t)
+	// 10 ports. Sockets that bind() to port 0 and then connect take their
+	// ports from the pool every destination shares: after 10 of them (in
+	// TIME_WAIT), bind() fails, and so does a plain connect() elsewhere.
+	ns := newNetnsThread(t, map[string]string{"ip_local_port_range": "40000 40009", "tcp_tw_reuse": "0"})
+	dst1, dst2 := netip.MustParseAddrPort("127.0.0.1:5000"), netip.MustParseAddrPort("127.0.0.2:5000")
+	var ln1 int
+	if err := ns.do(func() (err error) {
+		if ln1, err = tcpListen(dst1); err != nil {
+			return err
+		}
+		_, err = tcpListen(dst2)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	p := start(t, "--output", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms")
+	var made int
+	var bindErr, connectErr error
+	if err := ns.do(func() error {
+		for made < 20 {
+			if bindErr = timeWait(ln1, dst1, true); bindErr != nil {
+				break
+			}
+			made++
+		}
+		_, connectErr = connectTo(dst2, false)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if made != 10 || !errors.Is(bindErr, unix.EADDRINUSE) || !errors.Is(connectErr, unix.EADDRNOTAVAIL) {
+		t.Fatalf("%d bind-then-connects, then %v, and a plain connect elsewhere: %v; want 10, EADDRINUSE, EADDRNOTAVAIL", made, bindErr, connectErr)
+	}
+	var snapshot *portsJSON
+	for _, k := range dumpPorts(t) {
+		if k.NetNS == ns.inode && k.Mechanism == "bind_pool" {
+			snapshot = &k
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	if code := p.stop(t, os.Interrupt); code != 0 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
+	}
+	evs := parseEvents(t, p.stdout.Bytes())
+
+	var bindFailed, connectFailed *jsonEvent
+	bbc := map[uint16]bool{} // local port: every event of it says bind_before_connect
+	for i, e := range evs {
+		if e.NetNS != ns.inode {
+			continue
+		}
+		switch {
+		case e.Event == "bind_failed" && e.Reason == "no_ephemeral_port":
+			bindFailed = &evs[i]
+		case e.Event == "connect_failed" && e.Raddr == "127.0.0.2" && e.Reason == "no_ephemeral_port":
+			connectFailed = &evs[i]
+		case (e.Event == "open" || e.Event == "close") && e.Raddr == "127.0.0.1" && e.Rport == 5000:
+			if prev, seen := bbc[e.Lport]; !seen || prev {
+				bbc[e.Lport] = e.BBC
+			}
+		}
+	}
+	if bindFailed == nil || connectFailed == nil {
+		t.Fatalf("bind_failed %v, connect_failed to the other destination %v: want both reported (no_ephemeral_port)", bindFailed, connectFailed)
+	}
+	if len(bbc) != 10 {
+		t.Errorf("events of %d bind-then-connect sockets, want 10", len(bbc))
+	}
+	for port, ok := range bbc {
+		if !ok {
+			t.Errorf("a socket of port %d lacks bind_before_connect", port)
+		}
+	}
+	got := pressureOf(evs, ns.inode, "bind_pool", "", 0)
+	wantThresholds(t, got, bindFailed.TS, 0.5, 0.8, 0.95, 1)
+	last := got[len(got)-1]
+	if last.Laddr != "0.0.0.0" || last.Used != 10 || last.Capacity != 10 || len(last.Top) == 0 || last.Top[0].BBC != 10 {
+		t.Errorf("bind_pool at 100%%: %+v; want 0.0.0.0, 10 of 10, all bind_before_connect", last)
+	}
+	// The plain connect failed while the pool was full: the pool blocked it.
+	if connectFailed.TS.Before(last.TS) {
+		t.Errorf("the connect to the other destination failed (%v) before the pool was full (%v)", connectFailed.TS, last.TS)
+	}
+	// A snapshot sees the pool full too; which socket bound first, only
+	// tracing knows (sock_diag does not say).
+	if snapshot == nil || snapshot.Used != 10 || snapshot.Capacity != 10 || snapshot.TimeWait != 10 {
+		t.Errorf("portlife ports' bind_pool: %+v; want 10 of 10, in TIME_WAIT", snapshot)
+	}
+}

@@ -637,8 +637,12 @@ func (a *Accountant) check(id keyID, now time.Time, e *event.Event) {
 	}
 	switch {
 	case level > k.level:
+		// One event per threshold, even when one step crosses several
+		// (a small range): each level is said once.
+		for l := k.level + 1; l <= level; l++ {
+			a.publish(k, r, th[l-1], true, now)
+		}
 		k.level = level
-		a.publish(k, r, th[level-1], true, now)
 	case level < k.level:
 		k.level = level
 		if level == 0 {
