@@ -492,3 +492,80 @@ func TestPressureBindPool(t *testing.T) {
 		t.Errorf("portlife ports' bind_pool: %+v; want 10 of 10, in TIME_WAIT", snapshot)
 	}
 }
+
+func TestPressureUDP(t *testing.T) {
+	requireRoot(t)
+	// 10 ports. Connected UDP sockets to five destinations take one port
+	// each, whatever the destination: the eleventh connect() finds none.
+	ns := newNetnsThread(t, map[string]string{"ip_local_port_range": "40000 40009"})
+	var dsts []netip.AddrPort
+	if err := ns.do(func() error {
+		for i := range 5 {
+			dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(6000+i))
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			if err := unix.Bind(fd, sockaddr(dst)); err != nil { // a receiver, so no ICMP errors
+				return err
+			}
+			dsts = append(dsts, dst)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	p := start(t, "--output", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms")
+	var made int
+	var connectErr error
+	if err := ns.do(func() error {
+		for made < 20 {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			if connectErr = unix.Connect(fd, sockaddr(dsts[made%len(dsts)])); connectErr != nil {
+				unix.Close(fd)
+				return nil
+			}
+			// Held until the namespace goes; a datagram makes its open.
+			if err := unix.Send(fd, []byte("q"), 0); err != nil {
+				return err
+			}
+			made++
+			time.Sleep(20 * time.Millisecond)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if made != 10 || !errors.Is(connectErr, unix.EAGAIN) {
+		t.Fatalf("%d UDP connects, then %v; want 10, then EAGAIN", made, connectErr)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if code := p.stop(t, os.Interrupt); code != 0 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
+	}
+	evs := parseEvents(t, p.stdout.Bytes())
+	var failure *jsonEvent
+	for i, e := range evs {
+		if e.NetNS == ns.inode && e.Event == "connect_failed" && e.Proto == "udp" && e.Reason == "no_ephemeral_port" && e.Errno == int(unix.EAGAIN) {
+			failure = &evs[i]
+		}
+	}
+	if failure == nil {
+		t.Fatal("the UDP connect's EAGAIN was not reported")
+	}
+	got := pressureOf(evs, ns.inode, "udp", "", 0)
+	wantThresholds(t, got, failure.TS, 0.5, 0.8, 0.95, 1)
+	last := got[len(got)-1]
+	if last.Laddr != "127.0.0.1" || last.Used != 10 || last.Capacity != 10 || last.Proto != "udp" {
+		t.Errorf("udp at 100%%: %+v; want 127.0.0.1, 10 of 10", last)
+	}
+	for _, e := range evs {
+		if e.Event == "pressure" && e.NetNS == ns.inode && e.Mechanism != "udp" {
+			t.Errorf("UDP ports pressed a %s key: %+v", e.Mechanism, e)
+		}
+	}
+}
