@@ -322,16 +322,17 @@ func (a *Accountant) key(id keyID, now time.Time) *key {
 	return k
 }
 
-// evict drops the least pressed key that holds nothing in a reported level,
-// to make room for a new one. Its sockets are kept in their other key.
+// evict drops the least pressed key, to make room for a new one, if it is
+// under half the first threshold: a key that matters more is kept, and the
+// new one is left out instead. Its sockets are kept in their other key.
 func (a *Accountant) evict(now time.Time) bool {
 	var victim *key
-	lowest := 2.0
+	lowest := a.cfg.Thresholds[0] / 2
 	for _, k := range a.keys {
 		if k.level > 0 {
 			continue
 		}
-		if p := a.ratio(k); p < lowest {
+		if p := a.ratio(k); p < lowest || victim != nil && p == lowest && k.used < victim.used {
 			victim, lowest = k, p
 		}
 	}
