@@ -56,10 +56,11 @@ func (v positiveValue) Set(s string) error {
 func (v positiveValue) String() string { return strconv.Itoa(*v.p) }
 func (v positiveValue) Type() string   { return "count" }
 
-// accountingQueue is the accountant's queue, in events: it is fast (a map
-// update per event), so a queue this long absorbs any burst the reader
-// passes on in one flush interval at this host's churn limit.
-const accountingQueue = 1 << 16
+// accountingQueue is the accountant's queue, in events (about 300 bytes each,
+// 2.4 MB once it has cycled): the accountant does a map update or two per
+// event, far faster than the reader decodes; what a full queue drops is
+// counted as the consumer "ports" drops, in tracing stopped.
+const accountingQueue = 8192
 
 // startAccounting subscribes port accounting to s, with the sockets that
 // exist now already counted. Call it after the tracer is attached (so a
