@@ -111,6 +111,10 @@ type key struct {
 	lastSeen time.Time
 }
 
+// maxProcs is how many processes a key keeps before it prunes those that
+// hold none of its ports.
+const maxProcs = 64
+
 type procCount struct {
 	comm  event.Comm
 	ports int
@@ -124,9 +128,11 @@ type netnsState struct {
 	bound  map[uint16]int32
 }
 
-// sock is one tracked socket that holds a port of the range.
+// sock is one tracked socket that holds a port of the range. It is kept
+// under 128 bytes, which a map stores in place: a larger value would cost an
+// allocation per socket.
 type sock struct {
-	dest, pool  keyID // zero mech: not tracked there
+	dest, pool  *key // nil: not tracked there
 	netns       uint32
 	port        uint16
 	pid         uint32
@@ -256,14 +262,15 @@ func (a *Accountant) add(e *event.Event, timeWait bool, closed time.Time, bound 
 	s := sock{netns: e.NetNS, port: port, pid: e.PID, start: e.Start, bbc: e.BindBeforeConnect, bound: bound}
 	fam := uint8(e.Family)
 	local := e.Local.Addr()
+	var dest, pool keyID
 	switch e.Proto {
 	case event.ProtoTCP:
-		s.pool = keyID{netns: e.NetNS, mech: event.MechanismBindPool, family: fam, local: wildcard(fam)}
+		pool = keyID{netns: e.NetNS, mech: event.MechanismBindPool, family: fam, local: wildcard(fam)}
 		if !s.bound {
-			s.dest = keyID{netns: e.NetNS, mech: event.MechanismPerDestination, family: fam, local: local, remote: e.Remote}
+			dest = keyID{netns: e.NetNS, mech: event.MechanismPerDestination, family: fam, local: local, remote: e.Remote}
 		}
 	case event.ProtoUDP:
-		s.dest = keyID{netns: e.NetNS, mech: event.MechanismUDP, family: fam, local: local}
+		dest = keyID{netns: e.NetNS, mech: event.MechanismUDP, family: fam, local: local}
 	default:
 		return
 	}
@@ -276,15 +283,11 @@ func (a *Accountant) add(e *event.Event, timeWait bool, closed time.Time, bound 
 	if s.bound {
 		n.bound[port]++
 	}
-	if k := a.key(s.dest, e.Time); k != nil {
-		a.hold(k, &s, e, +1)
-	} else {
-		s.dest = keyID{}
+	if s.dest = a.key(dest, e.Time); s.dest != nil {
+		a.hold(s.dest, &s, e, +1)
 	}
-	if k := a.key(s.pool, e.Time); k != nil {
-		a.hold(k, &s, e, +1)
-	} else {
-		s.pool = keyID{}
+	if s.pool = a.key(pool, e.Time); s.pool != nil {
+		a.hold(s.pool, &s, e, +1)
 	}
 	a.sockets[e.Cookie] = s
 	if timeWait {
@@ -340,15 +343,15 @@ func (a *Accountant) evict(now time.Time) bool {
 		return false
 	}
 	for c, s := range a.sockets {
-		switch victim.id {
+		switch victim {
 		case s.dest:
-			s.dest = keyID{}
+			s.dest = nil
 		case s.pool:
-			s.pool = keyID{}
+			s.pool = nil
 		default:
 			continue
 		}
-		if s.dest.mech == 0 && s.pool.mech == 0 {
+		if s.dest == nil && s.pool == nil {
 			delete(a.sockets, c)
 		} else {
 			a.sockets[c] = s
@@ -391,6 +394,16 @@ func (a *Accountant) hold(k *key, s *sock, e *event.Event, d int) {
 	}
 	p := k.procs[s.pid]
 	if p == nil && d > 0 {
+		// A process that holds nothing now keeps its entry, so that one
+		// opening and closing a connection at a time costs no allocation;
+		// they are pruned when the map grows.
+		if len(k.procs) >= maxProcs {
+			for pid, q := range k.procs {
+				if q.ports <= 0 {
+					delete(k.procs, pid)
+				}
+			}
+		}
 		p = &procCount{}
 		k.procs[s.pid] = p
 	}
@@ -401,9 +414,6 @@ func (a *Accountant) hold(k *key, s *sock, e *event.Event, d int) {
 		p.ports += d
 		if s.bbc {
 			p.bbc += d
-		}
-		if p.ports <= 0 {
-			delete(k.procs, s.pid)
 		}
 	}
 }
@@ -434,7 +444,7 @@ func (a *Accountant) close(e *event.Event) {
 // queueTimeWait queues when the TIME_WAIT stops counting (reusable) and ends.
 func (a *Accountant) queueTimeWait(cookie uint64, s *sock, n *netnsState) {
 	a.expireQ = append(a.expireQ, deadline{cookie, s.expires})
-	if s.dest.mech == event.MechanismPerDestination && reusable(&n.sys, s.dest) {
+	if s.dest != nil && s.dest.id.mech == event.MechanismPerDestination && reusable(&n.sys, s.dest.id) {
 		a.reuseQ = append(a.reuseQ, deadline{cookie, s.lastChanged.Add(max(n.sys.TWReuseDelay, time.Second))})
 	}
 }
@@ -456,20 +466,20 @@ func reusable(s *Sysctls, id keyID) bool {
 }
 
 func (a *Accountant) unhold(cookie uint64, s sock, e *event.Event) {
-	if k := a.keys[s.dest]; k != nil && s.dest.mech != 0 {
-		a.hold(k, &s, e, -1)
+	if s.dest != nil {
+		a.hold(s.dest, &s, e, -1)
 	}
-	if k := a.keys[s.pool]; k != nil && s.pool.mech != 0 {
-		a.hold(k, &s, e, -1)
+	if s.pool != nil {
+		a.hold(s.pool, &s, e, -1)
 	}
 }
 
 func (a *Accountant) rehold(cookie uint64, s sock, e *event.Event) {
-	if k := a.keys[s.dest]; k != nil && s.dest.mech != 0 {
-		a.hold(k, &s, nil, +1)
+	if s.dest != nil {
+		a.hold(s.dest, &s, nil, +1)
 	}
-	if k := a.keys[s.pool]; k != nil && s.pool.mech != 0 {
-		a.hold(k, &s, nil, +1)
+	if s.pool != nil {
+		a.hold(s.pool, &s, nil, +1)
 	}
 	a.sockets[cookie] = s
 }
@@ -486,8 +496,8 @@ func (a *Accountant) drop(cookie uint64, s sock, at time.Time, e *event.Event) {
 		}
 	}
 	if !s.start.IsZero() && at.After(s.start) {
-		for _, id := range [2]keyID{s.dest, s.pool} {
-			if k := a.keys[id]; k != nil && id.mech != 0 {
+		for _, k := range [2]*key{s.dest, s.pool} {
+			if k != nil {
 				k.hold = ewma(k.hold, at.Sub(s.start))
 			}
 		}
@@ -524,8 +534,8 @@ func (a *Accountant) age(now time.Time) {
 		a.unhold(d.cookie, s, nil)
 		s.countsInU = false
 		a.rehold(d.cookie, s, nil)
-		if k := a.keys[s.dest]; k != nil {
-			k.hold = ewma(k.hold, d.at.Sub(s.start))
+		if s.dest != nil && !s.start.IsZero() {
+			s.dest.hold = ewma(s.dest.hold, d.at.Sub(s.start))
 		}
 		a.check(s.dest, now, nil)
 	}
@@ -613,11 +623,11 @@ func (a *Accountant) ratio(k *key) float64 {
 
 // check reports a key whose level changed. e is the event that changed it,
 // whose time the report carries.
-func (a *Accountant) check(id keyID, now time.Time, e *event.Event) {
-	k := a.keys[id]
-	if k == nil || id.mech == 0 {
+func (a *Accountant) check(k *key, now time.Time, e *event.Event) {
+	if k == nil {
 		return
 	}
+	id := k.id
 	k.lastSeen = now
 	if a.priming {
 		return
@@ -738,6 +748,9 @@ func (a *Accountant) report(k *key, now time.Time) Report {
 		Failures:  k.failures,
 	}
 	for pid, p := range k.procs {
+		if p.ports <= 0 {
+			continue
+		}
 		r.Top = append(r.Top, event.ProcessCount{PID: pid, Comm: p.comm, Ports: p.ports, BindBeforeConnect: p.bbc})
 	}
 	slices.SortFunc(r.Top, func(x, y event.ProcessCount) int {
@@ -765,7 +778,7 @@ func (a *Accountant) releases(k *key) []time.Time {
 		return nil
 	}
 	for _, s := range a.sockets {
-		if !s.timeWait || s.dest != k.id && s.pool != k.id {
+		if !s.timeWait || s.dest != k && s.pool != k {
 			continue
 		}
 		out = append(out, s.expires)

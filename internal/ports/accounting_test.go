@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/portlife/portlife/internal/event"
 )
@@ -280,5 +281,28 @@ func TestHysteresis(t *testing.T) {
 	}
 	if len(h.published) != 1 || h.published[0].Pressure.Threshold != 0.5 {
 		t.Fatalf("%d pressure events while hovering at 50%%, want the first crossing alone", len(h.published))
+	}
+}
+
+// The accountant runs once per event: a connection that opens and closes on
+// a key it knows costs no allocation.
+func TestChurnAllocatesNothing(t *testing.T) {
+	h := newHarness(tenPorts(0), Config{})
+	for range 3 {
+		h.close(h.open(local, dstA, false), local, dstA, false)
+	}
+	allocs := testing.AllocsPerRun(1000, func() {
+		h.close(h.open(local, dstA, false), local, dstA, false)
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per open and close, want 0", allocs)
+	}
+}
+
+// A map stores values of up to 128 bytes in place; a larger sock would cost
+// an allocation per socket.
+func TestSockFitsInMap(t *testing.T) {
+	if n := unsafe.Sizeof(sock{}); n > 128 {
+		t.Errorf("sock is %d bytes, want at most 128", n)
 	}
 }

@@ -272,8 +272,8 @@ func (a *Accountant) Prime(socks []Existing, keep func(*Existing) bool) {
 	a.priming = true
 	defer func() {
 		a.priming = false
-		for id := range a.keys {
-			a.check(id, now, nil)
+		for _, k := range a.keys {
+			a.check(k, now, nil)
 		}
 	}()
 	var e event.Event
