@@ -69,6 +69,11 @@ func startAccounting(s *stream.Stream, o portsOptions, f *event.Filter, log *zap
 	if o.off {
 		return nil
 	}
+	if !f.WantsKind(event.KindOpen) || !f.WantsKind(event.KindClose) {
+		// Without both it would count ports it never sees released.
+		log.Warn("port accounting is off: it counts ports from open and close events, which --events leaves out")
+		return nil
+	}
 	a := ports.New(ports.Config{Thresholds: o.thresholds, MaxKeys: o.maxKeys, Publish: s.Publish})
 	socks, err := ports.Dump(ports.Namespaces())
 	if err != nil {

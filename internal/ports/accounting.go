@@ -237,7 +237,10 @@ func (a *Accountant) ns(inode uint32, pid, tid uint32, now time.Time) *netnsStat
 }
 
 func (a *Accountant) open(e *event.Event) {
-	if e.Direction != event.DirectionOutbound || e.Local.Port() == 0 {
+	// A TCP port of the range is taken by connect() (outbound); an accepted
+	// socket shares its listener's. A UDP port is its socket's alone,
+	// however it was bound: a server bound inside the range holds it too.
+	if e.Local.Port() == 0 || e.Proto == event.ProtoTCP && e.Direction != event.DirectionOutbound {
 		return
 	}
 	if _, ok := a.sockets[e.Cookie]; ok {

@@ -306,3 +306,32 @@ func TestSockFitsInMap(t *testing.T) {
 		t.Errorf("sock is %d bytes, want at most 128", n)
 	}
 }
+
+func TestUDPCountsPerLocalAddress(t *testing.T) {
+	h := newHarness(tenPorts(0), Config{})
+	udp := func(laddr netip.Addr, p uint16, dst netip.AddrPort, dir event.Direction) {
+		h.cookie++
+		h.a.Write(&event.Event{
+			Kind: event.KindOpen, Proto: event.ProtoUDP, Family: 4, Time: h.now, PID: 100, NetNS: 1,
+			Direction: dir, Cookie: h.cookie, Local: netip.AddrPortFrom(laddr, p), Remote: dst,
+		})
+	}
+	// Three destinations from one address, and a server bound inside the
+	// range: one key, four ports. Another address is a key of its own.
+	udp(local, 40001, dstA, event.DirectionOutbound)
+	udp(local, 40002, dstB, event.DirectionOutbound)
+	udp(local, 40003, netip.MustParseAddrPort("10.0.0.4:53"), event.DirectionOutbound)
+	udp(local, 40004, dstA, event.DirectionInbound)
+	udp(lo, 40005, dstA, event.DirectionOutbound)
+	udp(local, 5353, dstA, event.DirectionInbound) // outside the range
+	got := map[netip.Addr]int{}
+	for _, r := range h.a.Snapshot() {
+		if r.Mechanism != event.MechanismUDP || r.Capacity != 10 {
+			t.Errorf("unexpected key %+v", r)
+		}
+		got[r.Local] = r.Used
+	}
+	if len(got) != 2 || got[local] != 4 || got[lo] != 1 {
+		t.Errorf("UDP keys %v, want %v: 4, %v: 1", got, local, lo)
+	}
+}

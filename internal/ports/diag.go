@@ -300,9 +300,8 @@ func (a *Accountant) Prime(socks []Existing, keep func(*Existing) bool) {
 			a.add(&e, false, time.Time{}, true)
 		case x.Proto == event.ProtoTCP && x.State == tcpTimeWait:
 			a.add(&e, true, now.Add(x.Expires-timeWaitLen), false)
-		case x.Proto == event.ProtoUDP && !x.Remote.Addr().IsUnspecified() && x.Remote.Port() != 0:
-			// A connected UDP socket: its port came from the range unless
-			// it was bound by number, which add's range check cannot tell.
+		case x.Proto == event.ProtoUDP:
+			// Connected or not, a UDP socket's port in the range is its own.
 			a.add(&e, false, time.Time{}, false)
 		case x.Proto == event.ProtoTCP:
 			a.add(&e, false, time.Time{}, false)
