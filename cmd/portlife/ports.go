@@ -28,16 +28,18 @@ import (
 type portsOptions struct {
 	thresholds []float64
 	maxKeys    int
+	reconcile  time.Duration
 	off        bool
 }
 
 func defaultPortsOptions() portsOptions {
-	return portsOptions{thresholds: event.DefaultThresholds, maxKeys: 4096}
+	return portsOptions{thresholds: event.DefaultThresholds, maxKeys: 4096, reconcile: 30 * time.Second}
 }
 
 func addPortsFlags(fs *pflag.FlagSet, o *portsOptions) {
 	fs.Var(event.ThresholdsValue{P: &o.thresholds}, "pressure-thresholds", "port pressure levels (percent of a key's capacity) whose crossing sends a pressure event; falling back under the first is sent too")
 	fs.Var(positiveValue{&o.maxKeys}, "port-keys", "most keys (destination, local address) port accounting keeps; the least pressed make room, and are counted")
+	fs.Var(durationValue{&o.reconcile}, "port-reconcile", "how often port accounting checks its count against the kernel's sockets (sock_diag); 0 never")
 	fs.BoolVar(&o.off, "no-port-accounting", false, "send no pressure events, and keep no per-key accounting")
 }
 
@@ -63,25 +65,50 @@ func (v positiveValue) Type() string   { return "count" }
 const accountingQueue = 8192
 
 // startAccounting subscribes port accounting to s, with the sockets that
-// exist now already counted. Call it after the tracer is attached (so a
-// socket that ends after the dump is seen ending) and before Run.
-func startAccounting(s *stream.Stream, o portsOptions, f *event.Filter, log *zap.Logger) *ports.Accountant {
+// exist now already counted, and reconciles it with the kernel every
+// o.reconcile until stop is called. Call it after the tracer is attached (so
+// a socket that ends after the dump is seen ending) and before Run; call
+// stop before the stream is closed.
+func startAccounting(s *stream.Stream, o portsOptions, f *event.Filter, log *zap.Logger) (a *ports.Accountant, stop func()) {
+	stop = func() {}
 	if o.off {
-		return nil
+		return nil, stop
 	}
 	if !f.WantsKind(event.KindOpen) || !f.WantsKind(event.KindClose) {
 		// Without both it would count ports it never sees released.
 		log.Warn("port accounting is off: it counts ports from open and close events, which --events leaves out")
-		return nil
+		return nil, stop
 	}
-	a := ports.New(ports.Config{Thresholds: o.thresholds, MaxKeys: o.maxKeys, Publish: s.Publish})
-	socks, err := ports.Dump(ports.Namespaces())
+	a = ports.New(ports.Config{Thresholds: o.thresholds, MaxKeys: o.maxKeys, Publish: s.Publish, Keep: keepExisting(f)})
+	socks, _, err := ports.Dump(ports.Namespaces(), true)
 	if err != nil {
 		log.Warn("port accounting: some network namespaces' sockets could not be listed; their existing ports are counted from their next event", zap.Error(err))
 	}
-	a.Prime(socks, keepExisting(f))
+	a.Prime(socks)
 	s.Subscribe("ports", a, accountingQueue)
-	return a
+	if o.reconcile <= 0 {
+		return a, stop
+	}
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(o.reconcile)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				if err := a.Reconcile(); err != nil {
+					log.Debug("port accounting: reconciling with the kernel", zap.Error(err))
+				}
+			}
+		}
+	}()
+	return a, func() {
+		close(done)
+		<-finished
+	}
 }
 
 // accountingSummary logs what accounting left out, at exit.
@@ -95,6 +122,8 @@ func accountingSummary(a *ports.Accountant, log *zap.Logger) {
 		zap.Uint64("pressure_lost", st.PublishFailed),
 		zap.Uint64("keys_left_out", st.KeysLeftOut),
 		zap.Uint64("sockets_left_out", st.SocketsLeftOut),
+		zap.Uint64("reconciled_gone", st.ReconciledGone),
+		zap.Uint64("reconciled_found", st.ReconciledFound),
 		zap.Uint64("sysctl_errors", st.SysctlErrors))
 }
 
@@ -129,11 +158,11 @@ func runPorts(_ context.Context, args []string, stdout, stderr *os.File) int {
 	defer log.Sync()
 
 	a := ports.New(ports.Config{})
-	socks, err := ports.Dump(ports.Namespaces())
+	socks, _, err := ports.Dump(ports.Namespaces(), true)
 	if err != nil {
 		log.Warn("some network namespaces' sockets could not be listed: run as root to see them all", zap.Error(err))
 	}
-	a.Prime(socks, nil)
+	a.Prime(socks)
 	reports := a.Snapshot()
 	if o.output == "json" {
 		err = writePortsJSON(stdout, reports)

@@ -109,7 +109,7 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 		out = sink.NewWriter(stdout, &encode.JSON{}, 256<<10)
 	}
 	s := stream.New(out)
-	acct := startAccounting(s, opts.ports, &opts.cfg.Filter, log)
+	acct, stopAccounting := startAccounting(s, opts.ports, &opts.cfg.Filter, log)
 	l := losses{tracer: t, stream: s}
 
 	watchCtx, stopWatching := context.WithCancel(ctx)
@@ -122,6 +122,7 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 
 	log.Info("tracing started", zap.String("output", opts.output))
 	runErr := t.Run(ctx, s)
+	stopAccounting()
 	closeErr := s.Close()
 	stopWatching()
 	wg.Wait()

@@ -58,6 +58,12 @@ type Config struct {
 	// Reread is how often a namespace's settings are read again, to follow
 	// a change; 0: 10s.
 	Reread time.Duration
+	// Keep picks the sockets a dump counts (those the trace's filters keep:
+	// it sees the end of no others); nil: all.
+	Keep func(*Existing) bool
+	// Dump lists the sockets of the namespaces given, for Reconcile; nil:
+	// the package's Dump.
+	Dump func(namespaces map[uint32]string, owners bool) ([]Existing, map[uint32]bool, error)
 }
 
 // hysteresis: a key must fall this far under a threshold before the level is
@@ -85,8 +91,12 @@ type Stats struct {
 	KeysLeftOut    uint64 // keys not tracked because MaxKeys were, and pressed harder
 	SocketsLeftOut uint64 // sockets not tracked because MaxSockets were
 	SysctlErrors   uint64 // namespaces whose settings could not be read (defaults used)
-	PublishFailed  uint64 // pressure events the stream did not take (closed)
-	Published      uint64
+	// Reconciled counts the sockets a reconciliation with the kernel
+	// corrected: tracked but gone (an end not seen, or a TIME_WAIT ended
+	// early), or present but not tracked (an open not seen).
+	ReconciledGone, ReconciledFound uint64
+	PublishFailed                   uint64 // pressure events the stream did not take (closed)
+	Published                       uint64
 }
 
 type keyID struct {
@@ -132,17 +142,19 @@ type netnsState struct {
 // under 128 bytes, which a map stores in place: a larger value would cost an
 // allocation per socket.
 type sock struct {
-	dest, pool  *key // nil: not tracked there
-	netns       uint32
-	port        uint16
-	pid         uint32
-	start       time.Time
-	timeWait    bool
-	countsInU   bool // per_destination: a TIME_WAIT that cannot be reused yet counts
-	bound       bool // took its port with bind(): B for per_destination
-	bbc         bool
-	expires     time.Time
-	lastChanged time.Time
+	dest, pool *key // nil: not tracked there
+	netns      uint32
+	port       uint16
+	pid        uint32
+	start      time.Time
+	timeWait   bool
+	countsInU  bool // per_destination: a TIME_WAIT that cannot be reused yet counts
+	bound      bool // took its port with bind(): B for per_destination
+	bbc        bool
+	expires    time.Time
+	// added is when it began to be tracked: reconciliation forgets only
+	// sockets older than its dump.
+	added time.Time
 }
 
 type deadline struct {
@@ -169,6 +181,9 @@ func New(cfg Config) *Accountant {
 	}
 	if cfg.Reread == 0 {
 		cfg.Reread = 10 * time.Second
+	}
+	if cfg.Dump == nil {
+		cfg.Dump = Dump
 	}
 	return &Accountant{
 		cfg:     cfg,
@@ -262,7 +277,7 @@ func (a *Accountant) add(e *event.Event, timeWait bool, closed time.Time, bound 
 		a.stats.SocketsLeftOut++
 		return
 	}
-	s := sock{netns: e.NetNS, port: port, pid: e.PID, start: e.Start, bbc: e.BindBeforeConnect, bound: bound}
+	s := sock{netns: e.NetNS, port: port, pid: e.PID, start: e.Start, bbc: e.BindBeforeConnect, bound: bound, added: a.cfg.Now()}
 	fam := uint8(e.Family)
 	local := e.Local.Addr()
 	var dest, pool keyID
@@ -280,7 +295,6 @@ func (a *Accountant) add(e *event.Event, timeWait bool, closed time.Time, bound 
 	s.countsInU = true
 	if timeWait {
 		s.timeWait = true
-		s.lastChanged = closed
 		s.expires = closed.Add(timeWaitLen)
 	}
 	if s.bound {
@@ -436,7 +450,7 @@ func (a *Accountant) close(e *event.Event) {
 		// Take the socket out and put it back as a TIME_WAIT, so every
 		// count follows.
 		a.unhold(e.Cookie, s, e)
-		s.timeWait, s.lastChanged, s.expires, s.countsInU = true, e.Time, e.Time.Add(timeWaitLen), true
+		s.timeWait, s.expires, s.countsInU = true, e.Time.Add(timeWaitLen), true
 		a.rehold(e.Cookie, s, e)
 		a.queueTimeWait(e.Cookie, &s, n)
 		return
@@ -446,9 +460,10 @@ func (a *Accountant) close(e *event.Event) {
 
 // queueTimeWait queues when the TIME_WAIT stops counting (reusable) and ends.
 func (a *Accountant) queueTimeWait(cookie uint64, s *sock, n *netnsState) {
-	a.expireQ = append(a.expireQ, deadline{cookie, s.expires})
+	a.expireQ = enqueue(a.expireQ, deadline{cookie, s.expires})
 	if s.dest != nil && s.dest.id.mech == event.MechanismPerDestination && reusable(&n.sys, s.dest.id) {
-		a.reuseQ = append(a.reuseQ, deadline{cookie, s.lastChanged.Add(max(n.sys.TWReuseDelay, time.Second))})
+		closed := s.expires.Add(-timeWaitLen)
+		a.reuseQ = enqueue(a.reuseQ, deadline{cookie, closed.Add(max(n.sys.TWReuseDelay, time.Second))})
 	}
 }
 
@@ -551,6 +566,16 @@ func (a *Accountant) age(now time.Time) {
 		}
 	}
 	a.expireQ = compact(a.expireQ, i)
+}
+
+// enqueue keeps q in time order: deadlines mostly come in order (closes
+// do), so this is an append but for the odd one (a TIME_WAIT from a dump).
+func enqueue(q []deadline, d deadline) []deadline {
+	if len(q) == 0 || !d.at.Before(q[len(q)-1].at) {
+		return append(q, d)
+	}
+	i, _ := slices.BinarySearchFunc(q, d.at, func(x deadline, t time.Time) int { return x.at.Compare(t) })
+	return slices.Insert(q, i, d)
 }
 
 // compact drops the first n deadlines, reusing the array once it is half

@@ -335,3 +335,55 @@ func TestUDPCountsPerLocalAddress(t *testing.T) {
 		t.Errorf("UDP keys %v, want %v: 4, %v: 1", got, local, lo)
 	}
 }
+
+func TestReconcile(t *testing.T) {
+	var dump []Existing
+	h := newHarness(tenPorts(0), Config{Dump: func(map[uint32]string, bool) ([]Existing, map[uint32]bool, error) {
+		return append([]Existing(nil), dump...), map[uint32]bool{1: true}, nil
+	}})
+	gone := h.open(local, dstA, false)
+	tw := h.open(local, dstA, false)
+	h.close(tw, local, dstA, true)
+	h.now = t0.Add(5 * time.Second)
+	// The kernel: the first socket is gone (its close was not seen), the
+	// TIME_WAIT ends 3 s later than 60 s after its close (a retransmitted
+	// FIN), and a socket whose open was not seen holds a port.
+	dump = []Existing{
+		{NetNS: 1, Proto: event.ProtoTCP, Family: 4, State: tcpTimeWait, Cookie: tw, Expires: 58 * time.Second,
+			Local: netip.AddrPortFrom(local, port(tw)), Remote: dstA},
+		{NetNS: 1, Proto: event.ProtoTCP, Family: 4, State: tcpEstablished, Cookie: 99,
+			Local: netip.AddrPortFrom(local, 40009), Remote: dstA},
+	}
+	if err := h.a.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	st := h.a.Stats()
+	if st.ReconciledGone != 1 || st.ReconciledFound != 1 {
+		t.Errorf("reconciled: %d gone, %d found; want 1 and 1", st.ReconciledGone, st.ReconciledFound)
+	}
+	if _, ok := h.a.sockets[gone]; ok {
+		t.Error("the socket the kernel no longer has is still counted")
+	}
+	for _, c := range []struct {
+		at   time.Duration
+		want int
+	}{{5 * time.Second, 2}, {61 * time.Second, 2}, {64 * time.Second, 1}} {
+		h.now = t0.Add(c.at)
+		h.a.Flush()
+		if r := h.key(event.MechanismPerDestination, dstA); r == nil || r.Used != c.want {
+			t.Errorf("at %v: %+v, want U %d", c.at, r, c.want)
+		}
+	}
+}
+
+func TestEnqueueKeepsOrder(t *testing.T) {
+	var q []deadline
+	for _, s := range []int{1, 3, 5, 2, 4, 0, 6} {
+		q = enqueue(q, deadline{uint64(s), t0.Add(time.Duration(s) * time.Second)})
+	}
+	for i, d := range q {
+		if d.cookie != uint64(i) {
+			t.Fatalf("queue out of order: %v", q)
+		}
+	}
+}

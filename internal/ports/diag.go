@@ -1,12 +1,14 @@
 package ports
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -70,12 +72,14 @@ func Namespaces() map[uint32]string {
 }
 
 // Dump lists the TCP and UDP sockets of the namespaces given (inode to
-// path), with their owners where a process holds them. A namespace that
-// cannot be read is reported in the error; the others are still listed.
-func Dump(namespaces map[uint32]string) ([]Existing, error) {
+// path), with their owners where a process holds them (withOwners: it reads
+// every process's descriptors). It returns the namespaces it listed; one that
+// cannot be read is reported in the error, and the others are still listed.
+func Dump(namespaces map[uint32]string, withOwners bool) ([]Existing, map[uint32]bool, error) {
 	own := ownNetns()
 	var out []Existing
 	var errs []error
+	done := map[uint32]bool{}
 	for inode, path := range namespaces {
 		var fd int
 		mk := func() (err error) {
@@ -92,6 +96,8 @@ func Dump(namespaces map[uint32]string) ([]Existing, error) {
 			errs = append(errs, fmt.Errorf("network namespace %d: %w", inode, err))
 			continue
 		}
+		var ns []Existing
+		ok := true
 		for _, q := range []struct {
 			proto  event.Proto
 			family uint8
@@ -99,17 +105,24 @@ func Dump(namespaces map[uint32]string) ([]Existing, error) {
 			socks, err := dumpOne(fd, q.proto, q.family)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("network namespace %d: %w", inode, err))
+				ok = false
 				break
 			}
 			for i := range socks {
 				socks[i].NetNS = inode
 			}
-			out = append(out, socks...)
+			ns = append(ns, socks...)
 		}
 		unix.Close(fd)
+		if ok {
+			done[inode] = true
+			out = append(out, ns...)
+		}
 	}
-	owners(out)
-	return out, errors.Join(errs...)
+	if withOwners {
+		owners(out)
+	}
+	return out, done, errors.Join(errs...)
 }
 
 // inet_diag_req_v2 and inet_diag_msg, from linux/inet_diag.h.
@@ -253,12 +266,28 @@ func owners(socks []Existing) {
 
 // Prime counts the sockets that existed at start, as of now: the ports they
 // hold are counted from the first second, and their ends are followed by
-// cookie like any other. keep, if not nil, picks the sockets to count: those
-// the trace's filters would keep, since it will see the ends of no others.
-func (a *Accountant) Prime(socks []Existing, keep func(*Existing) bool) {
+// cookie like any other.
+func (a *Accountant) Prime(socks []Existing) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.cfg.Now()
+	a.priming = true
+	defer func() {
+		a.priming = false
+		for _, k := range a.keys {
+			a.check(k, now, nil)
+		}
+	}()
+	a.adopt(socks, now)
+}
+
+// adopt counts the sockets listed that are not tracked yet, and returns how
+// many it counted.
+func (a *Accountant) adopt(socks []Existing, now time.Time) int {
+	keep := a.cfg.Keep
+	n := len(a.sockets)
+	// TIME_WAITs by when they end, so their deadlines queue in order.
+	slices.SortFunc(socks, func(x, y Existing) int { return cmp.Compare(x.Expires, y.Expires) })
 	type port struct {
 		netns uint32
 		port  uint16
@@ -269,13 +298,6 @@ func (a *Accountant) Prime(socks []Existing, keep func(*Existing) bool) {
 			listening[port{x.NetNS, x.Local.Port()}] = true
 		}
 	}
-	a.priming = true
-	defer func() {
-		a.priming = false
-		for _, k := range a.keys {
-			a.check(k, now, nil)
-		}
-	}()
 	var e event.Event
 	for _, x := range socks {
 		if x.Local.Port() == 0 || keep != nil && !keep(&x) {
@@ -307,4 +329,80 @@ func (a *Accountant) Prime(socks []Existing, keep func(*Existing) bool) {
 			a.add(&e, false, time.Time{}, false)
 		}
 	}
+	return len(a.sockets) - n
+}
+
+// Reconcile compares what is tracked with the sockets the kernel lists now,
+// in the namespaces seen so far: a socket tracked but gone (its end was not
+// seen: a consumer queue that dropped it, a TIME_WAIT reused, killed or never
+// made) is forgotten, a TIME_WAIT's end is taken from the kernel's timer, and
+// a socket present but not tracked (its open was not seen) is counted. Only
+// sockets tracked since before the dump began are forgotten, so one whose
+// open came in meanwhile stays. It runs the dump without the lock.
+func (a *Accountant) Reconcile() error {
+	a.mu.Lock()
+	paths := map[uint32]string{}
+	var errs []error
+	for inode, n := range a.netns {
+		p, err := findNetns(inode, n.tasks[0], n.tasks[1])
+		if err != nil {
+			continue // no process left in it: its sockets end with it
+		}
+		paths[inode] = p
+	}
+	began := a.cfg.Now()
+	a.mu.Unlock()
+
+	socks, listed, err := a.cfg.Dump(paths, false)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	byCookie := make(map[uint64]*Existing, len(socks))
+	var missing []Existing
+	a.mu.Lock()
+	for i := range socks {
+		byCookie[socks[i].Cookie] = &socks[i]
+		if _, ok := a.sockets[socks[i].Cookie]; !ok && socks[i].Inode != 0 {
+			missing = append(missing, socks[i])
+		}
+	}
+	a.mu.Unlock()
+	if len(missing) > 0 {
+		owners(missing) // the few whose open was not seen, from /proc
+	}
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.cfg.Now()
+	for cookie, s := range a.sockets {
+		if !listed[s.netns] || !s.added.Before(began.Add(-time.Second)) {
+			continue
+		}
+		x := byCookie[cookie]
+		switch {
+		case x == nil:
+			a.stats.ReconciledGone++
+			a.drop(cookie, s, began, nil)
+		case s.timeWait && x.State == tcpTimeWait:
+			// The kernel's timer: later if a FIN retransmitted rescheduled it.
+			if exp := began.Add(x.Expires); exp.Sub(s.expires) > time.Second {
+				s.expires = exp
+				a.sockets[cookie] = s
+				a.expireQ = enqueue(a.expireQ, deadline{cookie, exp})
+			}
+		}
+	}
+	for i := range missing {
+		if o := byCookie[missing[i].Cookie]; o != nil {
+			o.PID, o.Comm = missing[i].PID, missing[i].Comm
+		}
+	}
+	var fresh []Existing
+	for i := range socks {
+		if _, ok := a.sockets[socks[i].Cookie]; !ok && listed[socks[i].NetNS] {
+			fresh = append(fresh, socks[i])
+		}
+	}
+	a.stats.ReconciledFound += uint64(a.adopt(fresh, now))
+	return errors.Join(errs...)
 }
