@@ -135,6 +135,7 @@ type netnsState struct {
 	sys    Sysctls
 	readAt time.Time
 	tasks  [2]uint32 // a task last seen in it, to enter it by
+	path   string    // the path it was last entered by
 	bound  map[uint16]int32
 }
 

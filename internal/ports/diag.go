@@ -343,12 +343,21 @@ func (a *Accountant) Reconcile() error {
 	a.mu.Lock()
 	paths := map[uint32]string{}
 	var errs []error
-	for inode, n := range a.netns {
+	for _, s := range a.sockets {
+		paths[s.netns] = ""
+	}
+	for inode := range paths {
+		n := a.netns[inode]
+		if n.path != "" && sameNetns(n.path, inode) {
+			paths[inode] = n.path
+			continue
+		}
 		p, err := findNetns(inode, n.tasks[0], n.tasks[1])
 		if err != nil {
-			continue // no process left in it: its sockets end with it
+			delete(paths, inode) // no process left in it: its sockets end with it
+			continue
 		}
-		paths[inode] = p
+		paths[inode], n.path = p, p
 	}
 	began := a.cfg.Now()
 	a.mu.Unlock()
@@ -361,9 +370,15 @@ func (a *Accountant) Reconcile() error {
 	var missing []Existing
 	a.mu.Lock()
 	for i := range socks {
-		byCookie[socks[i].Cookie] = &socks[i]
-		if _, ok := a.sockets[socks[i].Cookie]; !ok && socks[i].Inode != 0 {
-			missing = append(missing, socks[i])
+		x := &socks[i]
+		byCookie[x.Cookie] = x
+		if _, ok := a.sockets[x.Cookie]; ok || x.Inode == 0 {
+			continue
+		}
+		// Only those it would count need an owner: the /proc walk is the
+		// dear part.
+		if n := a.netns[x.NetNS]; n != nil && n.sys.InRange(x.Local.Port()) && (a.cfg.Keep == nil || a.cfg.Keep(x)) {
+			missing = append(missing, *x)
 		}
 	}
 	a.mu.Unlock()

@@ -153,10 +153,7 @@ func ownNetns() uint32 {
 // tasks given (the thread first: a thread may have a namespace of its own),
 // or else any process /proc lists, or one bind-mounted under /run/netns.
 func findNetns(inode uint32, tasks ...uint32) (string, error) {
-	try := func(path string) bool {
-		var st unix.Stat_t
-		return unix.Stat(path, &st) == nil && uint32(st.Ino) == inode
-	}
+	try := func(path string) bool { return sameNetns(path, inode) }
 	for _, t := range tasks {
 		if t == 0 {
 			continue
@@ -181,6 +178,12 @@ func findNetns(inode uint32, tasks ...uint32) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no process is in network namespace %d", inode)
+}
+
+// sameNetns reports whether path opens network namespace inode.
+func sameNetns(path string, inode uint32) bool {
+	var st unix.Stat_t
+	return unix.Stat(path, &st) == nil && uint32(st.Ino) == inode
 }
 
 // inNetns runs fn on a thread inside the network namespace at path, then
