@@ -136,6 +136,9 @@ type netnsState struct {
 	readAt time.Time
 	tasks  [2]uint32 // a task last seen in it, to enter it by
 	path   string    // the path it was last entered by
+	// boundChanged: B changed, so every per_destination key's capacity
+	// did; they are checked again at the next Flush.
+	boundChanged bool
 	bound  map[uint16]int32
 }
 
@@ -300,6 +303,7 @@ func (a *Accountant) add(e *event.Event, timeWait bool, closed time.Time, bound 
 	}
 	if s.bound {
 		n.bound[port]++
+		n.boundChanged = true
 	}
 	if s.dest = a.key(dest, e.Time); s.dest != nil {
 		a.hold(s.dest, &s, e, +1)
@@ -512,6 +516,7 @@ func (a *Accountant) drop(cookie uint64, s sock, at time.Time, e *event.Event) {
 			if n.bound[s.port]--; n.bound[s.port] <= 0 {
 				delete(n.bound, s.port)
 			}
+			n.boundChanged = true
 		}
 	}
 	if !s.start.IsZero() && at.After(s.start) {
@@ -567,6 +572,27 @@ func (a *Accountant) age(now time.Time) {
 		}
 	}
 	a.expireQ = compact(a.expireQ, i)
+	a.recheckBound(now)
+}
+
+// recheckBound checks the per_destination keys of namespaces whose bound
+// ports changed: their capacity moved without an event of their own.
+func (a *Accountant) recheckBound(now time.Time) {
+	changed := false
+	for _, n := range a.netns {
+		changed = changed || n.boundChanged
+	}
+	if !changed {
+		return
+	}
+	for _, k := range a.keys {
+		if n := a.netns[k.id.netns]; n != nil && n.boundChanged && k.id.mech == event.MechanismPerDestination {
+			a.check(k, now, nil)
+		}
+	}
+	for _, n := range a.netns {
+		n.boundChanged = false
+	}
 }
 
 // enqueue keeps q in time order: deadlines mostly come in order (closes

@@ -387,3 +387,25 @@ func TestEnqueueKeepsOrder(t *testing.T) {
 		}
 	}
 }
+
+// Sockets bound before connect() shrink every destination's capacity: a
+// destination whose own count did not move is reported at the next Flush.
+func TestBoundPortsPressOtherDestinations(t *testing.T) {
+	h := newHarness(tenPorts(0), Config{})
+	for range 4 {
+		h.open(local, dstB, false) // 40%
+	}
+	for range 4 {
+		h.open(local, dstA, true) // C of dstB: 10 - 4 = 6; 4/6 = 67%
+	}
+	h.a.Flush()
+	var got []float64
+	for _, e := range h.published {
+		if e.Pressure.Mechanism == event.MechanismPerDestination && e.Remote == dstB {
+			got = append(got, e.Pressure.Threshold)
+		}
+	}
+	if len(got) != 1 || got[0] != 0.5 {
+		t.Errorf("dstB crossed %v, want [0.5]", got)
+	}
+}
