@@ -44,8 +44,9 @@ type Config struct {
 	// crossing is reported; nil: event.DefaultThresholds. Falling back
 	// under the first one is reported too.
 	Thresholds []float64
-	// MaxKeys bounds the keys kept; the least pressed one makes room, and
-	// what was left out is counted (Stats). 0: 4096.
+	// MaxKeys bounds the keys kept: the least pressed one makes room if it
+	// is under half the first threshold, else the new key is left out; both
+	// are counted (Stats.KeysLeftOut). 0: 4096.
 	MaxKeys int
 	// MaxSockets bounds the sockets tracked; 0: 1<<20.
 	MaxSockets int
