@@ -197,7 +197,11 @@ static __always_inline int adopt_tcp(struct sock_common *skc)
 	lk.port = skc->skc_num;
 	/* Every batch notes every listener: the table is emptied per namespace. */
 	if (state == TCP_LISTEN) {
-		long err = bpf_map_update_elem(&listen_ports, &lk, &none, BPF_NOEXIST);
+		/*
+		 * Compared as an int: kernels before 6.2 or so may hand an
+		 * iterator the error zero-extended from 32 bits.
+		 */
+		int err = bpf_map_update_elem(&listen_ports, &lk, &none, BPF_NOEXIST);
 
 		if (err && err != -EEXIST)
 			count_drop(DROP_TABLE_FULL);

@@ -261,7 +261,11 @@ struct sock {
 	int sk_err;
 	__u16 sk_protocol;
 	__u16 sk_type;
+	__u8 sk_userlocks; /* a 4-bit bitfield before 5.13: read with BPF_CORE_READ_BITFIELD */
 };
+
+/* sk_userlocks: bind() was given a port by number (include/net/sock.h). */
+#define SOCK_BINDPORT_LOCK 8
 
 struct inet_sock {
 	struct sock sk;

@@ -50,6 +50,7 @@ enum event_flag {
 	EVENT_F_CONNECTED = 1 << 4,    /* UDP: connect() fixed the peer */
 	EVENT_F_EPHEMERAL = 1 << 5,    /* the ephemeral-side port is in its netns's ip_local_port_range */
 	EVENT_F_SYSCALL = 1 << 6,      /* connect_failed, bind_failed: seen at the syscall's return, before the protocol sent anything */
+	EVENT_F_BIND_BEFORE_CONNECT = 1 << 7, /* TCP: bind() to port 0 gave the port, then connect(): it came from the bind pool */
 };
 
 /* The protocols traced, for hooks that see both (enum traced_proto bits). */

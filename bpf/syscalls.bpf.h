@@ -64,11 +64,12 @@ struct {
  * An entry lives from the call's entry to its exit. A thread that never
  * returns from its call (it died in it) leaves its entry behind until its
  * thread id is reused; user space sizes the table well above the calls
- * that can be in flight at once, and a full one is counted.
+ * that can be in flight at once, and a full one is counted. Preallocated:
+ * Linux 5.10 warns of tracepoint programs that allocate map entries as
+ * they run.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct call);

@@ -46,6 +46,13 @@ static __always_inline void on_connect(struct sock *sk)
 	if (c->phase == PHASE_CLOSED)
 		emit_close(sk, c);
 	begin(c, sk, &owner, DIRECTION_OUTBOUND, PHASE_CONNECTING);
+	/*
+	 * connect() moves to SYN_SENT before it picks a port, so a port here
+	 * was bound before; bind() leaves SOCK_BINDPORT_LOCK unset only when
+	 * asked for port 0 (and IP_BIND_ADDRESS_NO_PORT binds no port at all).
+	 */
+	if (sk->__sk_common.skc_num && !(BPF_CORE_READ_BITFIELD(sk, sk_userlocks) & SOCK_BINDPORT_LOCK))
+		c->e.flags |= EVENT_F_BIND_BEFORE_CONNECT;
 }
 
 /* -> LISTEN: listen() runs in the owner's context; children inherit it. */

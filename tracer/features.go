@@ -154,8 +154,9 @@ func logSays(log []string, needles ...string) bool {
 
 // Sizes of the tables that stand in for storage this kernel lacks.
 const (
-	// maxCallsInFlight: connect() and bind() calls at once, one per thread.
-	maxCallsInFlight = 1 << 16
+	// maxCallsInFlight: connect() and bind() calls at once, one per thread;
+	// preallocated (about 100 bytes each).
+	maxCallsInFlight = 1 << 14
 	// maxListenerPorts: a network namespace has at most 65,535 ports, and
 	// few hosts listen on more than a few hundred, in all namespaces.
 	maxListenerPorts = 1 << 16

@@ -138,13 +138,14 @@ type portlifeEvent struct {
 type portlifeEventFlag uint32
 
 const (
-	portlifeEventFlagEVENT_F_RESET_SENT     portlifeEventFlag = 1
-	portlifeEventFlagEVENT_F_RESET_RECEIVED portlifeEventFlag = 2
-	portlifeEventFlagEVENT_F_TIME_WAIT      portlifeEventFlag = 4
-	portlifeEventFlagEVENT_F_PRE_EXISTING   portlifeEventFlag = 8
-	portlifeEventFlagEVENT_F_CONNECTED      portlifeEventFlag = 16
-	portlifeEventFlagEVENT_F_EPHEMERAL      portlifeEventFlag = 32
-	portlifeEventFlagEVENT_F_SYSCALL        portlifeEventFlag = 64
+	portlifeEventFlagEVENT_F_RESET_SENT          portlifeEventFlag = 1
+	portlifeEventFlagEVENT_F_RESET_RECEIVED      portlifeEventFlag = 2
+	portlifeEventFlagEVENT_F_TIME_WAIT           portlifeEventFlag = 4
+	portlifeEventFlagEVENT_F_PRE_EXISTING        portlifeEventFlag = 8
+	portlifeEventFlagEVENT_F_CONNECTED           portlifeEventFlag = 16
+	portlifeEventFlagEVENT_F_EPHEMERAL           portlifeEventFlag = 32
+	portlifeEventFlagEVENT_F_SYSCALL             portlifeEventFlag = 64
+	portlifeEventFlagEVENT_F_BIND_BEFORE_CONNECT portlifeEventFlag = 128
 )
 
 type portlifeEventKind uint32

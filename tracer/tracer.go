@@ -167,7 +167,8 @@ func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
 
 	// Kernels from 5.11 account BPF memory to the cgroup; this is a no-op there.
 	if err := rlimit.RemoveMemlock(); err != nil {
-		log.Debug("memlock rlimit not raised", zap.Error(err))
+		return nil, fmt.Errorf("this kernel charges eBPF memory to RLIMIT_MEMLOCK, which portlife could not raise: "+
+			"run it as root, with CAP_SYS_RESOURCE, or with the limit raised (LimitMEMLOCK=infinity in its systemd unit): %w", err)
 	}
 	if err := t.load(); err != nil {
 		return nil, explain(fmt.Errorf("loading the eBPF program: %w", err))

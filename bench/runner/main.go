@@ -56,9 +56,12 @@ type options struct {
 // Tracer names for --tracers. portlife-baseline is portlife run from the
 // --portlife-baseline binary.
 const (
-	defaultTracers  = "none,portlife,tcplife"
-	baselineTracer  = "portlife-baseline"
-	knownTracerList = "none, portlife, " + baselineTracer + ", tcplife"
+	defaultTracers = "none,portlife,tcplife"
+	baselineTracer = "portlife-baseline"
+	// noAccounting is portlife with --no-port-accounting: beside portlife
+	// in one interleaved run, it shows what port accounting costs.
+	noAccounting    = "portlife-no-accounting"
+	knownTracerList = "none, portlife, " + noAccounting + ", " + baselineTracer + ", tcplife"
 )
 
 // parseFlags parses args into options; fs decides what a bad flag does
@@ -312,7 +315,7 @@ func tracerNames(o *options) ([]string, error) {
 	for _, name := range strings.Split(o.tracers, ",") {
 		name = strings.TrimSpace(name)
 		switch name {
-		case "none", "portlife", baselineTracer, "tcplife":
+		case "none", "portlife", noAccounting, baselineTracer, "tcplife":
 		default:
 			return nil, fmt.Errorf("unknown tracer %q (have %s)", name, knownTracerList)
 		}
@@ -352,6 +355,13 @@ func selectTracers(o *options) ([]string, []*tracer, error) {
 				continue
 			}
 			tr = newPortlife(name, bin, strings.Fields(o.portlifeArgs))
+		case noAccounting:
+			bin, err := findBinary(o.portlife)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "runner: skipping %s: %v (build it with: make)\n", name, err)
+				continue
+			}
+			tr = newPortlife(name, bin, append(strings.Fields(o.portlifeArgs), "--no-port-accounting"))
 		case baselineTracer:
 			bin, err := findBinary(o.baseline)
 			if err != nil {

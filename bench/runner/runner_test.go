@@ -324,9 +324,10 @@ func TestTracerNames(t *testing.T) {
 		{"explicit default list is explicit", []string{"--portlife-baseline", "old", "--tracers", "none,portlife,tcplife"}, "none,portlife,tcplife"},
 		{"explicit order kept", []string{"--portlife-baseline", "old", "--tracers", "portlife-baseline, none,portlife"}, "portlife-baseline,none,portlife"},
 		{"baseline alone", []string{"--portlife-baseline", "old", "--tracers", "portlife-baseline"}, "portlife-baseline"},
+		{"without accounting", []string{"--tracers", "none,portlife,portlife-no-accounting"}, "none,portlife,portlife-no-accounting"},
 		{"baseline without binary", []string{"--tracers", "none,portlife,portlife-baseline"}, "error: tracer portlife-baseline needs --portlife-baseline"},
 		{"empty baseline path", []string{"--portlife-baseline=", "--tracers", "portlife-baseline"}, "error: tracer portlife-baseline needs --portlife-baseline"},
-		{"unknown", []string{"--tracers", "none,bcc"}, `error: unknown tracer "bcc" (have none, portlife, portlife-baseline, tcplife)`},
+		{"unknown", []string{"--tracers", "none,bcc"}, `error: unknown tracer "bcc" (have none, portlife, portlife-no-accounting, portlife-baseline, tcplife)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -232,6 +232,11 @@ func TestParseFlagsBad(t *testing.T) {
 		{"released-max zero", []string{"--released-max", "0"}, "--released-max"},
 		{"released-max not a number", []string{"--released-max", "many"}, "--released-max"},
 		{"no-released with a value", []string{"--no-released=maybe"}, "--no-released"},
+		{"pressure-thresholds above 100", []string{"--pressure-thresholds", "50,120"}, "--pressure-thresholds"},
+		{"pressure-thresholds descending", []string{"--pressure-thresholds", "80,50"}, "--pressure-thresholds"},
+		{"pressure-thresholds not numbers", []string{"--pressure-thresholds", "high"}, "--pressure-thresholds"},
+		{"pressure-thresholds empty", []string{"--pressure-thresholds", ""}, "--pressure-thresholds"},
+		{"port-keys zero", []string{"--port-keys", "0"}, "--port-keys"},
 		{"unknown flag", []string{"--nope"}, "--nope"},
 		{"extra positional argument", []string{"--debug", "extra"}, `"extra"`},
 	}
@@ -435,6 +440,8 @@ func TestSubcommandUsageErrors(t *testing.T) {
 		{[]string{"tarce"}, `unknown command "tarce"`},
 		{[]string{"version", "--short"}, "version takes no arguments"},
 		{[]string{"trace", "extra"}, `"extra"`},
+		{[]string{"ports", "extra"}, `"extra"`},
+		{[]string{"ports", "--output", "yaml"}, "--output"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -30,6 +30,7 @@ const (
 )
 
 const usageHead = `Usage: portlife [trace] [flags]    trace every port's lifetime (needs root)
+       portlife ports [flags]      which keys are running out of ports, now
        portlife version            print the version and exit
 
 `
@@ -55,10 +56,12 @@ func run(ctx context.Context, args []string, stdout, stderr *os.File) int {
 		return runTrace(ctx, rest, stdout, stderr)
 	case "version":
 		return runVersion(rest, stdout, stderr)
+	case "ports":
+		return runPorts(ctx, rest, stdout, stderr)
 	case "help":
 		return runTrace(ctx, []string{"--help"}, stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "portlife: unknown command %q: want trace or version (see portlife --help)\n", cmd)
+	fmt.Fprintf(stderr, "portlife: unknown command %q: want trace, ports or version (see portlife --help)\n", cmd)
 	return exitUsage
 }
 

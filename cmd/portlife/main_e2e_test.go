@@ -539,6 +539,18 @@ func TestWithoutOptionalCapabilities(t *testing.T) {
 		Credential:  &syscall.Credential{Uid: 65534, Gid: 65534},
 		AmbientCaps: []uintptr{unix.CAP_BPF, unix.CAP_PERFMON, unix.CAP_NET_ADMIN},
 	}
+	// Kernels before 5.11 charge eBPF memory to RLIMIT_MEMLOCK, which
+	// only CAP_SYS_RESOURCE may raise: the limit a service manager would
+	// set (LimitMEMLOCK=infinity), inherited.
+	var memlock unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &memlock); err != nil {
+		t.Fatal(err)
+	}
+	infinite := unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY}
+	if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &infinite); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Setrlimit(unix.RLIMIT_MEMLOCK, &memlock)
 	p.begin(t)
 	c.Close()
 	s.Read(make([]byte, 1)) // EOF
@@ -613,11 +625,13 @@ func TestOwnCgroupMountRemoved(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := net.Dial("udp4", srv.LocalAddr().String())
+	// Unconnected, sending with an address: the send hook opens it on every
+	// kernel (before Linux 6.3 a connected one is seen at its close alone).
+	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Write([]byte("ping")); err != nil {
+	if _, err := c.WriteTo([]byte("ping"), srv.LocalAddr()); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := srv.ReadFrom(make([]byte, 8)); err != nil {

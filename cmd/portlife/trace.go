@@ -27,6 +27,7 @@ type options struct {
 	version       bool
 	cfg           tracer.Config
 	timewait      timeWaitOptions
+	ports         portsOptions
 }
 
 // parseFlags reads the arguments of `portlife trace` into options. Every
@@ -37,7 +38,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	fs.SortFlags = false
 	fs.Usage = func() { usage(fs) }
 
-	o := options{cfg: tracer.DefaultConfig(), statsInterval: 10 * time.Second}
+	o := options{cfg: tracer.DefaultConfig(), statsInterval: 10 * time.Second, ports: defaultPortsOptions()}
 	fs.Var(&choiceValue{p: &o.output, choices: []string{"text", "json"}}, "output", "event format: text or json (default text on a terminal, json otherwise)")
 	addFilterFlags(fs, &o.cfg.Filter)
 	fs.Var(ringSizeValue{&o.cfg.RingBufferSize}, "ring-buffer", "kernel-to-user buffer: a power of two from 4KiB to 1GiB; it costs twice this in RSS")
@@ -45,6 +46,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	fs.Var(durationValue{&o.statsInterval}, "stats-interval", "how often to warn while events are being lost; 0 only at exit")
 	fs.Var(niceValue{&o.cfg.ReaderNice}, "reader-nice", "nice value of the thread that reads and writes events, so a CPU-saturated host cannot starve it; 0 leaves it unchanged")
 	addTimeWaitFlags(fs, &o.timewait)
+	addPortsFlags(fs, &o.ports)
 	addLogFlags(fs, &o.log)
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 
@@ -109,6 +111,8 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 		out = sink.NewWriter(stdout, &encode.JSON{}, 256<<10)
 	}
 	s := stream.New(out)
+	acct, stopAccounting := startAccounting(s, opts.ports, &opts.cfg.Filter, log)
+
 	watchCtx, stopWatching := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	l := losses{tracer: t, stream: s}
@@ -122,10 +126,12 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 
 	log.Info("tracing started", zap.String("output", opts.output))
 	runErr := t.Run(ctx, s)
+	stopAccounting()
 	closeErr := s.Close()
 	stopWatching()
 	wg.Wait()
 
+	accountingSummary(acct, log)
 	statsErr := l.summary(log)
 	return errors.Join(runErr, closeErr, statsErr)
 }

@@ -97,6 +97,13 @@ func (j *JSON) Append(b []byte, e *event.Event) []byte {
 		b = appendUint(b, `","errno":`, uint64(e.Errno))
 	case event.KindReleased:
 		b = appendReleasedJSON(b, e)
+	case event.KindPressure:
+		if e.Pressure != nil {
+			b = appendPressure(b, e.Pressure)
+		}
+	}
+	if e.BindBeforeConnect {
+		b = append(b, `,"bind_before_connect":true`...)
 	}
 	return append(b, "}\n"...)
 }

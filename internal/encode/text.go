@@ -77,7 +77,7 @@ func (t *Text) Append(b []byte, e *event.Event) []byte {
 	b = append(b, e.Proto.String()...)
 	pad(s)
 	s = len(b)
-	if e.PIDSource == event.PIDSourceUnknown {
+	if e.PIDSource == event.PIDSourceUnknown && (e.Kind != event.KindPressure || e.PID == 0) {
 		b = append(b, '?')
 	} else {
 		b = strconv.AppendUint(b, uint64(e.PID), 10)
@@ -124,6 +124,10 @@ func appendNotes(b []byte, e *event.Event) []byte {
 		b = append(b, e.Reason()...)
 	case event.KindReleased:
 		b = appendReleasedNotes(b, e)
+	case event.KindPressure:
+		if e.Pressure != nil {
+			b = appendPressureNotes(b, e.Pressure)
+		}
 	case event.KindClose:
 		if e.Proto == event.ProtoTCP {
 			b = append(b, "closed_by="...)
@@ -144,13 +148,16 @@ func appendNotes(b []byte, e *event.Event) []byte {
 			b = strconv.AppendUint(b, uint64(e.Destinations), 10)
 		}
 	}
+	if e.BindBeforeConnect {
+		b = append(separate(b, start), "bind_before_connect"...)
+	}
 	if e.PreExisting {
 		b = append(separate(b, start), "pre_existing"...)
 	}
 	if t := e.ThreadName(); t != nil {
 		b = appendPrintable(append(separate(b, start), "thread="...), t)
 	}
-	if e.PIDSource == event.PIDSourceUnknown {
+	if e.PIDSource == event.PIDSourceUnknown && e.Kind != event.KindPressure {
 		b = append(separate(b, start), "pid_unknown"...)
 	}
 	return b

@@ -27,9 +27,12 @@ const (
 	// port is free. User space derives it (internal/timewait); no kernel
 	// record has this kind.
 	KindReleased Kind = 5
+	// KindPressure is made in user space (internal/ports), never by the
+	// kernel: a key's port pressure crossed a threshold. It carries Pressure.
+	KindPressure Kind = 6
 )
 
-var kindNames = [...]string{KindOpen: "open", KindClose: "close", KindConnectFailed: "connect_failed", KindBindFailed: "bind_failed", KindReleased: "released"}
+var kindNames = [...]string{KindOpen: "open", KindClose: "close", KindConnectFailed: "connect_failed", KindBindFailed: "bind_failed", KindReleased: "released", KindPressure: "pressure"}
 
 func (k Kind) String() string { return name(kindNames[:], int(k)) }
 
@@ -221,6 +224,10 @@ type Event struct {
 	// (UDP before Linux 6.3); TxBytes, RxBytes, TxPackets and RxPackets
 	// are unknown, not 0.
 	Uncounted bool
+	// BindBeforeConnect: a TCP socket that took its port with bind() to
+	// port 0 and then connected, so its port came from the bind pool, which
+	// every destination shares.
+	BindBeforeConnect bool
 
 	Errno unix.Errno // connect_failed, bind_failed: the error the call reported, 0 if none
 	// InCall: a connect_failed or bind_failed seen at the call's return,
@@ -229,6 +236,9 @@ type Event struct {
 	InCall bool
 
 	Release Release // released: how the TIME_WAIT ended
+	// Pressure is set on KindPressure events alone. It is never changed once
+	// published, so the copies the stream makes may share it.
+	Pressure *Pressure
 }
 
 // Duration is how long the port lived (close), or the call tried
