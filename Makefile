@@ -23,9 +23,12 @@ run: build
 # only make them slower, not wrong, but their numbers noisier. -race: the
 # stream, the tracer's counters and the loss reporter are read across
 # goroutines; every package fits in CI's time with it (about 90 s).
+# The kernel tests run twice: on this kernel's best hooks, then with every
+# stand-in that older kernels need forced (tracer/features.go).
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -p 1 ./...
+	PORTLIFE_TEST_FALLBACKS=all $(GO) test -race -count=1 ./tracer
 
 # The same committed eBPF objects (bpf2go's bpfel) serve arm64: the binary
 # and every test must build for it.

@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/cilium/ebpf/btf"
 	"github.com/portlife/portlife/internal/event"
 	"github.com/portlife/portlife/internal/kerneltest"
 )
@@ -136,6 +137,24 @@ var forcedFallbacks = func() *kernelFeatures {
 	}
 	return nil
 }()
+
+// runningKernel is what the running kernel lets portlife use, or the
+// forced fallbacks.
+func runningKernel(t *testing.T) kernelFeatures {
+	t.Helper()
+	if forcedFallbacks != nil {
+		return *forcedFallbacks
+	}
+	kernel, err := btf.LoadKernelSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := probeFeatures(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
 
 // requireCounted reports whether UDP event e carries datagram counts to
 // check: it must where the kernel has the datagram hooks (Linux 6.3), and

@@ -196,18 +196,9 @@ func (t *Tracer) load() error {
 	if t.cfg.FlushInterval > 0 {
 		wakeup = uint64(t.cfg.RingBufferSize / 8)
 	}
-	kcfg := kernelConfig(&t.cfg.Filter, wakeup)
-	kcfg.Gaps = uint8(t.features.gaps)
-	t.features.adapt(spec, uint32(t.cfg.MaxSockets))
-	if err := spec.Variables["cfg"].Set(kcfg); err != nil {
-		return fmt.Errorf("setting the filter: %w", err)
+	if err := configure(spec, &t.cfg, t.features, wakeup); err != nil {
+		return err
 	}
-	for name, proto := range map[string]event.Proto{"adopt_tcp_sockets": event.ProtoTCP, "adopt_udp_sockets": event.ProtoUDP} {
-		if err := spec.Variables[name].Set(t.cfg.Filter.WantsProto(proto)); err != nil {
-			return fmt.Errorf("setting %s: %w", name, err)
-		}
-	}
-	spec.Maps["events"].MaxEntries = uint32(t.cfg.RingBufferSize)
 
 	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
 		var verr *ebpf.VerifierError
@@ -222,6 +213,24 @@ func (t *Tracer) load() error {
 			return fmt.Errorf("adding --raddr %s: %w", p, err)
 		}
 	}
+	return nil
+}
+
+// configure sets what the program reads before it loads: the filter and
+// tuning in cfg, and the fallbacks this kernel needs.
+func configure(spec *ebpf.CollectionSpec, cfg *Config, feat kernelFeatures, wakeupBytes uint64) error {
+	kcfg := kernelConfig(&cfg.Filter, wakeupBytes)
+	kcfg.Gaps = uint8(feat.gaps)
+	feat.adapt(spec, uint32(cfg.MaxSockets))
+	if err := spec.Variables["cfg"].Set(kcfg); err != nil {
+		return fmt.Errorf("setting the filter: %w", err)
+	}
+	for name, proto := range map[string]event.Proto{"adopt_tcp_sockets": event.ProtoTCP, "adopt_udp_sockets": event.ProtoUDP} {
+		if err := spec.Variables[name].Set(cfg.Filter.WantsProto(proto)); err != nil {
+			return fmt.Errorf("setting %s: %w", name, err)
+		}
+	}
+	spec.Maps["events"].MaxEntries = uint32(cfg.RingBufferSize)
 	return nil
 }
 

@@ -95,6 +95,24 @@ func (v niceValue) Set(s string) error {
 func (v niceValue) String() string { return strconv.Itoa(*v.p) }
 func (v niceValue) Type() string   { return "nice" }
 
+// countValue is a count of things from 1 to max.
+type countValue struct {
+	p   *int
+	max int
+}
+
+func (v countValue) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > v.max {
+		return fmt.Errorf("%q: want a count from 1 to %d", s, v.max)
+	}
+	*v.p = n
+	return nil
+}
+
+func (v countValue) String() string { return strconv.Itoa(*v.p) }
+func (v countValue) Type() string   { return "count" }
+
 // ringSizeValue is the ring buffer's size in bytes, written like 4MiB.
 type ringSizeValue struct{ p *int }
 

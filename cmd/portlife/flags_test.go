@@ -237,6 +237,8 @@ func TestParseFlagsBad(t *testing.T) {
 		{"pressure-thresholds not numbers", []string{"--pressure-thresholds", "high"}, "--pressure-thresholds"},
 		{"pressure-thresholds empty", []string{"--pressure-thresholds", ""}, "--pressure-thresholds"},
 		{"port-keys zero", []string{"--port-keys", "0"}, "--port-keys"},
+		{"max-sockets zero", []string{"--max-sockets", "0"}, "--max-sockets"},
+		{"max-sockets too many", []string{"--max-sockets", "99999999"}, "--max-sockets"},
 		{"unknown flag", []string{"--nope"}, "--nope"},
 		{"extra positional argument", []string{"--debug", "extra"}, `"extra"`},
 	}

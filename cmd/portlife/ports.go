@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -38,26 +37,12 @@ func defaultPortsOptions() portsOptions {
 
 func addPortsFlags(fs *pflag.FlagSet, o *portsOptions) {
 	fs.Var(event.ThresholdsValue{P: &o.thresholds}, "pressure-thresholds", "port pressure levels (percent of a key's capacity) whose crossing sends a pressure event; falling back under the first is sent too")
-	fs.Var(positiveValue{&o.maxKeys}, "port-keys", "most keys (destination, local address) port accounting keeps; the least pressed make room, and are counted")
+	fs.Var(countValue{&o.maxKeys, 1 << 24}, "port-keys", "most keys (destination, local address) port accounting keeps; the least pressed make room, and are counted")
 	fs.Var(durationValue{&o.reconcile}, "port-reconcile", "how often port accounting checks its count against the kernel's sockets (sock_diag); 0 never")
 	fs.BoolVar(&o.off, "no-port-accounting", false, "send no pressure events, and keep no per-key accounting")
 }
 
 // positiveValue is a count, at least 1.
-type positiveValue struct{ p *int }
-
-func (v positiveValue) Set(s string) error {
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 {
-		return fmt.Errorf("%q: want a whole number, at least 1", s)
-	}
-	*v.p = n
-	return nil
-}
-
-func (v positiveValue) String() string { return strconv.Itoa(*v.p) }
-func (v positiveValue) Type() string   { return "count" }
-
 // accountingQueue is the accountant's queue, in events (about 300 bytes each,
 // 2.4 MB once it has cycled): the accountant does a map update or two per
 // event, far faster than the reader decodes; what a full queue drops is

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -28,7 +27,7 @@ func addTimeWaitFlags(fs *pflag.FlagSet, o *timeWaitOptions) {
 	o.cfg = timewait.DefaultConfig()
 	fs.BoolVar(&o.off, "no-released", false, "do not report when a closed TCP connection's TIME_WAIT ends and its port is free (released events)")
 	fs.Var(twIntervalValue{&o.cfg.Interval}, "released-interval", "how often TIME_WAIT sockets are swept for released events; a release's time is off by at most about half of this")
-	fs.Var(twMaxValue{&o.cfg.Max}, "released-max", "most TIME_WAITs watched at once for released events; closes beyond it are counted as untracked")
+	fs.Var(countValue{&o.cfg.Max, 1 << 24}, "released-max", "most TIME_WAITs watched at once for released events; closes beyond it are counted as untracked")
 }
 
 // twIntervalValue is a sweep interval: 100ms to 10s.
@@ -50,20 +49,6 @@ func (v twIntervalValue) String() string { return v.p.String() }
 func (v twIntervalValue) Type() string   { return "duration" }
 
 // twMaxValue is a count of TIME_WAITs: 1 to 16Mi.
-type twMaxValue struct{ p *int }
-
-func (v twMaxValue) Set(s string) error {
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 1 || n > 1<<24 {
-		return fmt.Errorf("%q: want a count from 1 to %d", s, 1<<24)
-	}
-	*v.p = n
-	return nil
-}
-
-func (v twMaxValue) String() string { return strconv.Itoa(*v.p) }
-func (v twMaxValue) Type() string   { return "int" }
-
 // startTimeWait subscribes the TIME_WAIT tracker to s and runs it until
 // ctx is done, if the trace can see closes into TIME_WAIT; nil otherwise.
 func startTimeWait(ctx context.Context, o timeWaitOptions, f *event.Filter, s *stream.Stream, log *zap.Logger, wg *sync.WaitGroup) *timewait.Tracker {

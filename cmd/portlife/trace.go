@@ -45,6 +45,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	fs.Var(durationValue{&o.cfg.FlushInterval}, "flush-interval", "longest an event waits before it is written; 0 wakes the reader for each event, at more CPU")
 	fs.Var(durationValue{&o.statsInterval}, "stats-interval", "how often to warn while events are being lost; 0 only at exit")
 	fs.Var(niceValue{&o.cfg.ReaderNice}, "reader-nice", "nice value of the thread that reads and writes events, so a CPU-saturated host cannot starve it; 0 leaves it unchanged")
+	fs.Var(countValue{&o.cfg.MaxSockets, 1 << 24}, "max-sockets", "before Linux 5.11 only: most sockets tracked at once, in a table that stands in for socket storage; beyond it, sockets are not traced, and counted")
 	addTimeWaitFlags(fs, &o.timewait)
 	addPortsFlags(fs, &o.ports)
 	addLogFlags(fs, &o.log)
