@@ -74,8 +74,8 @@ type machine struct {
 }
 
 var machines = map[string]machine{
-	"amd64": {qemu: "qemu-system-x86_64", pkg: "qemu-system-x86", args: []string{"-machine", "pc"}, console: "ttyS0", timeout: 5 * time.Minute},
-	"arm64": {qemu: "qemu-system-aarch64", pkg: "qemu-system-arm", args: []string{"-machine", "virt"}, console: "ttyAMA0", timeout: 15 * time.Minute},
+	"amd64": {qemu: "qemu-system-x86_64", pkg: "qemu-system-x86", args: []string{"-machine", "pc"}, console: "ttyS0", timeout: 12 * time.Minute},
+	"arm64": {qemu: "qemu-system-aarch64", pkg: "qemu-system-arm", args: []string{"-machine", "virt"}, console: "ttyAMA0", timeout: 30 * time.Minute},
 }
 
 // A guestRun is what every kernel of a run boots with.

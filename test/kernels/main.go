@@ -64,7 +64,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	fs.StringVar(&packages, "packages", "./tracer,./cmd/portlife", "packages whose tests run in each kernel")
 	fs.StringVar(&o.cache, "cache", defaultCache(), "where kernels and package lists are kept between runs")
 	fs.StringVar(&o.logs, "logs", "bin/kernels", "where each kernel's console log and the summary are written")
-	fs.DurationVar(&o.timeout, "timeout", 0, "the longest one kernel may take, boot and every package (default 5m for amd64, 15m for arm64, which qemu emulates 3-4 times slower)")
+	fs.DurationVar(&o.timeout, "timeout", 0, "the longest one kernel may take, boot and every package (default 12m for amd64, 30m for arm64, which qemu emulates 3-4 times slower)")
 	fs.StringVar(&o.run, "run", "", "run only the tests matching this regular expression (go test -run)")
 	fs.StringVar(&o.bench, "bench", "", "also run the benchmarks matching this regular expression (go test -bench), such as Churn with --run '^$'")
 	fs.StringVar(&o.memory, "memory", "1G", "each guest's memory")
