@@ -99,6 +99,12 @@ func TestParseFlagsGood(t *testing.T) {
 				t.Errorf("Protos = %v, want %v", o.cfg.Filter.Protos, want)
 			}
 		}},
+		{"workload filters", []string{"--unit", "nginx", "--container", "0123456789ab", "--netns", "4026531840"}, func(t *testing.T, o options) {
+			f := o.cfg.Filter
+			if !reflect.DeepEqual(f.Units, []string{"nginx.service"}) || !reflect.DeepEqual(f.Containers, []string{"0123456789ab"}) || !reflect.DeepEqual(f.NetNS, []uint32{4026531840}) {
+				t.Errorf("Units %q, Containers %q, NetNS %v", f.Units, f.Containers, f.NetNS)
+			}
+		}},
 		{"pid", []string{"--pid", "4242"}, func(t *testing.T, o options) {
 			if o.cfg.Filter.PID != 4242 {
 				t.Errorf("PID = %d", o.cfg.Filter.PID)
@@ -212,6 +218,10 @@ func TestParseFlagsBad(t *testing.T) {
 		{"min-duration negative", []string{"--min-duration", "-1s"}, "--min-duration"},
 		{"flush-interval negative", []string{"--flush-interval", "-1s"}, "--flush-interval"},
 		{"stats-interval negative", []string{"--stats-interval", "-1s"}, "--stats-interval"},
+		{"unit with a path", []string{"--unit", "system.slice/web.service"}, "--unit"},
+		{"container name", []string{"--container", "my-app"}, "--container"},
+		{"netns not a namespace", []string{"--netns", "/etc/hostname"}, "--netns"},
+		{"netns a name", []string{"--netns", "blue"}, "--netns"},
 		{"unknown flag", []string{"--nope"}, "--nope"},
 		{"extra positional argument", []string{"--debug", "extra"}, `"extra"`},
 	}

@@ -310,6 +310,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"--lport", "99999"},
 		{"--raddr", "not-a-net"},
 		{"--output", "yaml"},
+		{"--container", "web"},
 		{"--no-such-flag"},
 	}
 	for _, args := range cases {

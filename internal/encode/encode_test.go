@@ -196,6 +196,16 @@ func TestJSON(t *testing.T) {
 			want:     map[string]any{"proto": "udp", "event": "open", "raddr": "224.0.0.251", "rport": num("5353")},
 		},
 		{
+			name: "the workload's unit and container are named when known",
+			ev: func() event.Event {
+				e := tcpClose()
+				e.Unit, e.ContainerID = `web "blue".service`, strings.Repeat("ab", 32)
+				return e
+			},
+			wantKeys: keys("start", "duration_ms", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "retransmits", "closed_by", "reset", "time_wait", "unit", "container_id"),
+			want:     map[string]any{"unit": `web "blue".service`, "container_id": strings.Repeat("ab", 32)},
+		},
+		{
 			name: "a thread named apart from its process is named too",
 			ev: func() event.Event {
 				e := tcpClose()
@@ -648,6 +658,11 @@ func TestTextNotes(t *testing.T) {
 			e.Kind, e.PIDSource = event.KindOpen, event.PIDSourceUnknown
 			return e
 		}, "pid_unknown"},
+		{"unit and the container's short id", func() event.Event {
+			e := tcpClose()
+			e.Kind, e.Unit, e.ContainerID = event.KindOpen, "web\x1b.service", strings.Repeat("ab", 32)
+			return e
+		}, "unit=web?.service container=abababababab"},
 		{"an open has no notes", func() event.Event {
 			e := tcpClose()
 			e.Kind = event.KindOpen
@@ -792,5 +807,24 @@ func TestTextColumnsGrowForLongAddresses(t *testing.T) {
 				t.Errorf("line %d: %s column reads %q, want %q\n%s\n%s", i, col, got, want, header, lines[i])
 			}
 		}
+	}
+}
+
+// Naming the workload costs no allocation per event: the names are the
+// resolver's strings, appended in place.
+func TestEncodeWorkloadNoAllocs(t *testing.T) {
+	e := tcpClose()
+	e.Unit = "a-rather-long-unit-name-beyond-32-bytes@instance.service"
+	e.ContainerID = strings.Repeat("ab", 32)
+	var (
+		j   JSON
+		x   Text
+		buf = make([]byte, 0, 4096)
+	)
+	if n := testing.AllocsPerRun(100, func() { buf = j.Append(buf[:0], &e) }); n != 0 {
+		t.Errorf("JSON allocates %v times per event", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { buf = x.Append(buf[:0], &e) }); n != 0 {
+		t.Errorf("Text allocates %v times per event", n)
 	}
 }

@@ -164,7 +164,12 @@ type Event struct {
 	Comm      Comm // the process's name (its main thread's), as /proc/PID/comm shows it
 	Thread    Comm // the name of thread TID; empty when unknown
 	CgroupID  uint64
-	NetNS     uint32
+	// Unit and ContainerID name the workload of the cgroup (internal/workload):
+	// its systemd unit, or its container's full id. Empty when the cgroup
+	// names neither, or could not be resolved.
+	Unit        string
+	ContainerID string
+	NetNS       uint32
 	PIDSource PIDSource
 	// ListenerPID is, for an accepted TCP connection, the process that
 	// called listen(): the owner of its open, and kept when the process that
