@@ -69,7 +69,26 @@ func TestEnumsMatchKernel(t *testing.T) {
 			}
 		})
 	}
+	// Kinds user space derives and the kernel never sends: none may take a
+	// kernel kind's value, and each has a name of its own.
+	var kinds *btf.Enum
+	if err := spec.Types.TypeByName("event_kind", &kinds); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range goOnlyKinds {
+		for _, v := range kinds.Values {
+			if v.Value == uint64(k) {
+				t.Errorf("Go-only kind %v has the value of the kernel's %s", k, v.Name)
+			}
+		}
+		if k.String() == "unknown" {
+			t.Errorf("Go-only kind %d has no name", k)
+		}
+	}
 	if uint8(event.ProtoTCP) != 6 || uint8(event.ProtoUDP) != 17 {
 		t.Errorf("ProtoTCP, ProtoUDP = %d, %d: want IPPROTO_TCP (6), IPPROTO_UDP (17)", event.ProtoTCP, event.ProtoUDP)
 	}
 }
+
+// goOnlyKinds are the event kinds only user space produces.
+var goOnlyKinds = []event.Kind{event.KindSummary}

@@ -26,6 +26,7 @@ type options struct {
 	statsInterval time.Duration // how often to warn while events are lost
 	version       bool
 	cfg           tracer.Config
+	summary       summaryOptions
 }
 
 // parseFlags reads the arguments of `portlife trace` into options. Every
@@ -43,6 +44,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	fs.Var(durationValue{&o.cfg.FlushInterval}, "flush-interval", "longest an event waits before it is written; 0 wakes the reader for each event, at more CPU")
 	fs.Var(durationValue{&o.statsInterval}, "stats-interval", "how often to warn while events are being lost; 0 only at exit")
 	fs.Var(niceValue{&o.cfg.ReaderNice}, "reader-nice", "nice value of the thread that reads and writes events, so a CPU-saturated host cannot starve it; 0 leaves it unchanged")
+	addSummaryFlags(fs, &o.summary)
 	addLogFlags(fs, &o.log)
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 
@@ -54,6 +56,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	}
 	o.output = defaultTo(o.output, "text", "json", stdoutIsTerminal)
 	o.log.format = defaultTo(o.log.format, "console", "json", stderrIsTerminal)
+	o.summary.check()
 	// The flag values applied each rule as they parsed; this catches a rule
 	// the filter adds that no flag knows of yet.
 	return o, o.cfg.Filter.Validate()
@@ -106,7 +109,8 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	} else {
 		out = sink.NewWriter(stdout, &encode.JSON{}, 256<<10)
 	}
-	s := stream.New(out)
+	s := stream.New(opts.summary.primary(out))
+	sums := opts.summary.start(s)
 	l := losses{tracer: t, stream: s}
 
 	watchCtx, stopWatching := context.WithCancel(ctx)
@@ -119,10 +123,12 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 
 	log.Info("tracing started", zap.String("output", opts.output))
 	runErr := t.Run(ctx, s)
+	sums.finish(s, log)
 	closeErr := s.Close()
 	stopWatching()
 	wg.Wait()
 
 	statsErr := l.summary(log)
+	sums.report(log)
 	return errors.Join(runErr, closeErr, statsErr)
 }

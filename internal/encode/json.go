@@ -24,6 +24,9 @@ type JSON struct {
 
 // Append appends e and a newline to b.
 func (j *JSON) Append(b []byte, e *event.Event) []byte {
+	if e.Kind == event.KindSummary {
+		return j.appendSummary(b, e)
+	}
 	b = append(b, `{"ts":"`...)
 	b = j.ts.append(b, e.Time)
 	b = appendString(b, `","event":"`, e.Kind.String())

@@ -47,6 +47,9 @@ func (t *Text) fit(col, n int) {
 
 // Append appends e as one line to b, after a header if the layout is new.
 func (t *Text) Append(b []byte, e *event.Event) []byte {
+	if e.Kind == event.KindSummary {
+		return t.appendSummary(b, e)
+	}
 	if t.widths[0] == 0 {
 		t.widths = defaultWidths
 	}
