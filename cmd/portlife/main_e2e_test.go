@@ -37,6 +37,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(freshMountsEnv) != "" {
 		os.Exit(inFreshMounts(os.Args[1:]))
 	}
+	if os.Getenv(churnEnv) != "" {
+		os.Exit(churnHelper(os.Args[len(os.Args)-2:]))
+	}
 	// A prebuilt binary, for where there is no Go toolchain: the kernel
 	// matrix (test/kernels) runs these tests inside other kernels.
 	if binary = os.Getenv("PORTLIFE_BINARY"); binary != "" {

@@ -7,10 +7,15 @@ import (
 	"math"
 	"net"
 	"os"
+	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/event"
 )
@@ -21,25 +26,33 @@ import (
 // and the refused port.
 func churn(t *testing.T, n int, lifetime func(i int) time.Duration, refused int) (port, deadPort int) {
 	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	port, deadPort, err := churnConns(n, lifetime, refused)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return port, deadPort
+}
+
+func churnConns(n int, lifetime func(i int) time.Duration, refused int) (port, deadPort int, err error) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return 0, 0, err
 	}
 	defer ln.Close()
 	dead, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return 0, 0, err
 	}
 	deadPort = dead.Addr().(*net.TCPAddr).Port
 	dead.Close()
 	for i := range n {
 		c, err := net.Dial("tcp4", ln.Addr().String())
 		if err != nil {
-			t.Fatal(err)
+			return 0, 0, err
 		}
 		s, err := ln.Accept()
 		if err != nil {
-			t.Fatal(err)
+			return 0, 0, err
 		}
 		time.Sleep(lifetime(i))
 		c.Close()
@@ -49,10 +62,42 @@ func churn(t *testing.T, n int, lifetime func(i int) time.Duration, refused int)
 	for range refused {
 		if c, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", deadPort)); err == nil {
 			c.Close()
-			t.Fatalf("port %d was meant to refuse", deadPort)
+			return 0, 0, fmt.Errorf("port %d was meant to refuse", deadPort)
 		}
 	}
-	return ln.Addr().(*net.TCPAddr).Port, deadPort
+	return ln.Addr().(*net.TCPAddr).Port, deadPort, nil
+}
+
+// churnEnv makes the test binary a churn helper: a process of its own name
+// (churnComm), so that a test can trace it alone while it scrapes
+// /metrics itself. Its arguments: connections, refused connects.
+const (
+	churnEnv  = "PORTLIFE_TEST_CHURN"
+	churnComm = "pl-churn"
+)
+
+func churnHelper(args []string) int {
+	if err := unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&append([]byte(churnComm), 0)[0])), 0, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	n, _ := strconv.Atoi(args[0])
+	refused, _ := strconv.Atoi(args[1])
+	if _, _, err := churnConns(n, func(i int) time.Duration { return time.Duration(i%5) * time.Millisecond }, refused); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// runChurn runs the churn helper to its end.
+func runChurn(t *testing.T, n, refused int) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], strconv.Itoa(n), strconv.Itoa(refused))
+	cmd.Env = append(os.Environ(), churnEnv+"=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("churn helper: %v\n%s", err, out)
+	}
 }
 
 // jsonLines reads portlife's JSON output.

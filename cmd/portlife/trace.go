@@ -27,6 +27,7 @@ type options struct {
 	version       bool
 	cfg           tracer.Config
 	summary       summaryOptions
+	metrics       metricsOptions
 }
 
 // parseFlags reads the arguments of `portlife trace` into options. Every
@@ -45,6 +46,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	fs.Var(durationValue{&o.statsInterval}, "stats-interval", "how often to warn while events are being lost; 0 only at exit")
 	fs.Var(niceValue{&o.cfg.ReaderNice}, "reader-nice", "nice value of the thread that reads and writes events, so a CPU-saturated host cannot starve it; 0 leaves it unchanged")
 	addSummaryFlags(fs, &o.summary)
+	addMetricsFlags(fs, &o.metrics)
 	addLogFlags(fs, &o.log)
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 
@@ -97,8 +99,13 @@ func runTrace(ctx context.Context, args []string, stdout, stderr *os.File) int {
 // store, accounting, metrics) subscribes to the stream with a queue of its
 // own, between New and Run.
 func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger) error {
+	ms, err := opts.metrics.listen()
+	if err != nil {
+		return err
+	}
 	t, err := tracer.New(opts.cfg, log)
 	if err != nil {
+		ms.stop()
 		return err
 	}
 	defer t.Close()
@@ -111,6 +118,7 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	}
 	s := stream.New(opts.summary.primary(out))
 	sums := opts.summary.start(s)
+	ms.serve(t, s, log)
 	l := losses{tracer: t, stream: s}
 
 	watchCtx, stopWatching := context.WithCancel(ctx)
@@ -124,7 +132,7 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	log.Info("tracing started", zap.String("output", opts.output))
 	runErr := t.Run(ctx, s)
 	sums.finish(s, log)
-	closeErr := s.Close()
+	closeErr := errors.Join(s.Close(), ms.stop())
 	stopWatching()
 	wg.Wait()
 
