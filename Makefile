@@ -28,9 +28,10 @@ test: deps
 	$(GO) test -race -count=1 -p 1 ./...
 
 # What the tests run besides Go: promtool lints /metrics (Debian's
-# prometheus package). Quick when it is installed already.
-TEST_DEPS := promtool
-TEST_PKGS := prometheus
+# prometheus package), and portlife top is driven in a real terminal in
+# tmux. Quick when they are installed already.
+TEST_DEPS := promtool tmux
+TEST_PKGS := prometheus tmux
 deps:
 	@for t in $(TEST_DEPS); do command -v $$t >/dev/null || missing=1; done; \
 	 if [ -n "$$missing" ]; then \

@@ -27,6 +27,9 @@ type Config struct {
 	// MaxKeys bounds the keys tracked in one interval (memory: a few KiB a
 	// key). Events of keys beyond it go to the `other` row at once.
 	MaxKeys int
+	// Key groups events into rows; nil is KeyOf, (process, destination).
+	// ProcessKey and DestinationKey group by one side alone, as top does.
+	Key func(*event.Event) Key
 }
 
 // Defaults for Config.
@@ -38,6 +41,12 @@ const (
 // Publisher takes the summary events: the stream.
 type Publisher interface {
 	Publish(*event.Event) error
+}
+
+// IntervalReader is a Publisher told when an interval's rows are all out
+// (top redraws then).
+type IntervalReader interface {
+	EndInterval(end time.Time)
 }
 
 // Key is what a summary row is about: a process (its name and workload)
@@ -59,6 +68,18 @@ func KeyOf(e *event.Event) Key {
 		// The port served, whichever local address accepted it.
 		k.Dest = netip.AddrPortFrom(unspecified(e.Local.Addr()), e.Local.Port())
 	}
+	return k
+}
+
+// ProcessKey groups by process alone: name and workload.
+func ProcessKey(e *event.Event) Key {
+	return Key{Comm: e.Comm, Unit: e.Unit, ContainerID: e.ContainerID}
+}
+
+// DestinationKey groups by destination alone, whichever process.
+func DestinationKey(e *event.Event) Key {
+	k := KeyOf(e)
+	k.Comm, k.Unit, k.ContainerID = event.Comm{}, "", ""
 	return k
 }
 
@@ -182,6 +203,9 @@ func New(cfg Config, pub Publisher) *Summarizer {
 	if cfg.MaxKeys <= 0 {
 		cfg.MaxKeys = DefaultMaxKeys
 	}
+	if cfg.Key == nil {
+		cfg.Key = KeyOf
+	}
 	return &Summarizer{cfg: cfg, pub: pub, start: time.Now(), keys: make(map[Key]*entry), done: make(chan struct{})}
 }
 
@@ -196,7 +220,7 @@ func (s *Summarizer) Write(e *event.Event) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k := KeyOf(e)
+	k := s.cfg.Key(e)
 	x, ok := s.keys[k]
 	if !ok {
 		if len(s.keys) >= s.cfg.MaxKeys {
@@ -310,6 +334,9 @@ func (s *Summarizer) publish(now time.Time, last bool) {
 	}
 	s.overflow = entry{}
 	s.start = now
+	if r, ok := s.pub.(IntervalReader); ok {
+		r.EndInterval(now)
+	}
 	if last {
 		s.finished = true
 		close(s.done)
