@@ -41,7 +41,8 @@ func (v metricsAddrValue) Set(s string) error {
 	if err != nil {
 		host, port = "", s
 	}
-	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+	// Port 0 takes any free port: the log's "serving metrics" names it.
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 		return fmt.Errorf("%q: want host:port or a port, such as 127.0.0.1:9608", s)
 	}
 	if host == "" {

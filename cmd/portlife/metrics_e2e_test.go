@@ -63,6 +63,28 @@ func scrape(t *testing.T, port int) (string, []sample) {
 	return string(body), out
 }
 
+// settled scrapes until every event the tracer delivered is counted
+// (portlife_events_total equals the connections counted) and nothing moved
+// over the last scrape, so the workload's last events are all in.
+func settled(t *testing.T, port int) (string, []sample) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	var last float64 = -1
+	for {
+		body, samples := scrape(t, port)
+		events := sum(samples, "portlife_events_total")
+		counted := sum(samples, "portlife_connections_opened_total") + sum(samples, "portlife_connections_closed_total") + sum(samples, "portlife_connections_failed_total")
+		if events == counted && events == last {
+			return body, samples
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the counts did not settle: %v events, %v counted", events, counted)
+		}
+		last = events
+		time.Sleep(300 * time.Millisecond)
+	}
+}
+
 // sum adds the samples of name whose labels contain every one of want.
 func sum(samples []sample, name string, want ...string) float64 {
 	var n float64
@@ -112,8 +134,7 @@ func TestMetricsMatchEvents(t *testing.T) {
 		t.Errorf("a port alone did not bind localhost; stderr:\n%s", p.stderr.String())
 	}
 	runChurn(t, conns, refused)
-	time.Sleep(300 * time.Millisecond) // the last events reach the ring, the stream and the counts
-	body, samples := scrape(t, port)
+	body, samples := settled(t, port)
 	if code := p.stop(t, os.Interrupt); code != 0 {
 		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
 	}
@@ -174,14 +195,13 @@ func TestMetricsCardinalityBounded(t *testing.T) {
 			t.Fatalf("%s accepted", addr)
 		}
 	}
-	time.Sleep(300 * time.Millisecond)
-	body, after := scrape(t, port)
+	body, after := settled(t, port)
 	if code := p.stop(t, os.Interrupt); code != 0 {
 		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
 	}
 	promtoolCheck(t, body)
 	if got := sum(after, "portlife_connections_failed_total", `reason="refused"`); got != dests {
-		t.Errorf("%v refused connects counted, want %d", got, dests)
+		t.Errorf("%v refused connects counted, want %d; stderr:\n%s", got, dests, p.stderr.String())
 	}
 	// The only new series: the refused connects' own.
 	if len(after) > len(before)+1 {
