@@ -63,25 +63,21 @@ func scrape(t *testing.T, port int) (string, []sample) {
 	return string(body), out
 }
 
-// settled scrapes until every event the tracer delivered is counted
-// (portlife_events_total equals the connections counted) and nothing moved
-// over the last scrape, so the workload's last events are all in.
-func settled(t *testing.T, port int) (string, []sample) {
+// scrapeUntil scrapes until done holds for the samples: the workload's
+// events are all counted. Its stdout is a pipe this process reads, so
+// portlife may be a while behind it.
+func scrapeUntil(t *testing.T, port int, what string, done func([]sample) bool) (string, []sample) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	var last float64 = -1
 	for {
 		body, samples := scrape(t, port)
-		events := sum(samples, "portlife_events_total")
-		counted := sum(samples, "portlife_connections_opened_total") + sum(samples, "portlife_connections_closed_total") + sum(samples, "portlife_connections_failed_total")
-		if events == counted && events == last {
+		if done(samples) {
 			return body, samples
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the counts did not settle: %v events, %v counted", events, counted)
+			t.Fatalf("waited 20s for %s; the last scrape:\n%s", what, body)
 		}
-		last = events
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -134,7 +130,10 @@ func TestMetricsMatchEvents(t *testing.T) {
 		t.Errorf("a port alone did not bind localhost; stderr:\n%s", p.stderr.String())
 	}
 	runChurn(t, conns, refused)
-	body, samples := settled(t, port)
+	body, samples := scrapeUntil(t, port, "the workload's events", func(s []sample) bool {
+		return sum(s, "portlife_connections_closed_total", `proto="tcp"`) >= 2*conns &&
+			sum(s, "portlife_connections_failed_total") >= refused
+	})
 	if code := p.stop(t, os.Interrupt); code != 0 {
 		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
 	}
@@ -195,13 +194,21 @@ func TestMetricsCardinalityBounded(t *testing.T) {
 			t.Fatalf("%s accepted", addr)
 		}
 	}
-	body, after := settled(t, port)
+	body, after := scrapeUntil(t, port, "every refused connect", func(s []sample) bool {
+		return sum(s, "portlife_connections_failed_total", `reason="refused"`) >= dests
+	})
 	if code := p.stop(t, os.Interrupt); code != 0 {
 		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
 	}
 	promtoolCheck(t, body)
 	if got := sum(after, "portlife_connections_failed_total", `reason="refused"`); got != dests {
-		t.Errorf("%v refused connects counted, want %d; stderr:\n%s", got, dests, p.stderr.String())
+		var failed []sample
+		for _, s := range after {
+			if s.name == "portlife_connections_failed_total" || s.name == "portlife_events_lost_total" || s.name == "portlife_skipped_runs_total" {
+				failed = append(failed, s)
+			}
+		}
+		t.Errorf("%v refused connects counted, want %d: %v; stderr:\n%s", got, dests, failed, p.stderr.String())
 	}
 	// The only new series: the refused connects' own.
 	if len(after) > len(before)+1 {
