@@ -27,8 +27,8 @@ const summaryQueue = 32 << 10
 func addSummaryFlags(fs *pflag.FlagSet, o *summaryOptions) {
 	fs.Var(summaryIntervalValue{&o.interval}, "summary", "add a summary event per (process, destination) every interval, e.g. 10s")
 	fs.BoolVar(&o.only, "summary-only", false, "print summaries only, no per-connection events (every 10s unless --summary says otherwise)")
-	fs.Var(positiveValue{&o.top}, "summary-top", "keys with a summary row of their own each interval, by churn; the rest add up in an other row")
 	o.top = summary.DefaultTopN
+	fs.Var(positiveValue{&o.top}, "summary-top", "keys with a summary row of their own each interval, by churn; the rest add up in an other row")
 }
 
 // check fills in what the flags imply.
