@@ -141,6 +141,9 @@ func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
 	if err := t.findCgroupRoot(); err != nil {
 		return nil, err
 	}
+	if (len(cfg.Filter.Units) > 0 || len(cfg.Filter.Containers) > 0) && !effectiveCapabilities()(unix.CAP_DAC_READ_SEARCH) {
+		return nil, errors.New("--unit and --container need CAP_DAC_READ_SEARCH, to name each cgroup (open_by_handle_at): run as root or grant it")
+	}
 	if t.names, err = workload.NewResolver(t.cgroupRoot, workload.DefaultCacheSize); err != nil {
 		if len(cfg.Filter.Units) > 0 || len(cfg.Filter.Containers) > 0 {
 			return nil, fmt.Errorf("--unit and --container need the cgroup names: %w", err)

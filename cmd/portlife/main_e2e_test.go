@@ -579,7 +579,7 @@ func TestWithoutOptionalCapabilities(t *testing.T) {
 			continue
 		}
 		warnings++
-		for _, cap := range []string{"CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_NICE"} {
+		for _, cap := range []string{"CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_NICE", "CAP_DAC_READ_SEARCH"} {
 			if cost, _ := l[cap].(string); !strings.Contains(cost, "counted as") {
 				t.Errorf("the warning gives %s %q, want what it costs", cap, cost)
 			}
