@@ -103,6 +103,10 @@ func missingCapabilities(cfg *Config) []capabilityCost {
 		out = append(out, capabilityCost{"CAP_SYS_PTRACE",
 			"finding the network namespaces of other users' processes (/proc/PID/ns/net), and of sockets held from outside their namespace (pidfd_getfd): sockets that existed at start there are not adopted (counted as not_adopted)"})
 	}
+	if !has(unix.CAP_DAC_READ_SEARCH) {
+		out = append(out, capabilityCost{"CAP_DAC_READ_SEARCH",
+			"opening cgroups by their id (open_by_handle_at) to name their unit or container: events carry no unit or container_id (counted as unnamed cgroups)"})
+	}
 	if cfg.ReaderNice < 0 && !has(unix.CAP_SYS_NICE) {
 		out = append(out, capabilityCost{"CAP_SYS_NICE",
 			"raising the reader's priority (--reader-nice): on a CPU-saturated host the reader can fall behind, and the kernel then drops events (counted as ringbuf_full)"})

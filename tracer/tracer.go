@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/event"
+	"github.com/portlife/portlife/internal/workload"
 )
 
 // Output receives decoded events in order, on the reader thread (the
@@ -85,6 +86,10 @@ type Stats struct {
 	// skipped run can cost an event, or details of one. Not in Lost, which
 	// counts events known to be lost.
 	SkippedRuns uint64
+	// Unnamed counts cgroups whose workload (unit, container) could not be
+	// resolved: their events carry neither. Not in Lost: the events were
+	// delivered.
+	Unnamed uint64
 }
 
 // Lost is every event the kernel side could not deliver.
@@ -108,6 +113,9 @@ type Tracer struct {
 	madeDirs            []string
 	objs                portlifeObjects
 	reader              *ringbuf.Reader
+	// names resolves cgroup ids to units and containers on the reader's
+	// thread; nil if the cgroup v2 mount could not be opened.
+	names *workload.Resolver
 
 	mu     sync.Mutex // guards links: Run detaches while Close may run
 	links  []link.Link
@@ -163,6 +171,15 @@ func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
 	}()
 	if err := t.findCgroupRoot(); err != nil {
 		return nil, err
+	}
+	if (len(cfg.Filter.Units) > 0 || len(cfg.Filter.Containers) > 0) && !effectiveCapabilities()(unix.CAP_DAC_READ_SEARCH) {
+		return nil, errors.New("--unit and --container need CAP_DAC_READ_SEARCH, to name each cgroup (open_by_handle_at): run as root or grant it")
+	}
+	if t.names, err = workload.NewResolver(t.cgroupRoot, workload.DefaultCacheSize); err != nil {
+		if len(cfg.Filter.Units) > 0 || len(cfg.Filter.Containers) > 0 {
+			return nil, fmt.Errorf("--unit and --container need the cgroup names: %w", err)
+		}
+		log.Warn("events will carry no unit or container", zap.Error(err))
 	}
 
 	// Kernels from 5.11 account BPF memory to the cgroup; this is a no-op there.
@@ -381,13 +398,22 @@ func (t *Tracer) Run(ctx context.Context, out Output) error {
 			if err := t.dec.decode(rec.RawSample, &ev); err != nil {
 				return err
 			}
-			// Every 4096 events, so a busy reader that never waits still
-			// follows the wall clock, for one clock read per batch.
-			if n := t.events.Add(1); n%4096 == 0 {
-				t.reanchor(&anchored)
+			if t.names != nil {
+				n := t.names.Lookup(ev.CgroupID)
+				ev.Unit, ev.ContainerID = n.Unit, n.ContainerID
 			}
-			if err := out.Write(&ev); err != nil {
-				return fmt.Errorf("writing an event: %w", err)
+			// The filters the kernel cannot apply: it knows a cgroup by
+			// its id alone.
+			if t.cfg.Filter.Keeps(&ev) {
+				// Every 4096 events, so a busy reader that never waits
+				// still follows the wall clock, for one clock read per
+				// batch.
+				if n := t.events.Add(1); n%4096 == 0 {
+					t.reanchor(&anchored)
+				}
+				if err := out.Write(&ev); err != nil {
+					return fmt.Errorf("writing an event: %w", err)
+				}
 			}
 			if eager && t.reader.AvailableBytes() == 0 {
 				if err := out.Flush(); err != nil {
@@ -457,6 +483,9 @@ func (t *Tracer) Stats() (Stats, error) {
 	s.NotAdopted = t.notAdopted.Load()
 	skipped, serr := skippedRuns(t.attachedPrograms())
 	s.SkippedRuns = skipped
+	if t.names != nil {
+		s.Unnamed = t.names.Stats().Unresolved
+	}
 	return s, errors.Join(err, serr)
 }
 
@@ -500,6 +529,10 @@ func (t *Tracer) Close() error {
 	}
 	errs = append(errs, t.objs.Close())
 	t.objs = portlifeObjects{}
+	if t.names != nil {
+		// Before the mount it holds open is unmounted.
+		errs = append(errs, t.names.Close())
+	}
 	errs = append(errs, t.removeOwnMount())
 	if t.ownTracefs != "" {
 		errs = append(errs, t.unmountTracefs())

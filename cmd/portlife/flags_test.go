@@ -113,6 +113,32 @@ func TestParseFlagsGood(t *testing.T) {
 				t.Errorf("Protos = %v, want %v", o.cfg.Filter.Protos, want)
 			}
 		}},
+		{"summary-only alone summarizes every 10s", []string{"--summary-only"}, func(t *testing.T, o options) {
+			if !o.summary.only || o.summary.interval != 10*time.Second || o.summary.top != 20 {
+				t.Errorf("summary %+v", o.summary)
+			}
+		}},
+		{"summary and its top", []string{"--summary", "2s", "--summary-top", "5"}, func(t *testing.T, o options) {
+			if o.summary.only || o.summary.interval != 2*time.Second || o.summary.top != 5 {
+				t.Errorf("summary %+v", o.summary)
+			}
+		}},
+		{"metrics-addr: a port alone is localhost", []string{"--metrics-addr", "9608"}, func(t *testing.T, o options) {
+			if o.metrics.addr != "127.0.0.1:9608" {
+				t.Errorf("metrics addr %q", o.metrics.addr)
+			}
+		}},
+		{"metrics-addr: every interface when asked", []string{"--metrics-addr", "0.0.0.0:9608"}, func(t *testing.T, o options) {
+			if o.metrics.addr != "0.0.0.0:9608" {
+				t.Errorf("metrics addr %q", o.metrics.addr)
+			}
+		}},
+		{"workload filters", []string{"--unit", "nginx", "--container", "0123456789ab", "--netns", "4026531840"}, func(t *testing.T, o options) {
+			f := o.cfg.Filter
+			if !reflect.DeepEqual(f.Units, []string{"nginx.service"}) || !reflect.DeepEqual(f.Containers, []string{"0123456789ab"}) || !reflect.DeepEqual(f.NetNS, []uint32{4026531840}) {
+				t.Errorf("Units %q, Containers %q, NetNS %v", f.Units, f.Containers, f.NetNS)
+			}
+		}},
 		{"pid", []string{"--pid", "4242"}, func(t *testing.T, o options) {
 			if o.cfg.Filter.PID != 4242 {
 				t.Errorf("PID = %d", o.cfg.Filter.PID)
@@ -239,6 +265,13 @@ func TestParseFlagsBad(t *testing.T) {
 		{"port-keys zero", []string{"--port-keys", "0"}, "--port-keys"},
 		{"max-sockets zero", []string{"--max-sockets", "0"}, "--max-sockets"},
 		{"max-sockets too many", []string{"--max-sockets", "99999999"}, "--max-sockets"},
+		{"summary too short", []string{"--summary", "10ms"}, "--summary"},
+		{"summary-top 0", []string{"--summary-top", "0"}, "--summary-top"},
+		{"metrics-addr not an address", []string{"--metrics-addr", "localhost"}, "--metrics-addr"},
+		{"unit with a path", []string{"--unit", "system.slice/web.service"}, "--unit"},
+		{"container name", []string{"--container", "my-app"}, "--container"},
+		{"netns not a namespace", []string{"--netns", "/etc/hostname"}, "--netns"},
+		{"netns a name", []string{"--netns", "blue"}, "--netns"},
 		{"unknown flag", []string{"--nope"}, "--nope"},
 		{"extra positional argument", []string{"--debug", "extra"}, `"extra"`},
 	}

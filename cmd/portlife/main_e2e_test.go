@@ -37,6 +37,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(freshMountsEnv) != "" {
 		os.Exit(inFreshMounts(os.Args[1:]))
 	}
+	if os.Getenv(churnEnv) != "" {
+		os.Exit(churnHelper(os.Args[len(os.Args)-2:]))
+	}
 	// A prebuilt binary, for where there is no Go toolchain: the kernel
 	// matrix (test/kernels) runs these tests inside other kernels.
 	if binary = os.Getenv("PORTLIFE_BINARY"); binary != "" {
@@ -311,6 +314,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"--lport", "99999"},
 		{"--raddr", "not-a-net"},
 		{"--output", "yaml"},
+		{"--container", "web"},
 		{"--no-such-flag"},
 	}
 	for _, args := range cases {
@@ -590,7 +594,7 @@ func TestWithoutOptionalCapabilities(t *testing.T) {
 			continue
 		}
 		warnings++
-		for _, cap := range []string{"CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_NICE"} {
+		for _, cap := range []string{"CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_NICE", "CAP_DAC_READ_SEARCH"} {
 			if cost, _ := l[cap].(string); !strings.Contains(cost, "counted as") {
 				t.Errorf("the warning gives %s %q, want what it costs", cap, cost)
 			}

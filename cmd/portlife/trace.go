@@ -28,6 +28,8 @@ type options struct {
 	cfg           tracer.Config
 	timewait      timeWaitOptions
 	ports         portsOptions
+	summary       summaryOptions
+	metrics       metricsOptions
 }
 
 // parseFlags reads the arguments of `portlife trace` into options. Every
@@ -48,6 +50,8 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	fs.Var(countValue{&o.cfg.MaxSockets, 1 << 24}, "max-sockets", "before Linux 5.11 only: most sockets tracked at once, in a table that stands in for socket storage; beyond it, sockets are not traced, and counted")
 	addTimeWaitFlags(fs, &o.timewait)
 	addPortsFlags(fs, &o.ports)
+	addSummaryFlags(fs, &o.summary)
+	addMetricsFlags(fs, &o.metrics)
 	addLogFlags(fs, &o.log)
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 
@@ -59,6 +63,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	}
 	o.output = defaultTo(o.output, "text", "json", stdoutIsTerminal)
 	o.log.format = defaultTo(o.log.format, "console", "json", stderrIsTerminal)
+	o.summary.check()
 	// The flag values applied each rule as they parsed; this catches a rule
 	// the filter adds that no flag knows of yet.
 	return o, o.cfg.Filter.Validate()
@@ -99,8 +104,13 @@ func runTrace(ctx context.Context, args []string, stdout, stderr *os.File) int {
 // store, accounting, metrics) subscribes to the stream with a queue of its
 // own, between New and Run.
 func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger) error {
+	ms, err := opts.metrics.listen()
+	if err != nil {
+		return err
+	}
 	t, err := tracer.New(opts.cfg, log)
 	if err != nil {
+		ms.stop()
 		return err
 	}
 	defer t.Close()
@@ -111,7 +121,9 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	} else {
 		out = sink.NewWriter(stdout, &encode.JSON{}, 256<<10)
 	}
-	s := stream.New(out)
+	s := stream.New(opts.summary.primary(out))
+	sums := opts.summary.start(s)
+	ms.serve(t, s, log)
 	acct, stopAccounting := startAccounting(s, opts.ports, &opts.cfg.Filter, log)
 
 	watchCtx, stopWatching := context.WithCancel(ctx)
@@ -128,11 +140,13 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	log.Info("tracing started", zap.String("output", opts.output))
 	runErr := t.Run(ctx, s)
 	stopAccounting()
-	closeErr := s.Close()
+	sums.finish(s, log)
+	closeErr := errors.Join(s.Close(), ms.stop())
 	stopWatching()
 	wg.Wait()
 
 	accountingSummary(acct, log)
 	statsErr := l.summary(log)
+	sums.report(log)
 	return errors.Join(runErr, closeErr, statsErr)
 }

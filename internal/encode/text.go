@@ -47,6 +47,9 @@ func (t *Text) fit(col, n int) {
 
 // Append appends e as one line to b, after a header if the layout is new.
 func (t *Text) Append(b []byte, e *event.Event) []byte {
+	if e.Kind == event.KindSummary {
+		return t.appendSummary(b, e)
+	}
 	if t.widths[0] == 0 {
 		t.widths = defaultWidths
 	}
@@ -151,6 +154,13 @@ func appendNotes(b []byte, e *event.Event) []byte {
 	if e.BindBeforeConnect {
 		b = append(separate(b, start), "bind_before_connect"...)
 	}
+	if e.Unit != "" {
+		b = appendPrintable(append(separate(b, start), "unit="...), e.Unit)
+	}
+	if e.ContainerID != "" {
+		// docker ps's short form: enough on a terminal; JSON has it all.
+		b = append(append(separate(b, start), "container="...), e.ContainerID[:min(12, len(e.ContainerID))]...)
+	}
 	if e.PreExisting {
 		b = append(separate(b, start), "pre_existing"...)
 	}
@@ -171,10 +181,11 @@ func separate(b []byte, start int) []byte {
 	return b
 }
 
-// appendPrintable writes a comm for a terminal: a process names itself, so
+// appendPrintable writes a comm or a unit for a terminal: a process names itself, so
 // control bytes (an escape sequence, a newline) become '?'.
-func appendPrintable(b, s []byte) []byte {
-	for _, c := range s {
+func appendPrintable[T string | []byte](b []byte, s T) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
 		if c < 0x20 || c == 0x7f {
 			c = '?'
 		}

@@ -30,9 +30,13 @@ const (
 	// KindPressure is made in user space (internal/ports), never by the
 	// kernel: a key's port pressure crossed a threshold. It carries Pressure.
 	KindPressure Kind = 6
+	// KindSummary is derived in user space (internal/summary), never sent
+	// by the kernel: one per (process, destination) and interval. It
+	// carries its figures in Event.Summary.
+	KindSummary Kind = 7
 )
 
-var kindNames = [...]string{KindOpen: "open", KindClose: "close", KindConnectFailed: "connect_failed", KindBindFailed: "bind_failed", KindReleased: "released", KindPressure: "pressure"}
+var kindNames = [...]string{KindOpen: "open", KindClose: "close", KindConnectFailed: "connect_failed", KindBindFailed: "bind_failed", KindReleased: "released", KindPressure: "pressure", KindSummary: "summary"}
 
 func (k Kind) String() string { return name(kindNames[:], int(k)) }
 
@@ -190,14 +194,19 @@ type Event struct {
 	Start       time.Time // when the lifetime began; zero if before tracing; for released, the close
 	Established time.Time // when the handshake completed; zero if never
 
-	PID       uint32
-	TID       uint32
-	UID       uint32
-	Comm      Comm // the process's name (its main thread's), as /proc/PID/comm shows it
-	Thread    Comm // the name of thread TID; empty when unknown
-	CgroupID  uint64
-	NetNS     uint32
-	PIDSource PIDSource
+	PID      uint32
+	TID      uint32
+	UID      uint32
+	Comm     Comm // the process's name (its main thread's), as /proc/PID/comm shows it
+	Thread   Comm // the name of thread TID; empty when unknown
+	CgroupID uint64
+	// Unit and ContainerID name the workload of the cgroup (internal/workload):
+	// its systemd unit, or its container's full id. Empty when the cgroup
+	// names neither, or could not be resolved.
+	Unit        string
+	ContainerID string
+	NetNS       uint32
+	PIDSource   PIDSource
 	// ListenerPID is, for an accepted TCP connection, the process that
 	// called listen(): the owner of its open, and kept when the process that
 	// first read from it becomes the owner (PIDSourceReader). 0 if unknown.
@@ -239,6 +248,9 @@ type Event struct {
 	// Pressure is set on KindPressure events alone. It is never changed once
 	// published, so the copies the stream makes may share it.
 	Pressure *Pressure
+	// Summary holds a summary event's figures (KindSummary); nil on every
+	// other kind. What it points to is never changed once published.
+	Summary *Summary
 }
 
 // Duration is how long the port lived (close), or the call tried
