@@ -1,6 +1,6 @@
 // Command portlife traces the lifetime of every TCP and UDP port on the host
 // and writes one event per open, close and failed connect. main only picks
-// the subcommand; each lives in a file of its own (trace.go, version.go),
+// the subcommand; each lives in a file of its own (trace.go, query.go, version.go),
 // and the flags they share are in flags.go.
 package main
 
@@ -30,6 +30,7 @@ const (
 )
 
 const usageHead = `Usage: portlife [trace] [flags]    trace every port's lifetime (needs root)
+       portlife query [flags]      ask the history trace --store keeps
        portlife version            print the version and exit
 
 `
@@ -53,12 +54,14 @@ func run(ctx context.Context, args []string, stdout, stderr *os.File) int {
 	switch cmd {
 	case "trace":
 		return runTrace(ctx, rest, stdout, stderr)
+	case "query":
+		return runQuery(ctx, rest, stdout, stderr)
 	case "version":
 		return runVersion(rest, stdout, stderr)
 	case "help":
 		return runTrace(ctx, []string{"--help"}, stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "portlife: unknown command %q: want trace or version (see portlife --help)\n", cmd)
+	fmt.Fprintf(stderr, "portlife: unknown command %q: want trace, query or version (see portlife --help)\n", cmd)
 	return exitUsage
 }
 

@@ -26,6 +26,7 @@ type options struct {
 	statsInterval time.Duration // how often to warn while events are lost
 	version       bool
 	cfg           tracer.Config
+	store         storeOptions
 }
 
 // parseFlags reads the arguments of `portlife trace` into options. Every
@@ -43,6 +44,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	fs.Var(durationValue{&o.cfg.FlushInterval}, "flush-interval", "longest an event waits before it is written; 0 wakes the reader for each event, at more CPU")
 	fs.Var(durationValue{&o.statsInterval}, "stats-interval", "how often to warn while events are being lost; 0 only at exit")
 	fs.Var(niceValue{&o.cfg.ReaderNice}, "reader-nice", "nice value of the thread that reads and writes events, so a CPU-saturated host cannot starve it; 0 leaves it unchanged")
+	addStoreFlags(fs, &o.store)
 	addLogFlags(fs, &o.log)
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 
@@ -56,7 +58,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	o.log.format = defaultTo(o.log.format, "console", "json", stderrIsTerminal)
 	// The flag values applied each rule as they parsed; this catches a rule
 	// the filter adds that no flag knows of yet.
-	return o, o.cfg.Filter.Validate()
+	return o, errors.Join(o.cfg.Filter.Validate(), o.store.check())
 }
 
 func runTrace(ctx context.Context, args []string, stdout, stderr *os.File) int {
@@ -94,9 +96,13 @@ func runTrace(ctx context.Context, args []string, stdout, stderr *os.File) int {
 // store, accounting, metrics) subscribes to the stream with a queue of its
 // own, between New and Run.
 func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger) error {
-	t, err := tracer.New(opts.cfg, log)
+	st, err := openStore(ctx, opts.store, log)
 	if err != nil {
 		return err
+	}
+	t, err := tracer.New(opts.cfg, log)
+	if err != nil {
+		return errors.Join(err, closeStore(st))
 	}
 	defer t.Close()
 
@@ -107,7 +113,8 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 		out = sink.NewWriter(stdout, &encode.JSON{}, 256<<10)
 	}
 	s := stream.New(out)
-	l := losses{tracer: t, stream: s}
+	subscribeStore(s, st)
+	l := losses{tracer: t, stream: s, counters: func() []zap.Field { return storeFields(st) }}
 
 	watchCtx, stopWatching := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -119,7 +126,7 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 
 	log.Info("tracing started", zap.String("output", opts.output))
 	runErr := t.Run(ctx, s)
-	closeErr := s.Close()
+	closeErr := errors.Join(s.Close(), closeStore(st))
 	stopWatching()
 	wg.Wait()
 

@@ -36,11 +36,11 @@ type Reader struct {
 }
 
 // OpenReader opens the store at path read-only. A missing file is an error
-// (fs.ErrNotExist), never a new empty store.
+// that says so, never a new empty store.
 func OpenReader(ctx context.Context, path string) (*Reader, error) {
 	if _, err := os.Stat(path); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("no store at %s: start one with portlife trace --store %s: %w", path, path, err)
+			return nil, fmt.Errorf("no store at %s: portlife trace --store %s keeps one", path, path)
 		}
 		return nil, fmt.Errorf("reading the store: %w", err)
 	}
