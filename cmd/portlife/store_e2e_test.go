@@ -340,6 +340,9 @@ func TestStoreQuery(t *testing.T) {
 	if code := p.stop(t, os.Interrupt); code != 0 {
 		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
 	}
+	if t.Failed() {
+		t.Logf("every lifetime of port %s, after the stop: %v\nstderr:\n%s", tcpPort, lifetimes(t, "--store", db, "--port", tcpPort), p.stderr.String())
+	}
 	if !strings.Contains(p.stderr.String(), `"store":{"rows_written":`) {
 		t.Errorf("tracing stopped does not report the store's counters:\n%s", p.stderr.String())
 	}
