@@ -256,14 +256,16 @@ func (w *Writer) writeBatch(ctx context.Context) error {
 		return err
 	}
 	defer tx.Rollback() // after Commit, a no-op
-	insert, err := tx.PrepareContext(ctx, insertSQL)
-	if err != nil {
-		return err
+	var st stmts
+	defer st.close()
+	for i, q := range []string{insertSQL, reopenSQL, replaceOpenSQL} {
+		if *st.at(i), err = tx.PrepareContext(ctx, q); err != nil {
+			return err
+		}
 	}
-	defer insert.Close()
 	var written uint64
 	for i := range w.pending {
-		ok, err := w.apply(ctx, tx, insert, &w.pending[i])
+		ok, err := st.apply(ctx, &w.pending[i])
 		if err != nil {
 			return err
 		}
@@ -285,6 +287,24 @@ func (w *Writer) writeBatch(ctx context.Context) error {
 	return nil
 }
 
+const (
+	reopenSQL      = `UPDATE lifetimes SET release_ns = NULL, end_unseen = 0 WHERE sock_cookie = ? AND event = 'open'`
+	replaceOpenSQL = `DELETE FROM lifetimes WHERE sock_cookie = ? AND event = 'open'`
+)
+
+// stmts are one batch's prepared statements.
+type stmts struct{ insert, reopen, replaceOpen *sql.Stmt }
+
+func (s *stmts) at(i int) **sql.Stmt { return [...]**sql.Stmt{&s.insert, &s.reopen, &s.replaceOpen}[i] }
+
+func (s *stmts) close() {
+	for i := range 3 {
+		if p := *s.at(i); p != nil {
+			p.Close()
+		}
+	}
+}
+
 // apply turns one event into the row of its lifetime, and reports whether
 // it inserted one.
 //
@@ -292,12 +312,11 @@ func (w *Writer) writeBatch(ctx context.Context) error {
 // until its socket's close replaces it, matched by the socket's cookie,
 // which the kernel never reuses while the host runs. An open for a socket
 // that already has its row (found again after a restart) keeps that row.
-func (w *Writer) apply(ctx context.Context, tx *sql.Tx, insert *sql.Stmt, e *event.Event) (bool, error) {
+func (s *stmts) apply(ctx context.Context, e *event.Event) (bool, error) {
 	switch e.Kind {
 	case event.KindOpen:
 		if e.Cookie != 0 {
-			res, err := tx.ExecContext(ctx, `UPDATE lifetimes SET release_ns = NULL, end_unseen = 0
-				WHERE sock_cookie = ? AND event = 'open'`, int64(e.Cookie))
+			res, err := s.reopen.ExecContext(ctx, int64(e.Cookie))
 			if err != nil {
 				return false, err
 			}
@@ -307,7 +326,7 @@ func (w *Writer) apply(ctx context.Context, tx *sql.Tx, insert *sql.Stmt, e *eve
 		}
 	case event.KindClose, event.KindConnectFailed, event.KindBindFailed:
 		if e.Cookie != 0 {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM lifetimes WHERE sock_cookie = ? AND event = 'open'`, int64(e.Cookie)); err != nil {
+			if _, err := s.replaceOpen.ExecContext(ctx, int64(e.Cookie)); err != nil {
 				return false, err
 			}
 		}
@@ -317,7 +336,7 @@ func (w *Writer) apply(ctx context.Context, tx *sql.Tx, insert *sql.Stmt, e *eve
 		// cookie, with the release's time), it goes to released.
 		return false, nil
 	}
-	_, err := insert.ExecContext(ctx, rowArgs(e)...)
+	_, err := s.insert.ExecContext(ctx, rowArgs(e)...)
 	return err == nil, err
 }
 
