@@ -473,3 +473,95 @@ func TestQueryErrors(t *testing.T) {
 		t.Errorf("querying a missing store created it")
 	}
 }
+
+// With a tiny budget, the store of a real run stays under it while the
+// churn goes on: the newest lifetimes are kept, the oldest deleted, and
+// tracing stopped counts them.
+func TestStoreRetentionBySize(t *testing.T) {
+	requireRoot(t)
+	db := filepath.Join(t.TempDir(), "history.db")
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	lport := strconv.Itoa(port(t, ln.Addr().String()))
+	const budget = 1 << 20
+	p := start(t, "--output", "json", "--log-format", "json", "--flush-interval", "10ms", "--store", db,
+		"--store-max-size", "1MiB", "--rport", lport, "--events", "close")
+	sizes := func() (db_, wal int64) {
+		if fi, err := os.Stat(db); err == nil {
+			db_ = fi.Size()
+		}
+		if fi, err := os.Stat(db + "-wal"); err == nil {
+			wal = fi.Size()
+		}
+		return db_, wal
+	}
+	size := func() string {
+		d, w := sizes()
+		if d+w <= budget {
+			return ""
+		}
+		return fmt.Sprintf("%d bytes (database %d, WAL %d)", d+w, d, w)
+	}
+	// Each round's lifetimes are newer than every one before: the newest
+	// must be there, and the store must stay under the budget.
+	var lastPort float64
+	for round := range 10 {
+		var newest net.Addr
+		for range 1000 {
+			c, err := net.Dial("tcp4", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			newest = c.LocalAddr()
+			c.Close()
+		}
+		want := float64(newest.(*net.TCPAddr).Port)
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			evs := lifetimes(t, "--store", db, "--lport", strconv.Itoa(int(want)), "--rport", lport)
+			if len(evs) > 0 || time.Now().After(deadline) {
+				if len(evs) == 0 {
+					t.Fatalf("round %d: the newest lifetime (port %v) is not in the store", round, want)
+				}
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if s := size(); s != "" {
+			t.Errorf("round %d: the store is %s, over its %d budget", round, s, budget)
+		}
+		lastPort = want
+	}
+	if code := p.stop(t, os.Interrupt); code != 0 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
+	}
+	if s := size(); s != "" {
+		t.Errorf("after the run, the store is %s, over its %d budget", s, budget)
+	}
+	all := lifetimes(t, "--store", db, "--rport", lport)
+	if len(all) == 0 || len(all) >= 10*1000 {
+		t.Errorf("%d lifetimes kept of %d: want the oldest deleted", len(all), 10*1000)
+	}
+	kept := false
+	for _, ev := range all {
+		kept = kept || ev["lport"] == lastPort
+	}
+	if !kept {
+		t.Errorf("the newest lifetime (port %v) is gone", lastPort)
+	}
+	if strings.Contains(p.stderr.String(), `"deleted_by_size":0`) || !strings.Contains(p.stderr.String(), `"deleted_by_size":`) {
+		t.Errorf("tracing stopped does not count rows deleted for size:\n%s", p.stderr.String())
+	}
+}

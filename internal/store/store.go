@@ -32,9 +32,10 @@ type Config struct {
 	Path string
 	// MaxAge: lifetimes released longer ago than this are deleted.
 	MaxAge time.Duration
-	// MaxSize bounds the database file and its write-ahead log, in bytes:
-	// past nine tenths of it the oldest rows are deleted, down to three
-	// quarters.
+	// MaxSize bounds the database file and its write-ahead log, in bytes.
+	// The WAL is truncated after a commit once past an eighth of it; once
+	// the two pass three quarters of it, free pages are given back, then
+	// the oldest rows deleted, down to half.
 	MaxSize int64
 	// FlushInterval bounds how long a row waits before it is committed:
 	// what a crash can lose.
@@ -61,7 +62,7 @@ func DefaultConfig(path string) Config {
 }
 
 // MinSize is the smallest budget: a few batches of rows, and the WAL.
-const MinSize = 256 << 10
+const MinSize = 1 << 20
 
 // Validate reports the first setting the store cannot work with.
 func (c *Config) Validate() error {
@@ -71,7 +72,7 @@ func (c *Config) Validate() error {
 	case c.MaxAge <= 0:
 		return fmt.Errorf("store max age %v: want a positive duration", c.MaxAge)
 	case c.MaxSize < MinSize:
-		return fmt.Errorf("store max size %d bytes: want at least %d (256KiB)", c.MaxSize, MinSize)
+		return fmt.Errorf("store max size %d bytes: want at least %d (1MiB)", c.MaxSize, MinSize)
 	case c.FlushInterval <= 0 || c.BatchSize <= 0 || c.RetentionInterval <= 0:
 		return errors.New("store flush interval, batch size and retention interval must be positive")
 	}
@@ -130,6 +131,10 @@ func Open(ctx context.Context, cfg Config) (*Writer, error) {
 	}
 	// One connection: one writer, and its pragmas hold for every statement.
 	db.SetMaxOpenConns(1)
+	// A transaction's pages all go to the WAL before a checkpoint can
+	// truncate it: a batch must stay a small part of the budget, at most a
+	// row (a few hundred bytes, and a few index pages) per 4 KiB of it.
+	cfg.BatchSize = int(min(int64(cfg.BatchSize), max(16, cfg.MaxSize>>12)))
 	w := &Writer{cfg: cfg, db: db, now: cfg.Now, pending: make([]event.Event, 0, cfg.BatchSize)}
 	if w.now == nil {
 		w.now = time.Now
@@ -152,7 +157,7 @@ func (w *Writer) init(ctx context.Context) error {
 		return err
 	}
 	// Keep the WAL a small part of the budget: checkpoint every
-	// sixteenth of it, and truncate it to an eighth after a checkpoint.
+	// sixteenth of it (retain truncates it past an eighth).
 	walPages := max(16, min(1000, w.cfg.MaxSize/w.pageSize/16))
 	if _, err := w.db.ExecContext(ctx, fmt.Sprintf("PRAGMA wal_autocheckpoint = %d; PRAGMA journal_size_limit = %d",
 		walPages, w.cfg.MaxSize/8)); err != nil {
@@ -418,37 +423,55 @@ func (w *Writer) retain(ctx context.Context, now time.Time, byAge bool) error {
 			}
 		}
 	}
+	if w.walSize() > w.cfg.MaxSize/8 {
+		if err := w.checkpoint(ctx); err != nil {
+			return err
+		}
+	}
 	used, err := w.size(ctx)
 	if err != nil {
 		return err
 	}
-	if used > w.cfg.MaxSize*9/10 {
-		if err := w.shrink(ctx, used); err != nil {
+	if used > w.cfg.MaxSize*3/4 {
+		// Pages freed by replaced open rows first, then the oldest rows.
+		if err := w.vacuum(ctx); err != nil {
 			return err
 		}
 		if used, err = w.size(ctx); err != nil {
 			return err
+		}
+		if used > w.cfg.MaxSize*3/4 {
+			if err := w.shrink(ctx, used); err != nil {
+				return err
+			}
+			if used, err = w.size(ctx); err != nil {
+				return err
+			}
 		}
 	}
 	w.bytes.Store(used)
 	return nil
 }
 
-// size is the database's pages in use, plus the WAL on disk.
+// size is what the store takes on disk: the database's pages, free ones
+// included, and the WAL.
 func (w *Writer) size(ctx context.Context) (int64, error) {
-	var pages, free int64
-	if err := w.db.QueryRowContext(ctx, "SELECT * FROM pragma_page_count(), pragma_freelist_count()").Scan(&pages, &free); err != nil {
+	var pages int64
+	if err := w.db.QueryRowContext(ctx, "PRAGMA page_count").Scan(&pages); err != nil {
 		return 0, fmt.Errorf("reading the store's size: %w", err)
 	}
-	var wal int64
-	if fi, err := os.Stat(w.cfg.Path + "-wal"); err == nil {
-		wal = fi.Size()
-	}
-	return (pages-free)*w.pageSize + wal, nil
+	return pages*w.pageSize + w.walSize(), nil
 }
 
-// shrink deletes the oldest rows, in the proportion the store is over
-// three quarters of its budget, then gives the freed pages back.
+func (w *Writer) walSize() int64 {
+	if fi, err := os.Stat(w.cfg.Path + "-wal"); err == nil {
+		return fi.Size()
+	}
+	return 0
+}
+
+// shrink deletes the oldest rows, in the proportion the store is over half
+// its budget, then gives the freed pages back.
 func (w *Writer) shrink(ctx context.Context, used int64) error {
 	var lo, hi sql.NullInt64
 	if err := w.db.QueryRowContext(ctx, "SELECT min(id), max(id) FROM lifetimes").Scan(&lo, &hi); err != nil {
@@ -458,7 +481,7 @@ func (w *Writer) shrink(ctx context.Context, used int64) error {
 		return nil // nothing to delete: the WAL alone, checkpointed below
 	}
 	rows := hi.Int64 - lo.Int64 + 1
-	target := w.cfg.MaxSize * 3 / 4
+	target := w.cfg.MaxSize / 2
 	n := rows*(used-target)/used + 1
 	res, err := w.db.ExecContext(ctx, "DELETE FROM lifetimes WHERE id < ?", lo.Int64+n)
 	if err != nil {
@@ -476,8 +499,13 @@ func (w *Writer) vacuum(ctx context.Context) error {
 	if _, err := w.db.ExecContext(ctx, "PRAGMA incremental_vacuum"); err != nil {
 		return fmt.Errorf("vacuuming the store: %w", err)
 	}
-	// A reader holding an old snapshot makes the checkpoint partial (busy):
-	// the WAL is then truncated at a later one.
+	return w.checkpoint(ctx)
+}
+
+// checkpoint copies the WAL into the database and truncates it. A reader
+// holding an old snapshot makes it partial (busy): the WAL is then
+// truncated at a later one.
+func (w *Writer) checkpoint(ctx context.Context) error {
 	if _, err := w.db.ExecContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)"); err != nil {
 		return fmt.Errorf("checkpointing the store: %w", err)
 	}

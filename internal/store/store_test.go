@@ -328,13 +328,13 @@ func TestRetentionByAge(t *testing.T) {
 func TestRetentionBySize(t *testing.T) {
 	c := &clock{t0}
 	cfg := testConfig(t, c)
-	cfg.MaxSize = 512 << 10
+	cfg.MaxSize = 1 << 20
 	cfg.BatchSize = 256
 	w := open(t, cfg)
 	defer w.Close()
 	r := reader(t, cfg.Path)
 	var lastFirst int64
-	for round := range 40 {
+	for round := range 60 {
 		evs := make([]event.Event, 256)
 		for i := range evs {
 			n := uint64(round*256 + i + 1)
