@@ -565,3 +565,31 @@ func TestStoreRetentionBySize(t *testing.T) {
 		t.Errorf("tracing stopped does not count rows deleted for size:\n%s", p.stderr.String())
 	}
 }
+
+// Another user who may read the file reads root's store, whether a writer
+// has it open or not (a reader in WAL mode would otherwise need to create
+// files beside it, in a directory it cannot write).
+func TestQueryAsAnotherUser(t *testing.T) {
+	requireRoot(t) // to be another user
+	dir := t.TempDir()
+	os.Chmod(filepath.Dir(dir), 0o755)
+	os.Chmod(dir, 0o755)
+	db := filepath.Join(dir, "history.db")
+	p := start(t, "--output", "json", "--flush-interval", "10ms", "--store", db, "--pid", strconv.Itoa(os.Getpid()), "--events", "close")
+	client, _ := roundTrip(t)
+	lport := strconv.Itoa(client.(*net.TCPAddr).Port)
+	waitForRows(t, 1, "--store", db, "--lport", lport)
+	asNobody := func(when string) {
+		cmd := exec.Command(binary, "query", "--store", db, "--lport", lport, "--output", "json")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), `"lport":`+lport) {
+			t.Errorf("%s: query as nobody: %v\n%s", when, err, out)
+		}
+	}
+	asNobody("while portlife writes")
+	if code := p.stop(t, os.Interrupt); code != 0 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
+	}
+	asNobody("after portlife stopped")
+}

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -44,7 +45,15 @@ func OpenReader(ctx context.Context, path string) (*Reader, error) {
 		}
 		return nil, fmt.Errorf("reading the store: %w", err)
 	}
-	db, err := sql.Open("sqlite", dsn(path, "mode=ro"))
+	params := []string{"mode=ro"}
+	if _, err := os.Stat(path + "-wal"); errors.Is(err, fs.ErrNotExist) && unix.Access(filepath.Dir(path), unix.W_OK) != nil {
+		// No writer has it open (its WAL would be there), and a reader
+		// that cannot create the WAL's index beside it (a user reading
+		// root's store) could not open it in WAL mode: read the file as
+		// it stands.
+		params = append(params, "immutable=1")
+	}
+	db, err := sql.Open("sqlite", dsn(path, params...))
 	if err != nil {
 		return nil, fmt.Errorf("opening the store %s: %w", path, err)
 	}
