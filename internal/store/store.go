@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
 	"github.com/portlife/portlife/internal/event"
@@ -94,9 +95,10 @@ type Stats struct {
 // Flush and Close are for one goroutine (the stream's subscriber); Stats
 // may be called from any.
 type Writer struct {
-	cfg Config
-	db  *sql.DB
-	now func() time.Time
+	cfg  Config
+	db   *sql.DB
+	lock *os.File // flocked: one writer per store
+	now  func() time.Time
 
 	pending       []event.Event // copies: the stream reuses what it passes
 	lastCommit    time.Time
@@ -124,9 +126,14 @@ func Open(ctx context.Context, cfg Config) (*Writer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	lock, err := lockStore(cfg.Path)
+	if err != nil {
+		return nil, err
+	}
 	db, err := sql.Open("sqlite", dsn(cfg.Path,
 		"_pragma=auto_vacuum(INCREMENTAL)", "_pragma=journal_mode(WAL)", "_pragma=synchronous(NORMAL)"))
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("opening the store %s: %w", cfg.Path, err)
 	}
 	// One connection: one writer, and its pragmas hold for every statement.
@@ -135,15 +142,35 @@ func Open(ctx context.Context, cfg Config) (*Writer, error) {
 	// truncate it: a batch must stay a small part of the budget, at most a
 	// row (a few hundred bytes, and a few index pages) per 4 KiB of it.
 	cfg.BatchSize = int(min(int64(cfg.BatchSize), max(16, cfg.MaxSize>>12)))
-	w := &Writer{cfg: cfg, db: db, now: cfg.Now, pending: make([]event.Event, 0, cfg.BatchSize)}
+	w := &Writer{cfg: cfg, db: db, lock: lock, now: cfg.Now, pending: make([]event.Event, 0, cfg.BatchSize)}
 	if w.now == nil {
 		w.now = time.Now
 	}
 	if err := w.init(ctx); err != nil {
 		db.Close()
+		lock.Close()
 		return nil, fmt.Errorf("opening the store %s: %w", cfg.Path, err)
 	}
 	return w, nil
+}
+
+// lockStore takes the store for one writer: a second would take the
+// first's open lifetimes for ones a dead run left open. The lock is flock
+// on a file beside it, which SQLite's own (fcntl) locks leave alone, and
+// the kernel drops with the process, however it ends.
+func lockStore(path string) (*os.File, error) {
+	f, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening the store: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("the store %s is in use by another portlife trace: one writer per store", path)
+		}
+		return nil, fmt.Errorf("locking the store %s: %w", path, err)
+	}
+	return f, nil
 }
 
 func (w *Writer) init(ctx context.Context) error {
@@ -215,7 +242,7 @@ func (w *Writer) Close() error {
 	if len(w.pending) > 0 {
 		err = w.commit()
 	}
-	return errors.Join(err, w.db.Close())
+	return errors.Join(err, w.db.Close(), w.lock.Close())
 }
 
 // Stats reads the counters; safe from any goroutine.
