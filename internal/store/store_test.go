@@ -422,3 +422,19 @@ func TestNetRange(t *testing.T) {
 		}
 	}
 }
+
+// One writer per store: a second is refused while the first has it, and
+// welcome once it closed it.
+func TestOneWriter(t *testing.T) {
+	c := &clock{t0}
+	cfg := testConfig(t, c)
+	w := open(t, cfg)
+	if w2, err := Open(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "in use by another portlife") {
+		if w2 != nil {
+			w2.Close()
+		}
+		t.Fatalf("a second writer: %v, want it refused", err)
+	}
+	w.Close()
+	open(t, cfg).Close()
+}
