@@ -34,9 +34,10 @@ type Config struct {
 	// MaxAge: lifetimes released longer ago than this are deleted.
 	MaxAge time.Duration
 	// MaxSize bounds the database file and its write-ahead log, in bytes.
-	// The WAL is truncated after a commit once past an eighth of it; once
-	// the two pass three quarters of it, free pages are given back, then
-	// the oldest rows deleted, down to half.
+	// The WAL is truncated after a commit once past an eighth of it, and
+	// room for the largest WAL seen is kept: once the database passes
+	// seven eighths of the budget less that room, free pages are given
+	// back, then the oldest rows deleted, down to two thirds of it.
 	MaxSize int64
 	// FlushInterval bounds how long a row waits before it is committed:
 	// what a crash can lose.
@@ -104,6 +105,7 @@ type Writer struct {
 	lastCommit    time.Time
 	lastRetention time.Time
 	pageSize      int64
+	walPeak       int64 // the largest WAL after a commit: room the database leaves it
 
 	written, failed, batches, deletedAge, deletedSize atomic.Uint64
 	bytes                                             atomic.Int64
@@ -140,8 +142,8 @@ func Open(ctx context.Context, cfg Config) (*Writer, error) {
 	db.SetMaxOpenConns(1)
 	// A transaction's pages all go to the WAL before a checkpoint can
 	// truncate it: a batch must stay a small part of the budget, at most a
-	// row (a few hundred bytes, and a few index pages) per 4 KiB of it.
-	cfg.BatchSize = int(min(int64(cfg.BatchSize), max(16, cfg.MaxSize>>12)))
+	// row (a few hundred bytes, and a page in each index) per 16 KiB of it.
+	cfg.BatchSize = int(min(int64(cfg.BatchSize), max(16, cfg.MaxSize>>14)))
 	w := &Writer{cfg: cfg, db: db, lock: lock, now: cfg.Now, pending: make([]event.Event, 0, cfg.BatchSize)}
 	if w.now == nil {
 		w.now = time.Now
@@ -450,31 +452,35 @@ func (w *Writer) retain(ctx context.Context, now time.Time, byAge bool) error {
 			}
 		}
 	}
-	if w.walSize() > w.cfg.MaxSize/8 {
+	wal := w.walSize()
+	w.walPeak = max(w.walPeak, wal)
+	if wal > w.cfg.MaxSize/8 {
 		if err := w.checkpoint(ctx); err != nil {
 			return err
+		}
+	}
+	limit := max(w.cfg.MaxSize*7/8-w.walPeak, w.cfg.MaxSize/4)
+	db, err := w.dbSize(ctx)
+	if err != nil {
+		return err
+	}
+	if db > limit {
+		// Pages freed by replaced open rows first, then the oldest rows.
+		if err := w.vacuum(ctx); err != nil {
+			return err
+		}
+		if db, err = w.dbSize(ctx); err != nil {
+			return err
+		}
+		if db > limit {
+			if err := w.shrink(ctx, db, limit*2/3); err != nil {
+				return err
+			}
 		}
 	}
 	used, err := w.size(ctx)
 	if err != nil {
 		return err
-	}
-	if used > w.cfg.MaxSize*3/4 {
-		// Pages freed by replaced open rows first, then the oldest rows.
-		if err := w.vacuum(ctx); err != nil {
-			return err
-		}
-		if used, err = w.size(ctx); err != nil {
-			return err
-		}
-		if used > w.cfg.MaxSize*3/4 {
-			if err := w.shrink(ctx, used); err != nil {
-				return err
-			}
-			if used, err = w.size(ctx); err != nil {
-				return err
-			}
-		}
 	}
 	w.bytes.Store(used)
 	return nil
@@ -483,11 +489,16 @@ func (w *Writer) retain(ctx context.Context, now time.Time, byAge bool) error {
 // size is what the store takes on disk: the database's pages, free ones
 // included, and the WAL.
 func (w *Writer) size(ctx context.Context) (int64, error) {
+	db, err := w.dbSize(ctx)
+	return db + w.walSize(), err
+}
+
+func (w *Writer) dbSize(ctx context.Context) (int64, error) {
 	var pages int64
 	if err := w.db.QueryRowContext(ctx, "PRAGMA page_count").Scan(&pages); err != nil {
 		return 0, fmt.Errorf("reading the store's size: %w", err)
 	}
-	return pages*w.pageSize + w.walSize(), nil
+	return pages * w.pageSize, nil
 }
 
 func (w *Writer) walSize() int64 {
@@ -497,9 +508,9 @@ func (w *Writer) walSize() int64 {
 	return 0
 }
 
-// shrink deletes the oldest rows, in the proportion the store is over half
-// its budget, then gives the freed pages back.
-func (w *Writer) shrink(ctx context.Context, used int64) error {
+// shrink deletes the oldest rows, in the proportion the database (used
+// bytes) is over target, then gives the freed pages back.
+func (w *Writer) shrink(ctx context.Context, used, target int64) error {
 	var lo, hi sql.NullInt64
 	if err := w.db.QueryRowContext(ctx, "SELECT min(id), max(id) FROM lifetimes").Scan(&lo, &hi); err != nil {
 		return fmt.Errorf("deleting rows over the size budget: %w", err)
@@ -508,7 +519,6 @@ func (w *Writer) shrink(ctx context.Context, used int64) error {
 		return nil // nothing to delete: the WAL alone, checkpointed below
 	}
 	rows := hi.Int64 - lo.Int64 + 1
-	target := w.cfg.MaxSize / 2
 	n := rows*(used-target)/used + 1
 	res, err := w.db.ExecContext(ctx, "DELETE FROM lifetimes WHERE id < ?", lo.Int64+n)
 	if err != nil {
