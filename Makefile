@@ -9,7 +9,7 @@ TCPLIFE  ?= /usr/sbin/tcplife
 BPF_DEPS := clang llvm-strip
 BPF_PKGS := clang llvm libbpf-dev
 
-.PHONY: build run test cross test-kernels generate check-generated bench bench-go bench-store soak baseline clean
+.PHONY: build run test deps cross test-kernels generate check-generated bench bench-go bench-store soak baseline clean
 
 # -buildvcs=auto stamps the commit into `portlife version`, even where
 # GOFLAGS turns VCS stamping off.
@@ -23,9 +23,24 @@ run: build
 # only make them slower, not wrong, but their numbers noisier. -race: the
 # stream, the tracer's counters and the loss reporter are read across
 # goroutines; every package fits in CI's time with it (about 90 s).
-test:
+# The kernel tests run twice: on this kernel's best hooks, then with every
+# stand-in that older kernels need forced (tracer/features.go).
+test: deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -p 1 ./...
+	PORTLIFE_TEST_FALLBACKS=all $(GO) test -race -count=1 ./tracer
+
+# What the tests run besides Go: promtool lints /metrics (Debian's
+# prometheus package), and portlife top is driven in a real terminal in
+# tmux. Quick when they are installed already.
+TEST_DEPS := promtool tmux
+TEST_PKGS := prometheus tmux
+deps:
+	@for t in $(TEST_DEPS); do command -v $$t >/dev/null || missing=1; done; \
+	 if [ -n "$$missing" ]; then \
+	   echo "installing $(TEST_PKGS)"; \
+	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_PKGS) >/dev/null; \
+	 fi
 
 # The same committed eBPF objects (bpf2go's bpfel) serve arm64: the binary
 # and every test must build for it.
@@ -100,7 +115,7 @@ soak: build
 	$(GO) run ./test/soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) --portlife ./$(BIN) --churn ./bin/churn
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/encode ./internal/stream ./tracer
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/encode ./internal/stream ./internal/summary ./internal/metrics ./tracer
 
 # BASELINE's committed tree, built outside the work tree, which stays as it is.
 baseline:

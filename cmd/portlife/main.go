@@ -30,7 +30,9 @@ const (
 )
 
 const usageHead = `Usage: portlife [trace] [flags]    trace every port's lifetime (needs root)
-       portlife query [flags]      ask the history trace --store keeps
+       portlife ports [flags]      which keys are running out of ports, now
+       portlife top [flags]        a live view of the churn, per process or destination
+       portlife query [flags]      ask the history trace --store keeps: who held a port when
        portlife version            print the version and exit
 
 `
@@ -54,14 +56,18 @@ func run(ctx context.Context, args []string, stdout, stderr *os.File) int {
 	switch cmd {
 	case "trace":
 		return runTrace(ctx, rest, stdout, stderr)
+	case "top":
+		return runTop(ctx, rest, os.Stdin, stdout, stderr)
 	case "query":
 		return runQuery(ctx, rest, stdout, stderr)
 	case "version":
 		return runVersion(rest, stdout, stderr)
+	case "ports":
+		return runPorts(ctx, rest, stdout, stderr)
 	case "help":
 		return runTrace(ctx, []string{"--help"}, stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "portlife: unknown command %q: want trace, query or version (see portlife --help)\n", cmd)
+	fmt.Fprintf(stderr, "portlife: unknown command %q: want trace, ports, top, query or version (see portlife --help)\n", cmd)
 	return exitUsage
 }
 

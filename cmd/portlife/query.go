@@ -179,17 +179,6 @@ func human(d time.Duration) string {
 	return d.Round(10 * time.Millisecond).String()
 }
 
-// printable replaces control bytes, as trace's text does: a process names
-// itself.
-func printable(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return '?'
-		}
-		return r
-	}, s)
-}
-
 // reasonsValue parses --reason: failure reasons, comma-separated.
 type reasonsValue struct{ p *[]string }
 

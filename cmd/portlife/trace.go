@@ -26,6 +26,10 @@ type options struct {
 	statsInterval time.Duration // how often to warn while events are lost
 	version       bool
 	cfg           tracer.Config
+	timewait      timeWaitOptions
+	ports         portsOptions
+	summary       summaryOptions
+	metrics       metricsOptions
 	store         storeOptions
 }
 
@@ -37,13 +41,18 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	fs.SortFlags = false
 	fs.Usage = func() { usage(fs) }
 
-	o := options{cfg: tracer.DefaultConfig(), statsInterval: 10 * time.Second}
+	o := options{cfg: tracer.DefaultConfig(), statsInterval: 10 * time.Second, ports: defaultPortsOptions()}
 	fs.Var(&choiceValue{p: &o.output, choices: []string{"text", "json"}}, "output", "event format: text or json (default text on a terminal, json otherwise)")
 	addFilterFlags(fs, &o.cfg.Filter)
 	fs.Var(ringSizeValue{&o.cfg.RingBufferSize}, "ring-buffer", "kernel-to-user buffer: a power of two from 4KiB to 1GiB; it costs twice this in RSS")
 	fs.Var(durationValue{&o.cfg.FlushInterval}, "flush-interval", "longest an event waits before it is written; 0 wakes the reader for each event, at more CPU")
 	fs.Var(durationValue{&o.statsInterval}, "stats-interval", "how often to warn while events are being lost; 0 only at exit")
 	fs.Var(niceValue{&o.cfg.ReaderNice}, "reader-nice", "nice value of the thread that reads and writes events, so a CPU-saturated host cannot starve it; 0 leaves it unchanged")
+	fs.Var(countValue{&o.cfg.MaxSockets, 1 << 24}, "max-sockets", "before Linux 5.11 only: most sockets tracked at once, in a table that stands in for socket storage; beyond it, sockets are not traced, and counted")
+	addTimeWaitFlags(fs, &o.timewait)
+	addPortsFlags(fs, &o.ports)
+	addSummaryFlags(fs, &o.summary)
+	addMetricsFlags(fs, &o.metrics)
 	addStoreFlags(fs, &o.store)
 	addLogFlags(fs, &o.log)
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
@@ -56,6 +65,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	}
 	o.output = defaultTo(o.output, "text", "json", stdoutIsTerminal)
 	o.log.format = defaultTo(o.log.format, "console", "json", stderrIsTerminal)
+	o.summary.check()
 	// The flag values applied each rule as they parsed; this catches a rule
 	// the filter adds that no flag knows of yet.
 	return o, errors.Join(o.cfg.Filter.Validate(), o.store.check())
@@ -100,8 +110,13 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	if err != nil {
 		return err
 	}
+	ms, err := opts.metrics.listen()
+	if err != nil {
+		return errors.Join(err, closeStore(st))
+	}
 	t, err := tracer.New(opts.cfg, log)
 	if err != nil {
+		ms.stop()
 		return errors.Join(err, closeStore(st))
 	}
 	defer t.Close()
@@ -112,12 +127,17 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	} else {
 		out = sink.NewWriter(stdout, &encode.JSON{}, 256<<10)
 	}
-	s := stream.New(out)
+	s := stream.New(opts.summary.primary(out))
+	sums := opts.summary.start(s)
+	ms.serve(t, s, log)
+	acct, stopAccounting := startAccounting(s, opts.ports, &opts.cfg.Filter, log)
 	subscribeStore(s, st)
-	l := losses{tracer: t, stream: s, counters: func() []zap.Field { return storeFields(st) }}
 
 	watchCtx, stopWatching := context.WithCancel(ctx)
 	var wg sync.WaitGroup
+	l := losses{tracer: t, stream: s, counters: func() []zap.Field { return storeFields(st) }}
+	l.timewait = startTimeWait(watchCtx, opts.timewait, &opts.cfg.Filter, s, log, &wg)
+
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -126,10 +146,14 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 
 	log.Info("tracing started", zap.String("output", opts.output))
 	runErr := t.Run(ctx, s)
-	closeErr := errors.Join(s.Close(), closeStore(st))
+	stopAccounting()
+	sums.finish(s, log)
+	closeErr := errors.Join(s.Close(), closeStore(st), ms.stop())
 	stopWatching()
 	wg.Wait()
 
+	accountingSummary(acct, log)
 	statsErr := l.summary(log)
+	sums.report(log)
 	return errors.Join(runErr, closeErr, statsErr)
 }

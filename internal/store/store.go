@@ -292,7 +292,7 @@ func (w *Writer) writeBatch(ctx context.Context) error {
 	defer tx.Rollback() // after Commit, a no-op
 	var st stmts
 	defer st.close()
-	for i, q := range []string{insertSQL, reopenSQL, replaceOpenSQL} {
+	for i, q := range []string{insertSQL, reopenSQL, replaceOpenSQL, releasedSQL} {
 		if *st.at(i), err = tx.PrepareContext(ctx, q); err != nil {
 			return err
 		}
@@ -324,15 +324,21 @@ func (w *Writer) writeBatch(ctx context.Context) error {
 const (
 	reopenSQL      = `UPDATE lifetimes SET release_ns = NULL, end_unseen = 0 WHERE sock_cookie = ? AND event = 'open'`
 	replaceOpenSQL = `DELETE FROM lifetimes WHERE sock_cookie = ? AND event = 'open'`
+	// The kernel's release of a port a close left in TIME_WAIT, in place of
+	// the provisional close + TimeWait.
+	releasedSQL = `UPDATE lifetimes SET release_ns = ?, release_provisional = 0
+		WHERE sock_cookie = ? AND release_provisional = 1`
 )
 
 // stmts are one batch's prepared statements.
-type stmts struct{ insert, reopen, replaceOpen *sql.Stmt }
+type stmts struct{ insert, reopen, replaceOpen, released *sql.Stmt }
 
-func (s *stmts) at(i int) **sql.Stmt { return [...]**sql.Stmt{&s.insert, &s.reopen, &s.replaceOpen}[i] }
+func (s *stmts) at(i int) **sql.Stmt {
+	return [...]**sql.Stmt{&s.insert, &s.reopen, &s.replaceOpen, &s.released}[i]
+}
 
 func (s *stmts) close() {
-	for i := range 3 {
+	for i := range 4 {
 		if p := *s.at(i); p != nil {
 			p.Close()
 		}
@@ -364,22 +370,15 @@ func (s *stmts) apply(ctx context.Context, e *event.Event) (bool, error) {
 				return false, err
 			}
 		}
+	case event.KindReleased:
+		// Matched to its close by cookie; its Time is the release.
+		_, err := s.released.ExecContext(ctx, e.Time.UnixNano(), int64(e.Cookie))
+		return false, err
 	default:
-		// Kinds this schema has no row for. When the kernel's release of a
-		// TIME_WAIT port is reported (an event matched to its close by
-		// cookie, with the release's time), it goes to released.
-		return false, nil
+		return false, nil // pressure, summary: not lifetimes
 	}
 	_, err := s.insert.ExecContext(ctx, rowArgs(e)...)
 	return err == nil, err
-}
-
-// released sets the kernel's release time of a port a close left in
-// TIME_WAIT, in place of the provisional close + TimeWait.
-func released(ctx context.Context, tx *sql.Tx, cookie uint64, at time.Time) error {
-	_, err := tx.ExecContext(ctx, `UPDATE lifetimes SET release_ns = ?, release_provisional = 0
-		WHERE sock_cookie = ? AND release_provisional = 1`, at.UnixNano(), int64(cookie))
-	return err
 }
 
 // rowArgs are e's values in the order of columns.

@@ -175,16 +175,7 @@ func TestAtMoment(t *testing.T) {
 	}
 
 	// The kernel's release, once reported, replaces the provisional one.
-	tx, err := w.db.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := released(context.Background(), tx, 1, t0.Add(30*time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
+	write(t, w, event.Event{Kind: event.KindReleased, Proto: event.ProtoTCP, Cookie: 1, Time: t0.Add(30 * time.Second)})
 	if got := query(t, r, at(29*time.Second)); !equal(got, []string{"first/close"}) {
 		t.Errorf("at +29s, released at +30s: %v", got)
 	}
