@@ -20,6 +20,9 @@ type losses struct {
 	tracer   *tracer.Tracer
 	stream   *stream.Stream
 	timewait *timewait.Tracker // nil when released events are off
+	// counters are what consumers report of their own in `tracing
+	// stopped`, besides their losses (the store's rows); nil for none.
+	counters func() []zap.Field
 }
 
 // timeWaitLost is the releases the TIME_WAIT tracker will not report.
@@ -63,7 +66,11 @@ func (l losses) watch(ctx context.Context, log *zap.Logger, interval time.Durati
 func (l losses) summary(log *zap.Logger) error {
 	s, err := l.tracer.Stats()
 	total := s.Lost() + l.stream.Dropped() + l.timeWaitLost()
-	log.Info("tracing stopped", append([]zap.Field{zap.Uint64("events", s.Events)}, l.fields(s, total)...)...)
+	fields := append([]zap.Field{zap.Uint64("events", s.Events)}, l.fields(s, total)...)
+	if l.counters != nil {
+		fields = append(fields, l.counters()...)
+	}
+	log.Info("tracing stopped", fields...)
 	if s.Lost() > 0 {
 		log.Warn("the kernel side could not deliver every event: raise --ring-buffer, or narrow the filters",
 			zap.Uint64("lost", s.Lost()))

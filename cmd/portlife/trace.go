@@ -30,6 +30,7 @@ type options struct {
 	ports         portsOptions
 	summary       summaryOptions
 	metrics       metricsOptions
+	store         storeOptions
 }
 
 // parseFlags reads the arguments of `portlife trace` into options. Every
@@ -52,6 +53,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	addPortsFlags(fs, &o.ports)
 	addSummaryFlags(fs, &o.summary)
 	addMetricsFlags(fs, &o.metrics)
+	addStoreFlags(fs, &o.store)
 	addLogFlags(fs, &o.log)
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 
@@ -66,7 +68,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	o.summary.check()
 	// The flag values applied each rule as they parsed; this catches a rule
 	// the filter adds that no flag knows of yet.
-	return o, o.cfg.Filter.Validate()
+	return o, errors.Join(o.cfg.Filter.Validate(), o.store.check())
 }
 
 func runTrace(ctx context.Context, args []string, stdout, stderr *os.File) int {
@@ -104,14 +106,18 @@ func runTrace(ctx context.Context, args []string, stdout, stderr *os.File) int {
 // store, accounting, metrics) subscribes to the stream with a queue of its
 // own, between New and Run.
 func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger) error {
-	ms, err := opts.metrics.listen()
+	st, err := openStore(ctx, opts.store, log)
 	if err != nil {
 		return err
+	}
+	ms, err := opts.metrics.listen()
+	if err != nil {
+		return errors.Join(err, closeStore(st))
 	}
 	t, err := tracer.New(opts.cfg, log)
 	if err != nil {
 		ms.stop()
-		return err
+		return errors.Join(err, closeStore(st))
 	}
 	defer t.Close()
 
@@ -125,10 +131,11 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	sums := opts.summary.start(s)
 	ms.serve(t, s, log)
 	acct, stopAccounting := startAccounting(s, opts.ports, &opts.cfg.Filter, log)
+	subscribeStore(s, st)
 
 	watchCtx, stopWatching := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	l := losses{tracer: t, stream: s}
+	l := losses{tracer: t, stream: s, counters: func() []zap.Field { return storeFields(st) }}
 	l.timewait = startTimeWait(watchCtx, opts.timewait, &opts.cfg.Filter, s, log, &wg)
 
 	wg.Add(1)
@@ -141,7 +148,7 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	runErr := t.Run(ctx, s)
 	stopAccounting()
 	sums.finish(s, log)
-	closeErr := errors.Join(s.Close(), ms.stop())
+	closeErr := errors.Join(s.Close(), closeStore(st), ms.stop())
 	stopWatching()
 	wg.Wait()
 
