@@ -172,9 +172,11 @@ func (f kernelFeatures) adapt(spec *ebpf.CollectionSpec, maxSockets uint32) {
 		spec.Maps["listeners"].MaxEntries = maxListenerPorts
 	}
 	if f.gaps&portlifeKernelGapGAP_TASK_STORAGE != 0 {
-		// Only the pruned path names it, but it must exist to be loaded.
+		// Only the pruned path names it, but it must exist to be loaded;
+		// preallocated, as Linux 5.10 warns of tracepoint programs that
+		// name a map allocating as it goes.
 		calls := spec.Maps["calls"]
-		calls.Type, calls.MaxEntries = ebpf.Hash, 1
+		calls.Type, calls.MaxEntries, calls.Flags = ebpf.Hash, 1, 0
 		spec.Maps["calls_by_tid"].MaxEntries = maxCallsInFlight
 	}
 	if !f.datagramHooks() {
