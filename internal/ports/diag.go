@@ -64,7 +64,7 @@ func Namespaces() map[uint32]string {
 			}
 		}
 	}
-	add("/proc/self/ns/net")
+	add("/proc/thread-self/ns/net") // the caller's: see ownNetns
 	add("/proc/[0-9]*/ns/net")
 	add("/run/netns/*")
 	add("/proc/[0-9]*/task/[0-9]*/ns/net")
@@ -90,7 +90,7 @@ func Dump(namespaces map[uint32]string, withOwners bool) ([]Existing, map[uint32
 		if inode == own {
 			err = mk()
 		} else {
-			err = inNetns(path, mk)
+			err = inNetns(inode, path, mk)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("network namespace %d: %w", inode, err))
