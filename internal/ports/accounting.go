@@ -106,8 +106,8 @@ type keyID struct {
 type key struct {
 	id       keyID
 	used     int // sockets (per_destination) or distinct ports (pools) counting in U
-	timeWait int // of used, in TIME_WAIT
-	ports    map[uint16]int32
+	timeWait int // of used, in TIME_WAIT: sockets, or pools' ports only TIME_WAITs hold
+	ports    map[uint16]portHolders // pools only
 	procs    map[uint32]*procCount
 	level    int // thresholds crossed upwards: 0 none
 	failures uint64
@@ -116,6 +116,11 @@ type key struct {
 	binders  int           // pools: sockets that took their port by bind()
 	lastSeen time.Time
 }
+
+// portHolders counts the sockets of a pool that hold one port.
+type portHolders struct{ all, timeWait int32 }
+
+func (p portHolders) timeWaitOnly() bool { return p.all > 0 && p.timeWait == p.all }
 
 // maxProcs is how many processes a key keeps before it prunes those that
 // hold none of its ports.
@@ -337,7 +342,7 @@ func (a *Accountant) key(id keyID, now time.Time) *key {
 	}
 	k := &key{id: id, procs: map[uint32]*procCount{}, lastSeen: now}
 	if id.mech != event.MechanismPerDestination {
-		k.ports = map[uint16]int32{}
+		k.ports = map[uint16]portHolders{}
 	}
 	a.keys[id] = k
 	return k
@@ -384,22 +389,37 @@ func (a *Accountant) evict(now time.Time) bool {
 func (a *Accountant) hold(k *key, s *sock, e *event.Event, d int) {
 	if k.ports != nil {
 		// A pool counts ports, not sockets; TIME_WAITs included, reusable
-		// or not: bind() conflicts with them all.
-		switch c := k.ports[s.port] + int32(d); {
-		case c <= 0:
+		// or not: bind() conflicts with them all. Sockets to different
+		// destinations may share a port (connect() picks per destination),
+		// so a port is in TIME_WAIT when only TIME_WAITs hold it: it is
+		// free once they end.
+		p := k.ports[s.port]
+		was := p.timeWaitOnly()
+		p.all += int32(d)
+		if s.timeWait {
+			p.timeWait += int32(d)
+		}
+		switch {
+		case p.all <= 0:
 			delete(k.ports, s.port)
 			k.used--
-		case c == 1 && d > 0:
-			k.ports[s.port] = c
+		case p.all == 1 && d > 0:
+			k.ports[s.port] = p
 			k.used++
 		default:
-			k.ports[s.port] = c
+			k.ports[s.port] = p
+		}
+		switch is := p.timeWaitOnly(); {
+		case is && !was:
+			k.timeWait++
+		case was && !is:
+			k.timeWait--
 		}
 	} else if s.countsInU {
 		k.used += d
-	}
-	if s.timeWait && (k.ports != nil || s.countsInU) {
-		k.timeWait += d
+		if s.timeWait {
+			k.timeWait += d
+		}
 	}
 	if s.bound {
 		k.binders += d

@@ -409,3 +409,32 @@ func TestBoundPortsPressOtherDestinations(t *testing.T) {
 		t.Errorf("dstB crossed %v, want [0.5]", got)
 	}
 }
+
+// connect() picks a port per destination, so sockets to two destinations
+// may share one; a pool counts that port once in U, and in TIME_WAIT only
+// once every socket holding it is: before, it is not free when they end.
+func TestPoolTimeWaitCountsPorts(t *testing.T) {
+	h := newHarness(tenPorts(0), Config{})
+	first := h.open(local, dstA, false) // port 40001
+	for range 9 {
+		h.open(local, dstA, false)
+	}
+	shared := h.open(local, dstB, false) // port 40001 again, another destination
+	if port(first) != port(shared) {
+		t.Fatalf("ports %d and %d, want one shared", port(first), port(shared))
+	}
+	for _, step := range []struct {
+		close    uint64
+		dst      netip.AddrPort
+		timeWait int
+	}{
+		{first, dstA, 0},  // the port is still held by an open socket
+		{shared, dstB, 1}, // now by two TIME_WAITs: one port
+	} {
+		h.close(step.close, local, step.dst, true)
+		pool := h.key(event.MechanismBindPool, netip.AddrPort{})
+		if pool == nil || pool.Used != 10 || pool.TimeWait != step.timeWait {
+			t.Errorf("after closing socket %d: bind pool %+v; want 10 ports used, %d in TIME_WAIT", step.close, pool, step.timeWait)
+		}
+	}
+}
