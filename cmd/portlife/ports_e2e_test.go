@@ -614,3 +614,28 @@ func TestPressureUDP(t *testing.T) {
 		}
 	}
 }
+
+// With no key to show, the output is empty (no JSON line, or the text
+// header alone), and a line on stderr says so: else "nothing is held" and
+// "nothing could be read" look the same. Unprivileged in a namespace of its
+// own, portlife ports sees only that namespace, where nothing is held.
+func TestPortsSaysWhenNothingIsHeld(t *testing.T) {
+	requireRoot(t) // to give it a namespace of its own, and drop privileges
+	cmd := exec.Command(binary, "ports", "--output", "json")
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: syscall.CLONE_NEWNET,
+		Credential: &syscall.Credential{Uid: 65534, Gid: 65534},
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("portlife ports: %v; stderr:\n%s", err, stderr.String())
+	}
+	if len(out) != 0 {
+		t.Errorf("stdout %q, want nothing", out)
+	}
+	if n := strings.Count(stderr.String(), "no ephemeral port is held"); n != 1 {
+		t.Errorf("stderr says %d times that no port is held, want once:\n%s", n, stderr.String())
+	}
+}
