@@ -79,7 +79,8 @@ type Accountant struct {
 	// counting in U (reusable), and when it ends (60 s).
 	reuseQ, expireQ []deadline
 	stats           Stats
-	priming         bool // Prime is adding sockets: levels are checked once at its end
+	priming         bool   // Prime is adding sockets: levels are checked once at its end
+	rekeyed         uint64 // TIME_WAITs whose cookie a new socket took (rekey)
 }
 
 // Stats counts what the accounting left out or could not do.
@@ -105,8 +106,8 @@ type keyID struct {
 
 type key struct {
 	id       keyID
-	used     int // sockets (per_destination) or distinct ports (pools) counting in U
-	timeWait int // of used, in TIME_WAIT: sockets, or pools' ports only TIME_WAITs hold
+	used     int                    // sockets (per_destination) or distinct ports (pools) counting in U
+	timeWait int                    // of used, in TIME_WAIT: sockets, or pools' ports only TIME_WAITs hold
 	ports    map[uint16]portHolders // pools only
 	procs    map[uint32]*procCount
 	level    int // thresholds crossed upwards: 0 none
@@ -263,10 +264,30 @@ func (a *Accountant) open(e *event.Event) {
 	if e.Local.Port() == 0 || e.Proto == event.ProtoTCP && e.Direction != event.DirectionOutbound {
 		return
 	}
-	if _, ok := a.sockets[e.Cookie]; ok {
-		return // counted already, from the start-up dump
+	if s, ok := a.sockets[e.Cookie]; ok {
+		if !s.timeWait {
+			return // counted already, from the start-up dump
+		}
+		// A TIME_WAIT opens nothing: this is another socket with its
+		// cookie. Before Linux 5.12 a cookie may be the socket's address,
+		// which the next socket reuses once this one became a TIME_WAIT.
+		a.rekey(e.Cookie, s)
 	}
 	a.add(e, false, time.Time{}, e.BindBeforeConnect)
+}
+
+// rekey keeps TIME_WAIT s, whose cookie a new socket took, under a cookie of
+// its own until it ends; its released event, which names the old cookie,
+// cannot be matched, so it ends at its 60 s. The cookies given are above any
+// counter's and below any kernel address (0xffff8...).
+func (a *Accountant) rekey(cookie uint64, s sock) {
+	a.rekeyed++
+	c := 1<<63 | a.rekeyed
+	delete(a.sockets, cookie)
+	a.sockets[c] = s
+	if n := a.netns[s.netns]; n != nil {
+		a.queueTimeWait(c, &s, n)
+	}
 }
 
 // add tracks the socket of e, which holds e.Local's port, if that port is one

@@ -438,3 +438,29 @@ func TestPoolTimeWaitCountsPorts(t *testing.T) {
 		}
 	}
 }
+
+// Before Linux 5.12 a TCP socket's cookie may be its address, which the
+// next socket reuses once the last one is a TIME_WAIT: its open must count,
+// and the TIME_WAIT keep its port until it ends.
+func TestCookieReusedAfterTimeWait(t *testing.T) {
+	h := newHarness(tenPorts(0), Config{})
+	for i := range 10 {
+		e := event.Event{
+			Kind: event.KindOpen, Proto: event.ProtoTCP, Family: 4, Time: h.now, Start: h.now,
+			PID: 100, NetNS: 1, Direction: event.DirectionOutbound, Cookie: 0xffff888000001000,
+			Local: netip.AddrPortFrom(local, uint16(40001+i)), Remote: dstA,
+		}
+		h.a.Write(&e)
+		e.Kind, e.TimeWait = event.KindClose, true
+		h.a.Write(&e)
+		h.now = h.now.Add(time.Second)
+	}
+	k := h.key(event.MechanismPerDestination, dstA)
+	if k == nil || k.Used != 10 || k.TimeWait != 10 {
+		t.Fatalf("10 sockets in turn at one address, each left in TIME_WAIT: %+v; want 10 used, 10 in TIME_WAIT", k)
+	}
+	h.now = h.now.Add(timeWaitLen)
+	if k := h.key(event.MechanismPerDestination, dstA); k != nil {
+		t.Errorf("60 s after the last close: %+v; want every TIME_WAIT ended", k)
+	}
+}
