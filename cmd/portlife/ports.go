@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/event"
 	"github.com/portlife/portlife/internal/ports"
@@ -67,7 +68,7 @@ func startAccounting(s *stream.Stream, o portsOptions, f *event.Filter, log *zap
 	a = ports.New(ports.Config{Thresholds: o.thresholds, MaxKeys: o.maxKeys, Publish: s.Publish, Keep: keepExisting(f)})
 	socks, _, err := ports.Dump(ports.Namespaces(), true)
 	if err != nil {
-		log.Warn("port accounting: some network namespaces' sockets could not be listed; their existing ports are counted from their next event", zap.Error(err))
+		log.Warn("port accounting: some network namespaces' sockets could not be listed; their existing ports are counted from their next event: "+dumpAdvice(err), zap.Error(err))
 	}
 	a.Prime(socks)
 	s.Subscribe("ports", a, accountingQueue)
@@ -143,12 +144,17 @@ func runPorts(_ context.Context, args []string, stdout, stderr *os.File) int {
 	defer log.Sync()
 
 	a := ports.New(ports.Config{})
-	socks, _, err := ports.Dump(ports.Namespaces(), true)
+	socks, listed, err := ports.Dump(ports.Namespaces(), true)
 	if err != nil {
-		log.Warn("some network namespaces' sockets could not be listed: run as root to see them all", zap.Error(err))
+		log.Warn("some network namespaces' sockets could not be listed: "+dumpAdvice(err), zap.Error(err))
 	}
 	a.Prime(socks)
 	reports := a.Snapshot()
+	if len(reports) == 0 {
+		// An empty output alone cannot tell "no port is held" from
+		// "nothing could be read".
+		log.Info("no ephemeral port is held in the network namespaces listed", zap.Int("namespaces", len(listed)))
+	}
 	if o.output == "json" {
 		err = writePortsJSON(stdout, reports)
 	} else {
@@ -159,6 +165,16 @@ func runPorts(_ context.Context, args []string, stdout, stderr *os.File) int {
 		return exitError
 	}
 	return exitOK
+}
+
+// dumpAdvice says what to do about a failed sock_diag dump. ENOENT: the
+// kernel has no TCP or UDP handler for it, and could not load the module
+// (no modprobe, or no module aliases: a minimal guest).
+func dumpAdvice(err error) string {
+	if errors.Is(err, unix.ENOENT) {
+		return "load the tcp_diag and udp_diag modules (modprobe tcp_diag udp_diag)"
+	}
+	return "run as root to see them all"
 }
 
 // portsJSON is one key of `portlife ports --output json`, one object a line.

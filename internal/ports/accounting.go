@@ -79,7 +79,8 @@ type Accountant struct {
 	// counting in U (reusable), and when it ends (60 s).
 	reuseQ, expireQ []deadline
 	stats           Stats
-	priming         bool // Prime is adding sockets: levels are checked once at its end
+	priming         bool   // Prime is adding sockets: levels are checked once at its end
+	rekeyed         uint64 // TIME_WAITs whose cookie a new socket took (rekey)
 }
 
 // Stats counts what the accounting left out or could not do.
@@ -105,9 +106,9 @@ type keyID struct {
 
 type key struct {
 	id       keyID
-	used     int // sockets (per_destination) or distinct ports (pools) counting in U
-	timeWait int // of used, in TIME_WAIT
-	ports    map[uint16]int32
+	used     int                    // sockets (per_destination) or distinct ports (pools) counting in U
+	timeWait int                    // of used, in TIME_WAIT: sockets, or pools' ports only TIME_WAITs hold
+	ports    map[uint16]portHolders // pools only
 	procs    map[uint32]*procCount
 	level    int // thresholds crossed upwards: 0 none
 	failures uint64
@@ -116,6 +117,11 @@ type key struct {
 	binders  int           // pools: sockets that took their port by bind()
 	lastSeen time.Time
 }
+
+// portHolders counts the sockets of a pool that hold one port.
+type portHolders struct{ all, timeWait int32 }
+
+func (p portHolders) timeWaitOnly() bool { return p.all > 0 && p.timeWait == p.all }
 
 // maxProcs is how many processes a key keeps before it prunes those that
 // hold none of its ports.
@@ -258,10 +264,30 @@ func (a *Accountant) open(e *event.Event) {
 	if e.Local.Port() == 0 || e.Proto == event.ProtoTCP && e.Direction != event.DirectionOutbound {
 		return
 	}
-	if _, ok := a.sockets[e.Cookie]; ok {
-		return // counted already, from the start-up dump
+	if s, ok := a.sockets[e.Cookie]; ok {
+		if !s.timeWait {
+			return // counted already, from the start-up dump
+		}
+		// A TIME_WAIT opens nothing: this is another socket with its
+		// cookie. Before Linux 5.12 a cookie may be the socket's address,
+		// which the next socket reuses once this one became a TIME_WAIT.
+		a.rekey(e.Cookie, s)
 	}
 	a.add(e, false, time.Time{}, e.BindBeforeConnect)
+}
+
+// rekey keeps TIME_WAIT s, whose cookie a new socket took, under a cookie of
+// its own until it ends; its released event, which names the old cookie,
+// cannot be matched, so it ends at its 60 s. The cookies given are above any
+// counter's and below any kernel address (0xffff8...).
+func (a *Accountant) rekey(cookie uint64, s sock) {
+	a.rekeyed++
+	c := 1<<63 | a.rekeyed
+	delete(a.sockets, cookie)
+	a.sockets[c] = s
+	if n := a.netns[s.netns]; n != nil {
+		a.queueTimeWait(c, &s, n)
+	}
 }
 
 // add tracks the socket of e, which holds e.Local's port, if that port is one
@@ -337,7 +363,7 @@ func (a *Accountant) key(id keyID, now time.Time) *key {
 	}
 	k := &key{id: id, procs: map[uint32]*procCount{}, lastSeen: now}
 	if id.mech != event.MechanismPerDestination {
-		k.ports = map[uint16]int32{}
+		k.ports = map[uint16]portHolders{}
 	}
 	a.keys[id] = k
 	return k
@@ -384,22 +410,37 @@ func (a *Accountant) evict(now time.Time) bool {
 func (a *Accountant) hold(k *key, s *sock, e *event.Event, d int) {
 	if k.ports != nil {
 		// A pool counts ports, not sockets; TIME_WAITs included, reusable
-		// or not: bind() conflicts with them all.
-		switch c := k.ports[s.port] + int32(d); {
-		case c <= 0:
+		// or not: bind() conflicts with them all. Sockets to different
+		// destinations may share a port (connect() picks per destination),
+		// so a port is in TIME_WAIT when only TIME_WAITs hold it: it is
+		// free once they end.
+		p := k.ports[s.port]
+		was := p.timeWaitOnly()
+		p.all += int32(d)
+		if s.timeWait {
+			p.timeWait += int32(d)
+		}
+		switch {
+		case p.all <= 0:
 			delete(k.ports, s.port)
 			k.used--
-		case c == 1 && d > 0:
-			k.ports[s.port] = c
+		case p.all == 1 && d > 0:
+			k.ports[s.port] = p
 			k.used++
 		default:
-			k.ports[s.port] = c
+			k.ports[s.port] = p
+		}
+		switch is := p.timeWaitOnly(); {
+		case is && !was:
+			k.timeWait++
+		case was && !is:
+			k.timeWait--
 		}
 	} else if s.countsInU {
 		k.used += d
-	}
-	if s.timeWait && (k.ports != nil || s.countsInU) {
-		k.timeWait += d
+		if s.timeWait {
+			k.timeWait += d
+		}
 	}
 	if s.bound {
 		k.binders += d

@@ -409,3 +409,58 @@ func TestBoundPortsPressOtherDestinations(t *testing.T) {
 		t.Errorf("dstB crossed %v, want [0.5]", got)
 	}
 }
+
+// connect() picks a port per destination, so sockets to two destinations
+// may share one; a pool counts that port once in U, and in TIME_WAIT only
+// once every socket holding it is: before, it is not free when they end.
+func TestPoolTimeWaitCountsPorts(t *testing.T) {
+	h := newHarness(tenPorts(0), Config{})
+	first := h.open(local, dstA, false) // port 40001
+	for range 9 {
+		h.open(local, dstA, false)
+	}
+	shared := h.open(local, dstB, false) // port 40001 again, another destination
+	if port(first) != port(shared) {
+		t.Fatalf("ports %d and %d, want one shared", port(first), port(shared))
+	}
+	for _, step := range []struct {
+		close    uint64
+		dst      netip.AddrPort
+		timeWait int
+	}{
+		{first, dstA, 0},  // the port is still held by an open socket
+		{shared, dstB, 1}, // now by two TIME_WAITs: one port
+	} {
+		h.close(step.close, local, step.dst, true)
+		pool := h.key(event.MechanismBindPool, netip.AddrPort{})
+		if pool == nil || pool.Used != 10 || pool.TimeWait != step.timeWait {
+			t.Errorf("after closing socket %d: bind pool %+v; want 10 ports used, %d in TIME_WAIT", step.close, pool, step.timeWait)
+		}
+	}
+}
+
+// Before Linux 5.12 a TCP socket's cookie may be its address, which the
+// next socket reuses once the last one is a TIME_WAIT: its open must count,
+// and the TIME_WAIT keep its port until it ends.
+func TestCookieReusedAfterTimeWait(t *testing.T) {
+	h := newHarness(tenPorts(0), Config{})
+	for i := range 10 {
+		e := event.Event{
+			Kind: event.KindOpen, Proto: event.ProtoTCP, Family: 4, Time: h.now, Start: h.now,
+			PID: 100, NetNS: 1, Direction: event.DirectionOutbound, Cookie: 0xffff888000001000,
+			Local: netip.AddrPortFrom(local, uint16(40001+i)), Remote: dstA,
+		}
+		h.a.Write(&e)
+		e.Kind, e.TimeWait = event.KindClose, true
+		h.a.Write(&e)
+		h.now = h.now.Add(time.Second)
+	}
+	k := h.key(event.MechanismPerDestination, dstA)
+	if k == nil || k.Used != 10 || k.TimeWait != 10 {
+		t.Fatalf("10 sockets in turn at one address, each left in TIME_WAIT: %+v; want 10 used, 10 in TIME_WAIT", k)
+	}
+	h.now = h.now.Add(timeWaitLen)
+	if k := h.key(event.MechanismPerDestination, dstA); k != nil {
+		t.Errorf("60 s after the last close: %+v; want every TIME_WAIT ended", k)
+	}
+}

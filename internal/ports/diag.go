@@ -31,7 +31,7 @@ type Existing struct {
 	NetNS   uint32
 	Proto   event.Proto
 	Family  int
-	State   uint8 // TCP state (TCP_TIME_WAIT, TCP_LISTEN...); UDP: TCP_ESTABLISHED if connected
+	State   uint8 // TCP state (TCP_TIME_WAIT for every timewait socket, TCP_LISTEN...); UDP: TCP_ESTABLISHED if connected
 	Local   netip.AddrPort
 	Remote  netip.AddrPort
 	Cookie  uint64
@@ -43,10 +43,13 @@ type Existing struct {
 
 const (
 	tcpEstablished = 1
+	tcpFinWait2    = 5
 	tcpTimeWait    = 6
 	tcpListen      = 10
 	tcpSynRecv     = 3
 	tcpClose       = 7
+	// timerTimeWait is idiag_timer of a timewait socket.
+	timerTimeWait = 3
 )
 
 // Namespaces lists every network namespace a process is in, with a path to
@@ -64,7 +67,7 @@ func Namespaces() map[uint32]string {
 			}
 		}
 	}
-	add("/proc/self/ns/net")
+	add("/proc/thread-self/ns/net") // the caller's: see ownNetns
 	add("/proc/[0-9]*/ns/net")
 	add("/run/netns/*")
 	add("/proc/[0-9]*/task/[0-9]*/ns/net")
@@ -90,7 +93,7 @@ func Dump(namespaces map[uint32]string, withOwners bool) ([]Existing, map[uint32
 		if inode == own {
 			err = mk()
 		} else {
-			err = inNetns(path, mk)
+			err = inNetns(inode, path, mk)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("network namespace %d: %w", inode, err))
@@ -187,9 +190,17 @@ func dumpOne(fd int, proto event.Proto, family uint8) ([]Existing, error) {
 				continue
 			}
 			d := (*diagMsg)(unsafe.Pointer(&m.Data[0]))
+			state := d.state
+			if proto == event.ProtoTCP && state == tcpFinWait2 && d.timer == timerTimeWait {
+				// A timewait socket reports its substate: FIN_WAIT2 while
+				// an orphan that closed first waits for the peer's FIN,
+				// TIME_WAIT once it came. Either way no socket is left
+				// to close, and it holds its port until its timer.
+				state = tcpTimeWait
+			}
 			x := Existing{
 				Proto:  proto,
-				State:  d.state,
+				State:  state,
 				Cookie: uint64(d.id.cookie[0]) | uint64(d.id.cookie[1])<<32,
 				Inode:  d.inode,
 				Local:  diagAddr(d.family, d.id.src, d.id.sport),
@@ -199,7 +210,7 @@ func dumpOne(fd int, proto event.Proto, family uint8) ([]Existing, error) {
 			if x.Local.Addr().Is6() {
 				x.Family = 6
 			}
-			if d.state == tcpTimeWait {
+			if state == tcpTimeWait {
 				x.Expires = time.Duration(d.expires) * time.Millisecond
 			}
 			out = append(out, x)

@@ -140,10 +140,13 @@ func readInt(path string) (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
-// ownNetns is the namespace this process runs in.
+// ownNetns is the namespace this process runs in: the calling thread's, for
+// every thread no goroutine has locked and moved is in it. /proc/self would
+// name the main thread's, which a goroutine may have locked and moved (a
+// test's namespace, or a visit to read one).
 func ownNetns() uint32 {
 	var st unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
 		return 0
 	}
 	return uint32(st.Ino)
@@ -186,10 +189,24 @@ func sameNetns(path string, inode uint32) bool {
 	return unix.Stat(path, &st) == nil && uint32(st.Ino) == inode
 }
 
-// inNetns runs fn on a thread inside the network namespace at path, then
-// moves the thread back. A thread that cannot move back is never reused: its
+// inNetns runs fn on a thread inside network namespace inode, entered by
+// path, then moves the thread back. A /proc path names the namespace its
+// task is in when it is opened, not when it was found: a thread that was
+// visiting inode (portlife's own, reading its sysctls) may be back home by
+// then. So the namespace opened is checked, and if it is another, inode is
+// looked for again once. A thread that cannot move back is never reused: its
 // goroutine ends locked, and the runtime ends the thread with it.
-func inNetns(path string, fn func() error) error {
+func inNetns(inode uint32, path string, fn func() error) error {
+	target, err := openNetns(inode, path)
+	if errors.Is(err, errMoved) {
+		if path, err = findNetns(inode); err == nil {
+			target, err = openNetns(inode, path)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(target)
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -199,11 +216,6 @@ func inNetns(path string, fn func() error) error {
 				return fmt.Errorf("opening this thread's network namespace: %w", err)
 			}
 			defer unix.Close(orig)
-			target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				return fmt.Errorf("opening %s: %w", path, err)
-			}
-			defer unix.Close(target)
 			if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
 				return fmt.Errorf("entering %s: %w", path, err)
 			}
@@ -218,6 +230,27 @@ func inNetns(path string, fn func() error) error {
 	return <-errc
 }
 
+var errMoved = errors.New("its task moved to another network namespace")
+
+// openNetns opens path, if it still leads to network namespace inode: the
+// descriptor then keeps naming that namespace, wherever the task goes.
+func openNetns(inode uint32, path string) (int, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("opening %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("opening %s: %w", path, err)
+	}
+	if uint32(st.Ino) != inode {
+		unix.Close(fd)
+		return -1, fmt.Errorf("network namespace %d: %s: %w", inode, path, errMoved)
+	}
+	return fd, nil
+}
+
 // ReadSysctls reads the settings of network namespace inode, entering it
 // through one of tasks (or any process in it) unless it is this process's.
 func ReadSysctls(inode uint32, tasks ...uint32) (Sysctls, error) {
@@ -230,7 +263,7 @@ func ReadSysctls(inode uint32, tasks ...uint32) (Sysctls, error) {
 		return DefaultSysctls, err
 	}
 	var s Sysctls
-	err = inNetns(path, func() error {
+	err = inNetns(inode, path, func() error {
 		var err error
 		s, err = parseSysctls(dir)
 		return err
