@@ -18,6 +18,7 @@
 #define __PORTLIFE_SYSCALLS_BPF_H
 
 #include "common.bpf.h"
+#include "udp.bpf.h"
 
 /* include/uapi/asm-generic/errno*.h, include/linux/errno.h */
 #define EINTR 4
@@ -143,13 +144,26 @@ static __always_inline struct socket *inet_socket_of_fd(__u64 fd)
 	return sock;
 }
 
+/*
+ * Whether calls of kind are followed: for their failures, and, without the
+ * datagram hooks (GAP_DATAGRAM_HOOKS), a connect() for the open of the UDP
+ * socket it connected (udp_connect_returned).
+ */
+static __always_inline bool calls_followed(__u8 kind)
+{
+	if (cfg.events & (1 << kind))
+		return true;
+	return kind == EVENT_CONNECT_FAILED && (cfg.gaps & GAP_DATAGRAM_HOOKS) &&
+	       (cfg.events & (1 << EVENT_OPEN));
+}
+
 /* sys_enter_connect, sys_enter_bind: remember a call on an inet socket. */
 static __always_inline int call_entered(struct syscall_enter_args *ctx, __u8 kind)
 {
 	struct socket *sock;
 	struct call *c;
 
-	if (!(cfg.events & (1 << kind)))
+	if (!calls_followed(kind))
 		return 0;
 	sock = inet_socket_of_fd(ctx->args[0]);
 	if (!sock)
@@ -181,7 +195,7 @@ static __always_inline void connect_handed_over(struct sock *sk)
 {
 	struct call *c;
 
-	if (!(cfg.events & (1 << EVENT_CONNECT_FAILED)))
+	if (!calls_followed(EVENT_CONNECT_FAILED))
 		return;
 	c = current_call(false);
 	if (c && c->active && c->sk == (__u64)sk)
@@ -321,7 +335,11 @@ static __always_inline int call_exited(struct syscall_exit_args *ctx, __u8 kind)
 	__builtin_memcpy(&call, c, sizeof(call));
 	c->active = 0;
 	current_call_done();
-	if (!call.active || call.kind != kind || !call_failed(ctx->ret))
+	if (!call.active || call.kind != kind)
+		return 0;
+	if (kind == EVENT_CONNECT_FAILED && !ctx->ret && (cfg.gaps & GAP_DATAGRAM_HOOKS))
+		udp_connect_returned((struct sock *)call.sk, call.start_ns);
+	if (!call_failed(ctx->ret))
 		return 0;
 	call_report(&call, -ctx->ret);
 	return 0;

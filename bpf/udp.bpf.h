@@ -44,6 +44,22 @@ struct {
 	__type(value, struct dest_set);
 } dest_sets SEC(".maps");
 
+/*
+ * Without the datagram hooks (GAP_DATAGRAM_HOOKS), the open of a connected
+ * UDP socket goes out at connect()'s return, from a tracepoint program that
+ * may not reach socket storage; its start is kept here, by the socket's
+ * cookie, for the socket's next cgroup hook (a send with an address, or its
+ * release), which takes it: no second open, and a close that agrees on the
+ * start. Preallocated (Linux 5.10 warns of tracepoint programs naming a map
+ * that allocates as it runs); user space sizes it on those kernels.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, __u64);
+} udp_opened SEC(".maps");
+
 /* A small hash of an address and port, to tell destinations apart; never 0. */
 static __always_inline __u32 dest_hash(const __u8 *addr, __u16 port)
 {
@@ -166,6 +182,60 @@ static __always_inline bool udp_read_peer(struct sock *sk, struct event *e)
 }
 
 /*
+ * If connect()'s return sent this socket's open (udp_connect_returned), its
+ * entry takes that lifetime over, with its start.
+ */
+static __always_inline bool udp_opened_by_connect(struct conn *c)
+{
+	__u64 *start;
+
+	if (!(cfg.gaps & GAP_DATAGRAM_HOOKS))
+		return false;
+	start = bpf_map_lookup_elem(&udp_opened, &c->e.cookie);
+	if (!start)
+		return false;
+	c->e.start_ns = *start;
+	c->phase = PHASE_OPEN;
+	bpf_map_delete_elem(&udp_opened, &c->e.cookie);
+	return true;
+}
+
+/*
+ * connect() returned 0 on the UDP socket sk (GAP_DATAGRAM_HOOKS): its port
+ * and peer are fixed now, and no datagram hook will show them, so its open
+ * goes out here. The connect cgroup hook made its entry, and its cookie,
+ * moments ago in the same call; start is when the call began.
+ */
+static __always_inline void udp_connect_returned(struct sock *sk, __u64 start)
+{
+	struct event e = {};
+
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_UDP)
+		return;
+	e.cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	if (!e.cookie)
+		return; /* no connect hook saw it */
+	udp_local(sk, &e);
+	if (!e.lport || !udp_read_peer(sk, &e))
+		return;
+	set_owner(&e, PID_SOURCE_SOCKET);
+	e.proto = IPPROTO_UDP;
+	e.direction = DIRECTION_OUTBOUND;
+	e.family = is_v4_mapped(e.raddr) ? 4 : 6;
+	e.destinations = 1;
+	e.flags = EVENT_F_CONNECTED;
+	e.start_ns = start;
+	e.end_ns = bpf_ktime_get_boot_ns();
+	if (!owner_wanted(&e) || !tuple_wanted(sk, &e))
+		return;
+	if (bpf_map_update_elem(&udp_opened, &e.cookie, &start, BPF_ANY)) {
+		count_drop(DROP_TABLE_FULL);
+		return;
+	}
+	emit(sk, &e, EVENT_OPEN);
+}
+
+/*
  * The remote end is known once a destination is: every filter can be
  * decided now, and the open goes out with both ends.
  */
@@ -275,7 +345,10 @@ static __always_inline int udp_send(struct bpf_sock_addr *ctx, const __u8 *addr)
 			udp_dest(ctx->sk, c, peer.raddr, peer.rport, true);
 			c->e.flags |= EVENT_F_CONNECTED;
 		}
-		udp_try_open(sk, c);
+		if (udp_opened_by_connect(c))
+			udp_local(sk, &c->e);
+		else
+			udp_try_open(sk, c);
 	}
 	return 1;
 }
@@ -405,6 +478,8 @@ static __always_inline void udp_unused(struct bpf_sock *ctx)
 	e.destinations = 1;
 	e.flags = EVENT_F_CONNECTED;
 	e.cookie = bpf_get_socket_cookie(ctx);
+	if (cfg.gaps & GAP_DATAGRAM_HOOKS)
+		bpf_map_delete_elem(&udp_opened, &e.cookie);
 	e.end_ns = bpf_ktime_get_boot_ns();
 	if (owner_wanted(&e) && tuple_wanted(sk, &e))
 		emit(sk, &e, EVENT_CLOSE);
@@ -431,7 +506,8 @@ static __always_inline void udp_end(struct bpf_sock *ctx, struct conn *c)
 		}
 		if (!tuple_wanted(sk, &c->e))
 			return;
-		c->phase = PHASE_OPEN;
+		if (!udp_opened_by_connect(c))
+			c->phase = PHASE_OPEN;
 	}
 	if (c->phase != PHASE_OPEN)
 		return;
@@ -457,6 +533,8 @@ static __always_inline int udp_released(struct bpf_sock *ctx)
 		return 1;
 	}
 	udp_end(ctx, c);
+	if (cfg.gaps & GAP_DATAGRAM_HOOKS)
+		bpf_map_delete_elem(&udp_opened, &c->e.cookie);
 	if (cfg.gaps & GAP_SK_STORAGE)
 		conn_forget(ctx);
 	return 1;

@@ -61,11 +61,7 @@ func TestProcessNameAndThreadName(t *testing.T) {
 				e.Proto == event.ProtoTCP && e.Local.Port() == c.tcpPort)
 		}
 	}
-	want := func(r *running) []string {
-		if !r.features.datagramHooks() {
-			// The connected UDP socket sends without an address: its close alone.
-			return []string{"close/outbound", "close/outbound", "open/outbound"}
-		}
+	want := func(*running) []string {
 		return []string{"close/outbound", "close/outbound", "open/outbound", "open/outbound"}
 	}
 	for _, r := range []struct {

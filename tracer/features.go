@@ -55,7 +55,7 @@ func (f kernelFeatures) missing() []fallback {
 	}
 	if !f.datagramHooks() {
 		out = append(out, fallback{"the sock_send_length and sock_recv_length tracepoints (Linux 6.3)",
-			"UDP events carry no datagram or byte counts; a connected UDP socket that sends without an address is reported at its close, with no open; " +
+			"UDP events carry no datagram or byte counts; a connected UDP socket's open comes from connect()'s return (with the syscall tracepoints; without them, its close alone); " +
 				"an accepted TCP connection is named after the process that first read data from it, not one that only wrote"})
 	}
 	return out
@@ -157,6 +157,9 @@ const (
 	// maxCallsInFlight: connect() and bind() calls at once, one per thread;
 	// preallocated (about 100 bytes each).
 	maxCallsInFlight = 1 << 14
+	// maxConnectedUDP: connected UDP sockets whose open connect()'s return
+	// sent, until their next cgroup hook; preallocated (16 bytes each).
+	maxConnectedUDP = 1 << 16
 	// maxListenerPorts: a network namespace has at most 65,535 ports, and
 	// few hosts listen on more than a few hundred, in all namespaces.
 	maxListenerPorts = 1 << 16
@@ -180,6 +183,7 @@ func (f kernelFeatures) adapt(spec *ebpf.CollectionSpec, maxSockets uint32) {
 		spec.Maps["calls_by_tid"].MaxEntries = maxCallsInFlight
 	}
 	if !f.datagramHooks() {
+		spec.Maps["udp_opened"].MaxEntries = maxConnectedUDP
 		for _, name := range []string{"udp_sent", "udp_recvd", "tcp_read"} {
 			p := spec.Programs[name]
 			p.Type, p.AttachType, p.AttachTo = ebpf.SocketFilter, ebpf.AttachNone, ""

@@ -247,6 +247,7 @@ const (
 	portlifeMapListenPorts       = "listen_ports"
 	portlifeMapListeners         = "listeners"
 	portlifeMapRaddrNets         = "raddr_nets"
+	portlifeMapUdpOpened         = "udp_opened"
 	portlifeProgBindEnter        = "bind_enter"
 	portlifeProgBindExit         = "bind_exit"
 	portlifeProgConnectEnter     = "connect_enter"
@@ -371,6 +372,7 @@ type portlifeMapSpecs struct {
 	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
 	Listeners   *ebpf.MapSpec `ebpf:"listeners"`
 	RaddrNets   *ebpf.MapSpec `ebpf:"raddr_nets"`
+	UdpOpened   *ebpf.MapSpec `ebpf:"udp_opened"`
 }
 
 // portlifeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -425,6 +427,7 @@ type portlifeMaps struct {
 	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
 	Listeners   *ebpf.Map `ebpf:"listeners"`
 	RaddrNets   *ebpf.Map `ebpf:"raddr_nets"`
+	UdpOpened   *ebpf.Map `ebpf:"udp_opened"`
 }
 
 func (m *portlifeMaps) Close() error {
@@ -440,6 +443,7 @@ func (m *portlifeMaps) Close() error {
 		m.ListenPorts,
 		m.Listeners,
 		m.RaddrNets,
+		m.UdpOpened,
 	)
 }
 

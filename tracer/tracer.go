@@ -275,7 +275,8 @@ func (t *Tracer) hooks() []hook {
 	f := &t.cfg.Filter
 	tcp, udp := f.WantsProto(event.ProtoTCP), f.WantsProto(event.ProtoUDP)
 	// The syscall hooks see TCP and UDP sockets both.
-	connects := f.WantsKind(event.KindConnectFailed)
+	// Without the datagram hooks, connect()'s return also opens a UDP socket.
+	connects := f.WantsKind(event.KindConnectFailed) || udp && !t.features.datagramHooks() && f.WantsKind(event.KindOpen)
 	binds := f.WantsKind(event.KindBindFailed)
 	return []hook{
 		{"sock:inet_sock_set_state", p.TcpState, attachTracing, 0, tcp},

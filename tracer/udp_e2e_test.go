@@ -175,18 +175,10 @@ func TestUDPLifetimes(t *testing.T) {
 
 			serverAddr := netip.AddrPortFrom(fam.loopback, sport)
 			clientAddr := netip.AddrPortFrom(fam.loopback, cport)
-			// Without the datagram hooks, a connected socket that sends
-			// without an address is seen at its close alone.
-			want := 2
-			if !r.features.datagramHooks() {
-				want = 1
-			}
-			ev := r.events.waitFor(t, want, udpEvents(fam, cport, pid))
-			check(t, "client", "events", len(ev), want)
-			if want == 2 {
-				check(t, "client open", "kind", ev[0].Kind, event.KindOpen)
-				check(t, "client open", "direction", ev[0].Direction, event.DirectionOutbound)
-			}
+			ev := r.events.waitFor(t, 2, udpEvents(fam, cport, pid))
+			check(t, "client", "events", len(ev), 2)
+			check(t, "client open", "kind", ev[0].Kind, event.KindOpen)
+			check(t, "client open", "direction", ev[0].Direction, event.DirectionOutbound)
 			checkUDPClose(t, r, ev[len(ev)-1], fam, udpWant{
 				direction: event.DirectionOutbound, remote: serverAddr, connected: true, destinations: 1,
 				txPackets: 1, rxPackets: 1, txBytes: n, rxBytes: n,
@@ -212,17 +204,19 @@ func TestUDPLifetimes(t *testing.T) {
 			cport := localPort(t, client)
 			unix.Close(client)
 
-			ev := r.events.waitFor(t, 1, udpEvents(fam, cport, pid))
-			check(t, "unused", "events", len(ev), 1)
-			e := ev[0]
+			// Without the datagram hooks connect()'s return opens it, and
+			// names who connected it; with them, nothing does until its
+			// close, which names who closed it.
+			want, wantSource := 1, event.PIDSourceClose
+			if !r.features.datagramHooks() {
+				want, wantSource = 2, event.PIDSourceSocket
+			}
+			ev := r.events.waitFor(t, want, udpEvents(fam, cport, pid))
+			check(t, "unused", "events", len(ev), want)
+			e := ev[len(ev)-1]
 			check(t, "unused", "kind", e.Kind, event.KindClose)
 			check(t, "unused", "remote", e.Remote, netip.AddrPortFrom(fam.loopback, sport))
 			check(t, "unused", "connected", e.Connected, true)
-			// Without the datagram hooks, connect() itself names the owner.
-			wantSource := event.PIDSourceClose
-			if !r.features.datagramHooks() {
-				wantSource = event.PIDSourceSocket
-			}
 			check(t, "unused", "pid source", e.PIDSource, wantSource)
 			check(t, "unused", "direction", e.Direction, event.DirectionOutbound)
 			check(t, "unused", "family", e.Family, fam.wantFamily)
