@@ -18,6 +18,7 @@ import (
 type losses struct {
 	tracer *tracer.Tracer
 	stream *stream.Stream
+	sinks  *sinks // nil: none queued
 }
 
 // watch warns every interval in which anything was lost, until ctx is done.
@@ -39,7 +40,7 @@ func (l losses) watch(ctx context.Context, log *zap.Logger, interval time.Durati
 			log.Warn("reading drop counters", zap.Error(err))
 			continue
 		}
-		total := s.Lost() + l.stream.Dropped()
+		total := s.Lost() + l.stream.Dropped() + l.sinkStats().lost()
 		if total > last || s.SkippedRuns > lastSkipped {
 			log.Warn("events lost", append(l.fields(s, total),
 				zap.Uint64("lost_since_last", total-last))...)
@@ -52,7 +53,8 @@ func (l losses) watch(ctx context.Context, log *zap.Logger, interval time.Durati
 // if anything was lost.
 func (l losses) summary(log *zap.Logger) error {
 	s, err := l.tracer.Stats()
-	total := s.Lost() + l.stream.Dropped()
+	ss := l.sinkStats()
+	total := s.Lost() + l.stream.Dropped() + ss.lost()
 	log.Info("tracing stopped", append([]zap.Field{zap.Uint64("events", s.Events)}, l.fields(s, total)...)...)
 	if s.Lost() > 0 {
 		log.Warn("the kernel side could not deliver every event: raise --ring-buffer, or narrow the filters",
@@ -64,6 +66,9 @@ func (l losses) summary(log *zap.Logger) error {
 	}
 	if d := l.stream.Dropped(); d > 0 {
 		log.Warn("a consumer fell behind and lost events from its queue", zap.Uint64("dropped", d))
+	}
+	if n := ss.lost(); n > 0 {
+		log.Warn("a sink could not deliver every event: see sinks[].dropped for why, and the README's Sinks section", zap.Uint64("dropped", n))
 	}
 	return err
 }
@@ -83,7 +88,17 @@ func (l losses) fields(s tracer.Stats, total uint64) []zap.Field {
 	if cs := l.stream.Stats(); len(cs) > 0 {
 		f = append(f, zap.Array("consumers", consumerStats(cs)))
 	}
+	if ss := l.sinkStats(); len(ss) > 0 {
+		f = append(f, zap.Array("sinks", ss))
+	}
 	return f
+}
+
+func (l losses) sinkStats() sinkStats {
+	if l.sinks == nil {
+		return nil
+	}
+	return l.sinks.stats()
 }
 
 // consumerStats logs each queued consumer as {name, delivered, dropped, failed, error}.

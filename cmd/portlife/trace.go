@@ -13,7 +13,6 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
-	"github.com/portlife/portlife/internal/encode"
 	"github.com/portlife/portlife/internal/sink"
 	"github.com/portlife/portlife/internal/stream"
 	"github.com/portlife/portlife/tracer"
@@ -26,6 +25,7 @@ type options struct {
 	statsInterval time.Duration // how often to warn while events are lost
 	version       bool
 	cfg           tracer.Config
+	sinks         []sink.Spec // --sink; none means stdout
 }
 
 // parseFlags reads the arguments of `portlife trace` into options. Every
@@ -43,6 +43,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	fs.Var(durationValue{&o.cfg.FlushInterval}, "flush-interval", "longest an event waits before it is written; 0 wakes the reader for each event, at more CPU")
 	fs.Var(durationValue{&o.statsInterval}, "stats-interval", "how often to warn while events are being lost; 0 only at exit")
 	fs.Var(niceValue{&o.cfg.ReaderNice}, "reader-nice", "nice value of the thread that reads and writes events, so a CPU-saturated host cannot starve it; 0 leaves it unchanged")
+	addSinkFlags(fs, &o.sinks)
 	addLogFlags(fs, &o.log)
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 
@@ -94,20 +95,20 @@ func runTrace(ctx context.Context, args []string, stdout, stderr *os.File) int {
 // store, accounting, metrics) subscribes to the stream with a queue of its
 // own, between New and Run.
 func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger) error {
+	sinks, err := openSinks(opts.sinks, opts.output, stdout)
+	if err != nil {
+		return err
+	}
 	t, err := tracer.New(opts.cfg, log)
 	if err != nil {
+		sinks.close(log)
 		return err
 	}
 	defer t.Close()
 
-	var out *sink.Writer
-	if opts.output == "text" {
-		out = sink.NewWriter(stdout, &encode.Text{}, 64<<10)
-	} else {
-		out = sink.NewWriter(stdout, &encode.JSON{}, 256<<10)
-	}
-	s := stream.New(out)
-	l := losses{tracer: t, stream: s}
+	s := stream.New(sinks.primary)
+	sinks.subscribe(s)
+	l := losses{tracer: t, stream: s, sinks: sinks}
 
 	watchCtx, stopWatching := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -117,9 +118,10 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 		l.watch(watchCtx, log, opts.statsInterval)
 	}()
 
-	log.Info("tracing started", zap.String("output", opts.output))
+	sinks.reopenOnHangup(watchCtx, log)
+	log.Info("tracing started", zap.String("output", opts.output), zap.Strings("sinks", sinks.names()))
 	runErr := t.Run(ctx, s)
-	closeErr := s.Close()
+	closeErr := errors.Join(s.Close(), sinks.close(log))
 	stopWatching()
 	wg.Wait()
 
