@@ -1,0 +1,250 @@
+package sink
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	syslog "github.com/leodido/go-syslog/v4"
+	"github.com/leodido/go-syslog/v4/octetcounting"
+	"github.com/leodido/go-syslog/v4/rfc5424"
+
+	"github.com/portlife/portlife/internal/sinktest"
+)
+
+func openNetURL(t *testing.T, url string) *netSink {
+	t.Helper()
+	spec, err := ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := openNet(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// cookies reads the sock_cookie of each NDJSON line, and fails on a line
+// that is not whole JSON.
+func cookies(t *testing.T, b []byte) []uint64 {
+	t.Helper()
+	var out []uint64
+	for _, l := range scanLines(bytes.NewReader(b)) {
+		var ev struct {
+			Cookie uint64 `json:"sock_cookie"`
+		}
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatalf("not a whole JSON line: %q: %v", l, err)
+		}
+		out = append(out, ev.Cookie)
+	}
+	return out
+}
+
+// inOrder says whether cookies rise strictly: nothing repeated, nothing
+// out of order.
+func inOrder(c []uint64) bool {
+	for i := 1; i < len(c); i++ {
+		if c[i] <= c[i-1] {
+			return false
+		}
+	}
+	return true
+}
+
+// A receiver that stops reading costs events from the sink's own queue,
+// each counted: what arrives, in order, is exactly what the sink counts
+// sent, and sent plus dropped is everything it was handed.
+func TestNetStalledReceiverCountsExactly(t *testing.T) {
+	for _, scheme := range []string{"tcp", "tls"} {
+		t.Run(scheme, func(t *testing.T) {
+			ca := sinktest.NewCA(t)
+			var r *sinktest.Receiver
+			u := ""
+			if scheme == "tls" {
+				r = sinktest.Listen(t, ca.Server, true)
+				u = "tls://" + r.Addr() + "?queue=64KiB&ca=" + url.QueryEscape(ca.File)
+			} else {
+				r = sinktest.Listen(t, nil, true)
+				u = "tcp://" + r.Addr() + "?queue=64KiB"
+			}
+			s := openNetURL(t, u)
+			const n = 20000 // about 12MB: more than the queue and both socket buffers hold
+			for i := range n {
+				s.Write(testEvent(i))
+			}
+			r.Resume()
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			got := cookies(t, r.Bytes())
+			st := s.Stats()
+			if st.Dropped[DropQueueFull] == 0 {
+				t.Fatal("nothing dropped: the receiver did not stall the sink, and the test proves nothing")
+			}
+			if uint64(len(got)) != st.Sent || st.Sent+st.Lost() != n || st.Queued != 0 {
+				t.Errorf("received %d; sink sent %d, dropped %v, queued %d; want received = sent, sent + dropped = %d", len(got), st.Sent, st.Dropped, st.Queued, n)
+			}
+			if !inOrder(got) {
+				t.Error("events arrived out of order or twice")
+			}
+		})
+	}
+}
+
+// A receiver that is down at start, then comes up: the queued events all
+// arrive, in order, after a counted reconnect.
+func TestNetReconnects(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // down: connections are refused
+	s := openNetURL(t, "tcp://"+addr+"?backoff_max=100ms")
+	const n = 500
+	for i := range n {
+		s.Write(testEvent(i))
+	}
+	time.Sleep(300 * time.Millisecond) // a few refused attempts
+	if st := s.Stats(); st.Sent != 0 || st.Queued != n || st.LastError == nil {
+		t.Fatalf("while the receiver is down: %+v, want all %d queued and the error", st, n)
+	}
+	ln, err = net.Listen("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := sinktest.Serve(t, ln, nil, false)
+	s.Close()
+	got := cookies(t, r.Bytes())
+	st := s.Stats()
+	if len(got) != n || !inOrder(got) || st.Sent != n || st.Lost() != 0 || st.Reconnects == 0 {
+		t.Errorf("received %d (in order: %v), stats %+v: want all %d, in order, after a reconnect", len(got), inOrder(got), st, n)
+	}
+}
+
+// At exit a sink drains for its deadline, then counts what it could not
+// send as dropped at shutdown.
+func TestNetDrainDeadline(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	s := openNetURL(t, "tcp://"+addr+"?drain=200ms&backoff_max=50ms")
+	for i := range 10 {
+		s.Write(testEvent(i))
+	}
+	done := make(chan struct{})
+	go func() { s.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close did not return: the drain deadline is not kept")
+	}
+	if st := s.Stats(); st.Dropped[DropShutdown] != 10 || st.Sent != 0 || st.Queued != 0 {
+		t.Errorf("stats %+v, want 10 dropped at shutdown", st)
+	}
+}
+
+// Syslog over a stream is octet-counted (RFC 6587), over TLS too (RFC
+// 5425): a strict parser reads every message back, in order.
+func TestSyslogStream(t *testing.T) {
+	for _, scheme := range []string{"syslog+tcp", "syslog+tls"} {
+		t.Run(scheme, func(t *testing.T) {
+			ca := sinktest.NewCA(t)
+			var r *sinktest.Receiver
+			u := ""
+			if scheme == "syslog+tls" {
+				r = sinktest.Listen(t, ca.Server, false)
+				u = scheme + "://localhost:" + strings.Split(r.Addr(), ":")[1] + "?facility=local3&ca=" + url.QueryEscape(ca.File)
+			} else {
+				r = sinktest.Listen(t, nil, false)
+				u = scheme + "://" + r.Addr() + "?facility=local3"
+			}
+			s := openNetURL(t, u)
+			const n = 1000
+			for i := range n {
+				s.Write(testEvent(i))
+			}
+			s.Close()
+			var got []uint64
+			var perr error
+			p := octetcounting.NewParser(syslog.WithListener(func(res *syslog.Result) {
+				if res.Error != nil {
+					perr = res.Error
+					return
+				}
+				m := res.Message.(*rfc5424.SyslogMessage)
+				var ev struct {
+					Cookie uint64 `json:"sock_cookie"`
+				}
+				if err := json.Unmarshal([]byte(*m.Message), &ev); err != nil || *m.Facility != 19 {
+					perr = fmt.Errorf("message %q facility %d: %v", *m.Message, *m.Facility, err)
+				}
+				got = append(got, ev.Cookie)
+			}))
+			p.Parse(bytes.NewReader(r.Bytes()))
+			if perr != nil {
+				t.Fatal(perr)
+			}
+			if len(got) != n || !inOrder(got) {
+				t.Errorf("parsed %d messages (in order: %v), want %d", len(got), inOrder(got), n)
+			}
+		})
+	}
+}
+
+// Over UDP, one message per datagram.
+func TestSyslogUDP(t *testing.T) {
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	s := openNetURL(t, "syslog+udp://"+pc.LocalAddr().String())
+	const n = 100
+	for i := range n {
+		s.Write(testEvent(i))
+		if i%10 == 9 {
+			time.Sleep(time.Millisecond) // the receiver's buffer is not what is tested
+		}
+	}
+	s.Close()
+	parser := rfc5424.NewParser()
+	buf := make([]byte, 65536)
+	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for i := range n {
+		k, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		m, err := parser.Parse(buf[:k])
+		if err != nil {
+			t.Fatalf("datagram %d: %v: %q", i, err, buf[:k])
+		}
+		if mid := *m.(*rfc5424.SyslogMessage).MsgID; mid != testEvent(i).Kind.String() {
+			t.Errorf("datagram %d: msgid %s, want %s", i, mid, testEvent(i).Kind)
+		}
+	}
+}
+
+func TestNetNoAllocation(t *testing.T) {
+	r := sinktest.Listen(t, nil, false)
+	s := openNetURL(t, "tcp://"+r.Addr())
+	defer s.Close()
+	e := testEvent(1)
+	for range 10000 { // the queue's buffers reach their size
+		s.Write(e)
+	}
+	if n := testing.AllocsPerRun(10000, func() { s.Write(e) }); n > 0.01 {
+		t.Errorf("%v allocations per event, want none once the queue's buffers have grown", n)
+	}
+}
