@@ -9,7 +9,7 @@ TCPLIFE  ?= /usr/sbin/tcplife
 BPF_DEPS := clang llvm-strip
 BPF_PKGS := clang llvm libbpf-dev
 
-.PHONY: build run test cross test-kernels generate check-generated bench bench-go baseline clean
+.PHONY: build run test test-deps cross test-kernels generate check-generated bench bench-go baseline clean
 
 # -buildvcs=auto stamps the commit into `portlife version`, even where
 # GOFLAGS turns VCS stamping off.
@@ -23,9 +23,20 @@ run: build
 # only make them slower, not wrong, but their numbers noisier. -race: the
 # stream, the tracer's counters and the loss reporter are read across
 # goroutines; every package fits in CI's time with it (about 90 s).
-test:
+test: test-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -p 1 ./...
+
+# What the tests start themselves besides portlife: rsyslogd, the syslog
+# sinks' receiver (cmd/portlife/sinks_e2e_test.go). Installed from Debian's
+# packages when missing; nothing is done when it is there.
+TEST_DEPS := rsyslogd:rsyslog
+test-deps:
+	@for d in $(TEST_DEPS); do command -v $${d%%:*} >/dev/null || [ -x /usr/sbin/$${d%%:*} ] || pkgs="$$pkgs $${d#*:}"; done; \
+	 if [ -n "$$pkgs" ]; then \
+	   echo "installing$$pkgs"; \
+	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; \
+	 fi
 
 # The same committed eBPF objects (bpf2go's bpfel) serve arm64: the binary
 # and every test must build for it.

@@ -1,0 +1,499 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	syslog "github.com/leodido/go-syslog/v4"
+	"github.com/leodido/go-syslog/v4/octetcounting"
+	"github.com/leodido/go-syslog/v4/rfc5424"
+
+	"github.com/portlife/portlife/internal/sinktest"
+)
+
+// These tests run the binary with --sink, against receivers they start
+// themselves, and check every sink against stdout: the same events, whole,
+// in the same order, or losses that the counters account for exactly.
+
+func TestSinkUsageErrorsExit2(t *testing.T) {
+	cases := []struct{ sink, want string }{
+		{"ftp://127.0.0.1:21", `unknown scheme "ftp"`},
+		{"file:/tmp/x?max_size=huge", "max_size=huge"},
+		{"file:/tmp/x?buffer_dir=/tmp", `unknown option "buffer_dir"`},
+		{"tcp://127.0.0.1", "not host:port"},
+		{"syslog+udp://127.0.0.1:514?facility=local9", "facility=local9"},
+		{"tls://127.0.0.1:6514?ca=/nonexistent.pem", "option ca"},
+		{"stdout", "given twice"}, // with the stdout below
+	}
+	for _, tt := range cases {
+		t.Run(tt.sink, func(t *testing.T) {
+			cmd := exec.Command(binary, "--sink", "stdout", "--sink", tt.sink)
+			if tt.sink == "stdout" {
+				cmd = exec.Command(binary, "--sink", "stdout", "--sink", "stdout")
+			}
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+				t.Fatalf("exit %v, want code 2; stderr:\n%s", err, stderr.String())
+			}
+			out := strings.TrimSpace(stderr.String())
+			if strings.Count(out, "\n") != 0 || !strings.Contains(out, "--sink") || !strings.Contains(out, tt.want) {
+				t.Errorf("want one line naming --sink and %q, got:\n%s", tt.want, out)
+			}
+		})
+	}
+}
+
+// churn makes n loopback connections, four events each.
+func churn(t *testing.T, n int) {
+	t.Helper()
+	for range n {
+		roundTrip(t)
+	}
+}
+
+// stopped is what `tracing stopped` says about the sinks.
+type stopped struct {
+	Events    uint64 `json:"events"`
+	Lost      uint64 `json:"lost"`
+	Consumers []struct {
+		Name      string `json:"name"`
+		Delivered uint64 `json:"delivered"`
+		Dropped   uint64 `json:"dropped"`
+	} `json:"consumers"`
+	Sinks []struct {
+		Name       string            `json:"name"`
+		Sent       uint64            `json:"sent"`
+		Queued     uint64            `json:"queued"`
+		Dropped    map[string]uint64 `json:"dropped"`
+		Reconnects uint64            `json:"reconnects"`
+	} `json:"sinks"`
+}
+
+func (p *process) stoppedLine(t *testing.T) stopped {
+	t.Helper()
+	for _, l := range strings.Split(p.stderr.String(), "\n") {
+		if strings.Contains(l, `"msg":"tracing stopped"`) {
+			var s stopped
+			if err := json.Unmarshal([]byte(l), &s); err != nil {
+				t.Fatalf("tracing stopped: %v: %s", err, l)
+			}
+			return s
+		}
+	}
+	t.Fatalf("no 'tracing stopped' in stderr:\n%s", p.stderr.String())
+	return stopped{}
+}
+
+// sink returns the counters of the sink whose name starts with prefix, and
+// what the stream delivered to it.
+func (s stopped) sink(t *testing.T, prefix string) (sent, lost, delivered uint64, dropped map[string]uint64) {
+	t.Helper()
+	for _, k := range s.Sinks {
+		if strings.HasPrefix(k.Name, prefix) {
+			for _, d := range k.Dropped {
+				lost += d
+			}
+			for _, c := range s.Consumers {
+				if c.Name == k.Name {
+					delivered = c.Delivered
+					if c.Dropped != 0 {
+						t.Errorf("stream queue of %s dropped %d", k.Name, c.Dropped)
+					}
+				}
+			}
+			return k.Sent, lost, delivered, k.Dropped
+		}
+	}
+	t.Fatalf("no sink %s in tracing stopped: %+v", prefix, s)
+	return
+}
+
+// subsequence says whether sub is all with some left out: nothing added,
+// nothing twice, nothing out of order.
+func subsequence(sub, all []string) bool {
+	i := 0
+	for _, a := range all {
+		if i < len(sub) && sub[i] == a {
+			i++
+		}
+	}
+	return i == len(sub)
+}
+
+// jsonLines splits NDJSON, failing on a line that is not whole JSON.
+func jsonLines(t *testing.T, what string, b []byte) []string {
+	t.Helper()
+	var out []string
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if !json.Valid(sc.Bytes()) {
+			t.Fatalf("%s: not a whole JSON line: %q", what, sc.Text())
+		}
+		out = append(out, sc.Text())
+	}
+	if len(b) > 0 && b[len(b)-1] != '\n' {
+		t.Fatalf("%s ends within a line", what)
+	}
+	return out
+}
+
+// A receiver that accepts and never reads must not cost stdout, a file or
+// another receiver a single event: they get exactly what stdout gets, in
+// order. The stalled sink loses events from its own queue, and its counters
+// account for each: what the receiver finally reads is what it counted
+// sent, and sent plus dropped is every event.
+func TestSinkIsolation(t *testing.T) {
+	requireRoot(t)
+	stalled := sinktest.Listen(t, nil, true)
+	good := sinktest.Listen(t, nil, false)
+	file := filepath.Join(t.TempDir(), "events.json")
+	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()),
+		"--flush-interval", "10ms", "--stats-interval", "200ms",
+		"--sink", "stdout", "--sink", "file:"+file+"?max_size=0",
+		"--sink", "tcp://"+stalled.Addr()+"?queue=64KiB&drain=500ms",
+		"--sink", "tcp://"+good.Addr())
+	// Until the stalled sink's queue overflows: the socket buffers take
+	// megabytes first.
+	for i := 0; !strings.Contains(p.stderr.String(), `"msg":"events lost"`); i++ {
+		if i == 40 {
+			t.Fatalf("the stalled sink never lost an event: the test proves nothing; stderr:\n%s", p.stderr.String())
+		}
+		churn(t, 250)
+		time.Sleep(250 * time.Millisecond)
+	}
+	churn(t, 100) // and more after
+	time.Sleep(200 * time.Millisecond)
+	if code := p.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
+	}
+	st := p.stoppedLine(t)
+
+	want := jsonLines(t, "stdout", p.stdout.Bytes())
+	if uint64(len(want)) != st.Events {
+		t.Errorf("stdout has %d events, the tracer read %d", len(want), st.Events)
+	}
+	fileBytes, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, got := range map[string][]string{
+		"file":         jsonLines(t, "file", fileBytes),
+		"tcp receiver": jsonLines(t, "tcp receiver", good.Bytes()),
+	} {
+		if !slices.Equal(got, want) {
+			t.Errorf("%s got %d events, stdout %d: want the same, in order", name, len(got), len(want))
+		}
+	}
+
+	sent, lost, delivered, dropped := st.sink(t, "tcp://"+stalled.Addr())
+	received := jsonLines(t, "stalled receiver", stalled.Bytes())
+	if uint64(len(received)) != sent || sent+lost != delivered || delivered != st.Events || lost == 0 {
+		t.Errorf("stalled sink: received %d, sent %d, dropped %v, handed %d of %d events: want received = sent, sent + dropped = handed = all",
+			len(received), sent, dropped, delivered, st.Events)
+	}
+	if !subsequence(received, want) {
+		t.Error("the stalled receiver's events are not stdout's, in order")
+	}
+	if st.Lost != lost {
+		t.Errorf("lost %d, want the stalled sink's %d", st.Lost, lost)
+	}
+}
+
+// A file sink rotates by size without losing or splitting a line, and
+// reopens on SIGHUP after the file was moved away, as logrotate does.
+func TestFileSink(t *testing.T) {
+	requireRoot(t)
+	t.Run("rotation", func(t *testing.T) {
+		dir := t.TempDir()
+		file := filepath.Join(dir, "events.json")
+		p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
+			"--sink", "stdout", "--sink", "file:"+file+"?max_size=64KiB&keep=1000")
+		churn(t, 300)
+		time.Sleep(200 * time.Millisecond)
+		if code := p.stop(t, os.Interrupt); code != 0 {
+			t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
+		}
+		want := jsonLines(t, "stdout", p.stdout.Bytes())
+		var got []string
+		rotated, _ := filepath.Glob(file + ".*")
+		if len(rotated) < 3 {
+			t.Fatalf("%d rotated files, want several: the test proves nothing", len(rotated))
+		}
+		for i := len(rotated); i >= 1; i-- {
+			name := fmt.Sprintf("%s.%d", file, i)
+			b, err := os.ReadFile(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(b) > 64<<10 {
+				t.Errorf("%s has %d bytes, above max_size", name, len(b))
+			}
+			got = append(got, jsonLines(t, name, b)...)
+		}
+		b, _ := os.ReadFile(file)
+		got = append(got, jsonLines(t, file, b)...)
+		if !slices.Equal(got, want) {
+			t.Errorf("the files hold %d events, stdout %d: want the same, in order", len(got), len(want))
+		}
+	})
+	t.Run("SIGHUP reopens", func(t *testing.T) {
+		dir := t.TempDir()
+		file := filepath.Join(dir, "events.json")
+		p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
+			"--sink", "stdout", "--sink", "file:"+file)
+		churn(t, 20)
+		time.Sleep(200 * time.Millisecond)
+		if err := os.Rename(file, file+".moved"); err != nil {
+			t.Fatal(err)
+		}
+		p.cmd.Process.Signal(syscall.SIGHUP)
+		time.Sleep(200 * time.Millisecond)
+		churn(t, 20)
+		time.Sleep(200 * time.Millisecond)
+		if code := p.stop(t, os.Interrupt); code != 0 {
+			t.Fatalf("exit code %d after SIGHUP; stderr:\n%s", code, p.stderr.String())
+		}
+		want := jsonLines(t, "stdout", p.stdout.Bytes())
+		moved, _ := os.ReadFile(file + ".moved")
+		cur, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatalf("no new file after SIGHUP: %v", err)
+		}
+		m, c := jsonLines(t, "moved", moved), jsonLines(t, "reopened", cur)
+		if len(m) == 0 || len(c) == 0 || !slices.Equal(append(m, c...), want) {
+			t.Errorf("moved file %d events, reopened %d, stdout %d: want both parts, together what stdout has", len(m), len(c), len(want))
+		}
+	})
+}
+
+// A full disk is counted, never a crash, and never leaves a partial line:
+// the lines in the file are the ones the sink counted sent, and the rest
+// are counted disk_full.
+func TestFileSinkDiskFull(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=128k"); err != nil {
+		t.Fatalf("mounting a small tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	file := filepath.Join(dir, "events.json")
+	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
+		"--sink", "stdout", "--sink", "file:"+file+"?max_size=0")
+	churn(t, 200) // about 500KB of events
+	time.Sleep(200 * time.Millisecond)
+	if code := p.stop(t, os.Interrupt); code != 0 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
+	}
+	st := p.stoppedLine(t)
+	want := jsonLines(t, "stdout", p.stdout.Bytes())
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := jsonLines(t, "file", b)
+	sent, lost, delivered, dropped := st.sink(t, "file:")
+	if dropped["disk_full"] == 0 || lost != dropped["disk_full"] {
+		t.Fatalf("dropped %v: want disk_full alone", dropped)
+	}
+	if uint64(len(got)) != sent || sent+lost != delivered || delivered != uint64(len(want)) {
+		t.Errorf("file has %d lines; sent %d, disk_full %d, handed %d, stdout %d: want lines = sent, sent + disk_full = handed = stdout",
+			len(got), sent, lost, delivered, len(want))
+	}
+	if !subsequence(got, want) {
+		t.Error("the file's lines are not stdout's, in order")
+	}
+	if !strings.Contains(p.stderr.String(), "a sink could not deliver every event") {
+		t.Errorf("no warning about the sink's losses:\n%s", p.stderr.String())
+	}
+}
+
+// TLS, NDJSON and syslog (octet-counted, RFC 5425), against a server whose
+// certificate a CA made here signed.
+func TestTLSSinks(t *testing.T) {
+	requireRoot(t)
+	ca := sinktest.NewCA(t)
+	plain := sinktest.Listen(t, ca.Server, false)
+	sl := sinktest.Listen(t, ca.Server, false)
+	q := "?ca=" + url.QueryEscape(ca.File)
+	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
+		"--sink", "stdout", "--sink", "tls://"+plain.Addr()+q, "--sink", "syslog+tls://"+sl.Addr()+q)
+	churn(t, 50)
+	time.Sleep(200 * time.Millisecond)
+	if code := p.stop(t, os.Interrupt); code != 0 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
+	}
+	want := jsonLines(t, "stdout", p.stdout.Bytes())
+	if got := jsonLines(t, "tls", plain.Bytes()); !slices.Equal(got, want) {
+		t.Errorf("tls receiver got %d events, stdout %d: want the same, in order", len(got), len(want))
+	}
+	if got := syslogMessages(t, sl.Bytes(), true); !slices.Equal(got, want) {
+		t.Errorf("syslog+tls receiver got %d messages, stdout %d: want the same events, in order", len(got), len(want))
+	}
+}
+
+// syslogMessages parses RFC 5424 messages, octet-counted or one a line,
+// strictly, checks portlife's header fields, and returns their messages:
+// the JSON events.
+func syslogMessages(t *testing.T, b []byte, octetCounted bool) []string {
+	t.Helper()
+	var out []string
+	check := func(m syslog.Message, err error) {
+		if err != nil {
+			t.Fatalf("not an RFC 5424 message: %v", err)
+		}
+		msg := m.(*rfc5424.SyslogMessage)
+		if msg.Appname == nil || *msg.Appname != "portlife" || msg.MsgID == nil || msg.Message == nil || msg.StructuredData == nil {
+			t.Fatalf("message without portlife's header: %+v", msg)
+		}
+		var ev struct {
+			Event string `json:"event"`
+		}
+		if err := json.Unmarshal([]byte(*msg.Message), &ev); err != nil || ev.Event != *msg.MsgID {
+			t.Fatalf("message %q is not the JSON event of msgid %s: %v", *msg.Message, *msg.MsgID, err)
+		}
+		out = append(out, *msg.Message)
+	}
+	if octetCounted {
+		octetcounting.NewParser(syslog.WithListener(func(r *syslog.Result) { check(r.Message, r.Error) })).Parse(bytes.NewReader(b))
+		return out
+	}
+	parser := rfc5424.NewParser()
+	for _, l := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+		if l != "" {
+			check(parser.Parse([]byte(l)))
+		}
+	}
+	return out
+}
+
+// freePort is a loopback port nothing listens on just now.
+func freePort(t *testing.T, network string) int {
+	t.Helper()
+	if network == "udp" {
+		c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.LocalAddr().(*net.UDPAddr).Port
+	}
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// rsyslog is Debian's rsyslogd, started by a test, receiving on UDP, TCP
+// and a unix socket, each into a file of its own in RFC 5424.
+type rsyslog struct {
+	dir, udp, tcp, sock string
+	cmd                 *exec.Cmd
+}
+
+func startRsyslog(t *testing.T) *rsyslog {
+	t.Helper()
+	bin, err := exec.LookPath("rsyslogd")
+	if err != nil {
+		bin = "/usr/sbin/rsyslogd"
+	}
+	r := &rsyslog{dir: t.TempDir()}
+	r.udp = fmt.Sprintf("127.0.0.1:%d", freePort(t, "udp"))
+	r.tcp = fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))
+	r.sock = filepath.Join(r.dir, "log.sock")
+	conf := fmt.Sprintf(`global(workDirectory=%[1]q)
+module(load="imudp")
+module(load="imtcp")
+module(load="imuxsock" SysSock.Use="off")
+template(name="rfc5424" type="string" string="<%%PRI%%>1 %%TIMESTAMP:::date-rfc3339%% %%HOSTNAME%% %%APP-NAME%% %%PROCID%% %%MSGID%% %%STRUCTURED-DATA%% %%msg%%\n")
+ruleset(name="udp") { action(type="omfile" file=%[2]q template="rfc5424") }
+ruleset(name="tcp") { action(type="omfile" file=%[3]q template="rfc5424") }
+ruleset(name="unix") { action(type="omfile" file=%[4]q template="rfc5424") }
+input(type="imudp" address="127.0.0.1" port=%[5]q ruleset="udp")
+input(type="imtcp" address="127.0.0.1" port=%[6]q ruleset="tcp")
+input(type="imuxsock" Socket=%[7]q UseSpecialParser="off" ruleset="unix")
+`, r.dir, filepath.Join(r.dir, "udp.log"), filepath.Join(r.dir, "tcp.log"), filepath.Join(r.dir, "unix.log"),
+		strings.Split(r.udp, ":")[1], strings.Split(r.tcp, ":")[1], r.sock)
+	confFile := filepath.Join(r.dir, "rsyslog.conf")
+	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.cmd = exec.Command(bin, "-n", "-f", confFile, "-i", filepath.Join(r.dir, "rsyslogd.pid"))
+	var out bytes.Buffer
+	r.cmd.Stdout, r.cmd.Stderr = &out, &out
+	if err := r.cmd.Start(); err != nil {
+		t.Fatalf("starting rsyslogd (make test-deps installs it): %v", err)
+	}
+	t.Cleanup(func() { r.cmd.Process.Kill(); r.cmd.Wait() })
+	for i := 0; ; i++ {
+		c, err := net.Dial("tcp4", r.tcp)
+		if _, serr := os.Stat(r.sock); err == nil && serr == nil {
+			c.Close()
+			break
+		}
+		if c != nil {
+			c.Close()
+		}
+		if i == 100 {
+			t.Fatalf("rsyslogd is not listening after 10s:\n%s", out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return r
+}
+
+// received waits until rsyslogd wrote n messages into the input's file, or
+// 10 s passed, and returns them.
+func (r *rsyslog) received(t *testing.T, input string, n int) []string {
+	t.Helper()
+	file := filepath.Join(r.dir, input+".log")
+	for i := 0; ; i++ {
+		b, _ := os.ReadFile(file)
+		if bytes.Count(b, []byte("\n")) >= n || i == 100 {
+			return syslogMessages(t, b, false)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// rsyslog receives every event once, over UDP, TCP (octet counting) and
+// its unix socket, and what it writes parses back as RFC 5424 with the
+// JSON event intact.
+func TestSyslogToRsyslog(t *testing.T) {
+	requireRoot(t)
+	r := startRsyslog(t)
+	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
+		"--sink", "stdout", "--sink", "syslog+udp://"+r.udp+"?facility=local0", "--sink", "syslog+tcp://"+r.tcp, "--sink", "syslog+unix:"+r.sock)
+	churn(t, 50)
+	time.Sleep(200 * time.Millisecond)
+	if code := p.stop(t, os.Interrupt); code != 0 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
+	}
+	want := jsonLines(t, "stdout", p.stdout.Bytes())
+	if len(want) < 200 {
+		t.Fatalf("stdout has %d events, want at least 200", len(want))
+	}
+	for _, input := range []string{"udp", "tcp", "unix"} {
+		if got := r.received(t, input, len(want)); !slices.Equal(got, want) {
+			t.Errorf("rsyslog got %d messages over %s, stdout %d events: want each once, in order", len(got), input, len(want))
+		}
+	}
+}
