@@ -27,10 +27,11 @@ test: test-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -p 1 ./...
 
-# What the tests start themselves besides portlife: rsyslogd, the syslog
-# sinks' receiver (cmd/portlife/sinks_e2e_test.go). Installed from Debian's
-# packages when missing; nothing is done when it is there.
-TEST_DEPS := rsyslogd:rsyslog
+# What the tests run besides portlife: rsyslogd, the syslog sinks' receiver
+# (cmd/portlife/sinks_e2e_test.go), and ss, which aborts a sink's connection
+# (internal/sink). Installed from Debian's packages when missing; nothing is
+# done when they are there.
+TEST_DEPS := rsyslogd:rsyslog ss:iproute2
 test-deps:
 	@for d in $(TEST_DEPS); do command -v $${d%%:*} >/dev/null || [ -x /usr/sbin/$${d%%:*} ] || pkgs="$$pkgs $${d#*:}"; done; \
 	 if [ -n "$$pkgs" ]; then \

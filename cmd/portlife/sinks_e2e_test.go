@@ -203,7 +203,12 @@ func TestSinkIsolation(t *testing.T) {
 	}
 
 	sent, lost, delivered, dropped := st.sink(t, "tcp://"+stalled.Addr())
-	received := jsonLines(t, "stalled receiver", stalled.Bytes())
+	// At the drain deadline the sink reset the connection, and counted
+	// what the receiver's kernel had not acknowledged as dropped: what it
+	// holds may end within a record, which is not counted sent.
+	rb := stalled.Bytes()
+	rb = rb[:bytes.LastIndexByte(rb, '\n')+1]
+	received := jsonLines(t, "stalled receiver", rb)
 	if uint64(len(received)) != sent || sent+lost != delivered || delivered != st.Events || lost == 0 {
 		t.Errorf("stalled sink: received %d, sent %d, dropped %v, handed %d of %d events: want received = sent, sent + dropped = handed = all",
 			len(received), sent, dropped, delivered, st.Events)

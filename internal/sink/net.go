@@ -7,7 +7,10 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/encode"
 	"github.com/portlife/portlife/internal/event"
@@ -39,7 +42,16 @@ type netSink struct {
 	inflight int    // bytes the sender holds and has not sent yet
 	closing  bool
 	deadline time.Time // once closing: when draining gives up
-	conn     net.Conn  // the sender's, here so Close can cut a write short
+	// writeDeadline is the current write's: Close brings it forward to
+	// the drain deadline, never back.
+	writeDeadline time.Time
+	conn          net.Conn // the sender's, here so Close can cut a write short
+
+	// The sender's alone: the records written on conn that the receiver's
+	// kernel may not have acknowledged yet, whole, and where each ends.
+	// At most the socket's send buffer and one batch.
+	win     []byte
+	winEnds []int
 
 	stop chan struct{} // closed at the drain deadline
 	done chan struct{} // closed when the sender has ended
@@ -109,7 +121,7 @@ func (s *netSink) Close() error {
 	if !s.closing {
 		s.closing = true
 		s.deadline = time.Now().Add(s.spec.Drain)
-		if s.conn != nil {
+		if s.conn != nil && s.deadline.Before(s.writeDeadline) {
 			s.conn.SetWriteDeadline(s.deadline)
 		}
 		s.wake.Broadcast()
@@ -152,15 +164,54 @@ func (s *netSink) run() {
 		s.queued.Add(-int64(n))
 	}
 	s.pending, s.pendEnds, s.inflight = nil, nil, 0
-	if s.conn != nil {
-		s.conn.Close()
-		s.conn = nil
-	}
+	conn := s.conn
 	s.mu.Unlock()
+	if conn != nil {
+		s.finish(conn)
+	}
+}
+
+// finish waits, until the drain deadline, for the receiver's kernel to
+// acknowledge what the sink sent on conn, then closes it. What is still
+// unacknowledged then was not delivered: it is counted dropped at
+// shutdown, not sent, and the connection is reset so that it cannot arrive
+// later either.
+func (s *netSink) finish(conn net.Conn) {
+	defer func() {
+		s.mu.Lock()
+		s.conn = nil
+		s.mu.Unlock()
+	}()
+	if !s.spec.Stream() {
+		conn.Close()
+		return
+	}
+	s.mu.Lock()
+	deadline := s.deadline
+	s.mu.Unlock()
+	for {
+		outq, ok := unsent(conn)
+		if !ok || outq == 0 {
+			conn.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			if n := s.unacked(outq); n > 0 {
+				s.sent.Add(^uint64(n - 1)) // less n: they were not delivered
+				s.drop(DropShutdown, n, nil)
+			}
+			reset(conn)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // send writes batch's records in order and returns how many it could not
-// send before the drain deadline.
+// send before the drain deadline. On a stream, the records written and not
+// yet known to be acknowledged by the receiver's kernel are kept (the
+// window); when the connection fails, those it did not acknowledge are sent
+// again first, on the next connection.
 func (s *netSink) send(batch []byte, ends []int, first *bool) int {
 	i, off := 0, 0 // the next record, and where it starts
 	datagram := !s.spec.Stream()
@@ -170,13 +221,17 @@ func (s *netSink) send(batch []byte, ends []int, first *bool) int {
 			s.queued.Add(-int64(len(ends) - i))
 			return len(ends) - i
 		}
+		if !datagram {
+			s.trim(conn, 0)
+		}
 		s.mu.Lock()
 		wd := time.Now().Add(s.spec.WriteTimeout)
 		if s.closing && s.deadline.Before(wd) {
 			wd = s.deadline
 		}
-		s.mu.Unlock()
+		s.writeDeadline = wd
 		conn.SetWriteDeadline(wd)
+		s.mu.Unlock()
 
 		end := len(batch)
 		if datagram {
@@ -184,32 +239,162 @@ func (s *netSink) send(batch []byte, ends []int, first *bool) int {
 		}
 		n, err := conn.Write(batch[off:end])
 		sent := 0
-		for i < len(ends) && ends[i] <= off+n {
+		for start := off; i < len(ends) && ends[i] <= off+n; start = ends[i-1] {
+			if !datagram {
+				s.win = append(s.win, batch[start:ends[i]]...)
+				s.winEnds = append(s.winEnds, len(s.win))
+			}
 			i++
 			sent++
 		}
+		partial := 0
 		if sent > 0 {
+			partial = off + n - ends[i-1]
 			off = ends[i-1]
 			s.sent.Add(uint64(sent))
 			s.queued.Add(-int64(sent))
 			s.mu.Lock()
 			s.inflight = len(batch) - off
 			s.mu.Unlock()
+		} else {
+			partial = n
 		}
-		if err != nil {
-			// The connection is gone, or stalled past write_timeout: a new
-			// one gets the record the kernel did not take whole.
-			s.setErr(err)
-			s.mu.Lock()
-			s.conn.Close()
-			s.conn = nil
-			s.mu.Unlock()
+		if err == nil {
+			continue
 		}
+		// The connection is gone, or stalled past write_timeout: a new one
+		// gets what the receiver's kernel did not acknowledge, and the
+		// record the kernel did not take whole.
+		s.setErr(err)
+		if !datagram {
+			var resend []byte
+			var resendEnds []int
+			if outq, ok := unsent(conn); ok {
+				resend, resendEnds = s.takeUnacked(outq - partial)
+			} else { // unknown: all of it, at least once
+				resend, resendEnds = s.takeUnacked(len(s.win))
+			}
+			if k := len(resendEnds); k > 0 {
+				s.sent.Add(^uint64(k - 1))
+				s.queued.Add(int64(k))
+				nb := append(resend, batch[off:]...)
+				ne := append(resendEnds, make([]int, 0, len(ends)-i)...)
+				for _, e := range ends[i:] {
+					ne = append(ne, e-off+len(resend))
+				}
+				batch, ends, i, off = nb, ne, 0, 0
+			}
+			reset(conn)
+		} else {
+			conn.Close()
+		}
+		s.mu.Lock()
+		s.conn = nil
+		s.mu.Unlock()
+		s.win, s.winEnds = s.win[:0], s.winEnds[:0]
 	}
 	s.mu.Lock()
 	s.inflight = 0
 	s.mu.Unlock()
 	return 0
+}
+
+// trim forgets the records of the window the receiver's kernel has
+// acknowledged: all but the last outq bytes (the kernel's unsent and
+// unacknowledged ones), less partial bytes of a record not in the window.
+func (s *netSink) trim(conn net.Conn, partial int) {
+	if len(s.win) == 0 {
+		return
+	}
+	outq, ok := unsent(conn)
+	if !ok {
+		return
+	}
+	acked := len(s.win) - (outq - partial)
+	k := 0
+	for k < len(s.winEnds) && s.winEnds[k] <= acked {
+		k++
+	}
+	if k == 0 {
+		return
+	}
+	cut := s.winEnds[k-1]
+	s.win = s.win[:copy(s.win, s.win[cut:])]
+	s.winEnds = s.winEnds[:copy(s.winEnds, s.winEnds[k:])]
+	for j := range s.winEnds {
+		s.winEnds[j] -= cut
+	}
+}
+
+// takeUnacked returns a copy of the window's records that lie, even in
+// part, within its last outq bytes, and empties the window.
+func (s *netSink) takeUnacked(outq int) ([]byte, []int) {
+	acked := len(s.win) - outq
+	k := 0
+	for k < len(s.winEnds) && s.winEnds[k] <= acked {
+		k++
+	}
+	if k == len(s.winEnds) {
+		return nil, nil
+	}
+	cut := 0
+	if k > 0 {
+		cut = s.winEnds[k-1]
+	}
+	b := append([]byte(nil), s.win[cut:]...)
+	e := make([]int, 0, len(s.winEnds)-k)
+	for _, end := range s.winEnds[k:] {
+		e = append(e, end-cut)
+	}
+	return b, e
+}
+
+// unacked is how many of the window's records lie, even in part, within
+// its last outq bytes.
+func (s *netSink) unacked(outq int) int {
+	_, e := s.takeUnacked(outq)
+	return len(e)
+}
+
+// unsent is what the kernel holds for conn that the receiver's kernel has
+// not acknowledged (SIOCOUTQ), in bytes of the stream under any TLS. Over
+// TLS the count is of TLS records, not of the records the sink wrote: it is
+// exact only when it is 0, and otherwise taken as all of them.
+func unsent(conn net.Conn) (int, bool) {
+	tlsConn, isTLS := conn.(*tls.Conn)
+	if isTLS {
+		conn = tlsConn.NetConn()
+	}
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return 0, false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var n int
+	var ierr error
+	if err := raw.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }); err != nil || ierr != nil {
+		return 0, false
+	}
+	if isTLS && n > 0 {
+		return 1 << 62, true
+	}
+	return n, true
+}
+
+// reset closes conn at once, discarding what it still holds (SO_LINGER
+// 0): what is sent again on the next connection must not also arrive late
+// on this one.
+func reset(conn net.Conn) {
+	if t, ok := conn.(*tls.Conn); ok {
+		conn = t.NetConn()
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	conn.Close()
 }
 
 // connection returns the open connection, or makes one, waiting between

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/leodido/go-syslog/v4/octetcounting"
 	"github.com/leodido/go-syslog/v4/rfc5424"
 
+	"github.com/portlife/portlife/internal/kerneltest"
 	"github.com/portlife/portlife/internal/sinktest"
 )
 
@@ -246,5 +248,61 @@ func TestNetNoAllocation(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(10000, func() { s.Write(e) }); n > 0.01 {
 		t.Errorf("%v allocations per event, want none once the queue's buffers have grown", n)
+	}
+}
+
+// A connection that is reset while the kernel holds records the receiver
+// has not acknowledged (ss -K aborts it, as a dead peer's RST would): the
+// sink sends those again, from the first one not acknowledged, on a new
+// connection. Every event arrives exactly once, in order, across the two
+// connections, and the sink counts them all sent and none lost.
+func TestNetResendsWhatWasNotAcknowledged(t *testing.T) {
+	kerneltest.RequireRoot(t) // ss -K: CAP_NET_ADMIN
+	r := sinktest.StallFirst(t)
+	s := openNetURL(t, "tcp://"+r.Addr()+"?queue=64MiB")
+	const n = 20000 // about 12MB: more than both socket buffers hold
+	for i := range n {
+		s.Write(testEvent(i))
+	}
+	for i := 0; ; i++ { // until the kernel holds megabytes not acknowledged
+		s.mu.Lock()
+		c := s.conn
+		s.mu.Unlock()
+		if c != nil {
+			if q, _ := unsent(c); q > 1<<20 {
+				break
+			}
+		}
+		if i == 500 {
+			t.Fatal("the sink's kernel never held a megabyte unacknowledged: the test proves nothing")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, port, _ := net.SplitHostPort(r.Addr())
+	if out, err := exec.Command("ss", "-K", "dst", "127.0.0.1", "dport", "=", port).CombinedOutput(); err != nil {
+		t.Fatalf("ss -K: %v: %s", err, out)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	conns := r.PerConn()
+	if len(conns) != 2 {
+		t.Fatalf("%d connections, want the aborted one and another", len(conns))
+	}
+	var got []uint64
+	for _, c := range conns {
+		// The aborted connection may end within a record: the sink sent
+		// that record again, whole.
+		if i := bytes.LastIndexByte(c, '\n'); i+1 < len(c) {
+			c = c[:i+1]
+		}
+		got = append(got, cookies(t, c)...)
+	}
+	st := s.Stats()
+	if len(got) != n || !inOrder(got) {
+		t.Errorf("received %d events (in order, once: %v) over %d connections, want all %d", len(got), inOrder(got), len(conns), n)
+	}
+	if st.Sent != n || st.Lost() != 0 || st.Reconnects != 1 {
+		t.Errorf("stats %+v: want %d sent, none lost, one reconnect", st, n)
 	}
 }

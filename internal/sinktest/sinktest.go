@@ -29,6 +29,9 @@ type Receiver struct {
 	got  []*bytes.Buffer
 	wg   sync.WaitGroup
 	read chan struct{} // closed: read what is sent; open: stall
+	// stallFirst: only the first connection waits for read; the others
+	// are read at once.
+	stallFirst bool
 }
 
 // Listen starts a receiver on 127.0.0.1, over TLS if cfg is not nil. A
@@ -42,12 +45,27 @@ func Listen(t testing.TB, cfg *tls.Config, stalled bool) *Receiver {
 	return Serve(t, ln, cfg, stalled)
 }
 
+// StallFirst starts a receiver that never reads its first connection until
+// Resume (a receiver that hung), and reads every later one at once.
+func StallFirst(t testing.TB) *Receiver {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serve(t, ln, nil, true, true)
+}
+
 // Serve is Listen on a listener of the caller's.
 func Serve(t testing.TB, ln net.Listener, cfg *tls.Config, stalled bool) *Receiver {
+	return serve(t, ln, cfg, stalled, false)
+}
+
+func serve(t testing.TB, ln net.Listener, cfg *tls.Config, stalled, stallFirst bool) *Receiver {
 	if cfg != nil {
 		ln = tls.NewListener(ln, cfg)
 	}
-	r := &Receiver{ln: ln, read: make(chan struct{})}
+	r := &Receiver{ln: ln, read: make(chan struct{}), stallFirst: stallFirst}
 	if !stalled {
 		close(r.read)
 	}
@@ -62,12 +80,15 @@ func Serve(t testing.TB, ln net.Listener, cfg *tls.Config, stalled bool) *Receiv
 			buf := &bytes.Buffer{}
 			r.mu.Lock()
 			r.got = append(r.got, buf)
+			wait := !r.stallFirst || len(r.got) == 1
 			r.mu.Unlock()
 			r.wg.Add(1)
 			go func() {
 				defer r.wg.Done()
 				defer c.Close()
-				<-r.read
+				if wait {
+					<-r.read
+				}
 				b := make([]byte, 64<<10)
 				for {
 					n, err := c.Read(b)
@@ -110,14 +131,23 @@ func (r *Receiver) Conns() int {
 // Bytes waits for every connection to be closed by its sender, then
 // returns what they sent, connection after connection.
 func (r *Receiver) Bytes() []byte {
+	var all []byte
+	for _, b := range r.PerConn() {
+		all = append(all, b...)
+	}
+	return all
+}
+
+// PerConn is Bytes, connection by connection.
+func (r *Receiver) PerConn() [][]byte {
 	r.Resume()
 	r.Close()
 	r.wg.Wait()
-	var all []byte
-	for _, b := range r.got {
-		all = append(all, b.Bytes()...)
+	out := make([][]byte, len(r.got))
+	for i, b := range r.got {
+		out[i] = b.Bytes()
 	}
-	return all
+	return out
 }
 
 // CA is a test certificate authority and a server certificate it signed
