@@ -502,3 +502,43 @@ func TestSyslogToRsyslog(t *testing.T) {
 		}
 	}
 }
+
+// With buffer_dir, a receiver that is down for longer than the memory
+// queue holds loses nothing: it gets every event stdout got, in order, once
+// it is back.
+func TestSinkDiskBuffer(t *testing.T) {
+	requireRoot(t)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // down
+	dir := t.TempDir()
+	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
+		"--sink", "stdout", "--sink", "tcp://"+addr+"?queue=64KiB&backoff_max=100ms&drain=30s&buffer_dir="+url.QueryEscape(dir))
+	churn(t, 300) // about 700KB of events: ten times the memory queue
+	time.Sleep(200 * time.Millisecond)
+	if m, _ := filepath.Glob(filepath.Join(dir, "seg-*")); len(m) == 0 {
+		t.Fatal("nothing went to the disk buffer: the test proves nothing")
+	}
+	ln, err = net.Listen("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := sinktest.Serve(t, ln, nil, false)
+	churn(t, 20)
+	time.Sleep(200 * time.Millisecond)
+	if code := p.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
+	}
+	st := p.stoppedLine(t)
+	want := jsonLines(t, "stdout", p.stdout.Bytes())
+	got := jsonLines(t, "receiver", r.Bytes())
+	if !slices.Equal(got, want) {
+		t.Errorf("the receiver got %d events, stdout %d: want the same, in order", len(got), len(want))
+	}
+	if sent, lost, delivered, _ := st.sink(t, "tcp://"); sent != delivered || lost != 0 || st.Lost != 0 {
+		t.Errorf("sink sent %d of %d, lost %d; lost %d in all: want all sent, none lost", sent, delivered, lost, st.Lost)
+	}
+}

@@ -3,6 +3,8 @@ package sink
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -53,6 +55,8 @@ type netSink struct {
 	win     []byte
 	winEnds []int
 
+	disk *diskBuf // buffer_dir, nil without; under mu
+
 	stop chan struct{} // closed at the drain deadline
 	done chan struct{} // closed when the sender has ended
 }
@@ -88,6 +92,14 @@ func openNet(spec Spec) (*netSink, error) {
 	case "syslog+unix":
 		s.dial = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "unixgram", spec.Path) }
 	}
+	if spec.BufferDir != "" {
+		d, err := openDiskBuf(spec.BufferDir, spec.BufferSize)
+		if err != nil {
+			return nil, err
+		}
+		s.disk = d
+		s.queued.Add(int64(d.records)) // left by an earlier run: they go first
+	}
 	go s.run()
 	return s, nil
 }
@@ -101,7 +113,26 @@ func (s *netSink) Flush() error     { return nil }  // the sender writes as soon
 func (s *netSink) Write(e *event.Event) error {
 	s.rec = s.format(s.rec[:0], e)
 	s.mu.Lock()
-	if len(s.pending)+s.inflight+len(s.rec) > s.spec.Queue || s.closing {
+	full := len(s.pending)+s.inflight+len(s.rec) > s.spec.Queue
+	if s.disk != nil && !s.closing && (full || s.disk.records > 0) {
+		// Once events wait on disk, the next ones follow them there: the
+		// order is kept.
+		err := s.disk.append(s.rec)
+		if err == nil {
+			s.queued.Add(1)
+			s.wake.Signal()
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+		if errors.Is(err, errBufferFull) {
+			s.drop(DropQueueFull, 1, nil)
+		} else {
+			s.drop(DropDiskFull, 1, fmt.Errorf("buffer_dir: %w", err))
+		}
+		return nil
+	}
+	if full || s.closing {
 		s.mu.Unlock()
 		s.drop(DropQueueFull, 1, nil)
 		return nil
@@ -140,35 +171,83 @@ func (s *netSink) run() {
 	first := true
 	for {
 		s.mu.Lock()
-		for len(s.pending) == 0 && !s.closing {
+		for len(s.pending) == 0 && !s.onDisk() && !s.closing {
 			s.wake.Wait()
 		}
-		if len(s.pending) == 0 {
+		switch {
+		case len(s.pending) > 0:
+			batch, s.pending = s.pending, batch[:0]
+			ends, s.pendEnds = s.pendEnds, ends[:0]
+		case s.onDisk():
+			var err error
+			batch, ends, _, err = s.disk.read(batch[:0], ends[:0], 1<<20)
+			if err != nil {
+				s.setErr(fmt.Errorf("buffer_dir: %w", err))
+				s.drop(DropDiskFull, s.disk.records, nil)
+				s.queued.Add(-int64(s.disk.records))
+				s.disk.records = 0
+			}
+		default:
 			s.mu.Unlock()
-			break
+			s.shutdown(nil, nil)
+			return
 		}
-		batch, s.pending = s.pending, batch[:0]
-		ends, s.pendEnds = s.pendEnds, ends[:0]
 		s.inflight = len(batch)
 		s.mu.Unlock()
 
-		left := s.send(batch, ends, &first)
-		if left > 0 { // the drain deadline passed
-			s.drop(DropShutdown, left, nil)
-			break
+		if rest, restEnds := s.send(batch, ends, &first); len(restEnds) > 0 {
+			s.shutdown(rest, restEnds) // the drain deadline passed
+			return
 		}
 	}
+}
+
+func (s *netSink) onDisk() bool { return s.disk != nil && s.disk.records > 0 }
+
+// shutdown ends the sender: rest (the records it could not send before the
+// drain deadline) and what is queued in memory are kept on disk for the
+// next run, with buffer_dir, or counted dropped at shutdown; then the
+// connection is finished.
+func (s *netSink) shutdown(rest []byte, restEnds []int) {
 	s.mu.Lock()
-	if n := len(s.pendEnds); n > 0 {
-		s.drop(DropShutdown, n, nil)
-		s.queued.Add(-int64(n))
-	}
+	pending, pendEnds := s.pending, s.pendEnds
 	s.pending, s.pendEnds, s.inflight = nil, nil, 0
+	s.keep(pending, pendEnds) // newer than rest
+	s.keep(rest, restEnds)
 	conn := s.conn
 	s.mu.Unlock()
 	if conn != nil {
 		s.finish(conn)
 	}
+	s.mu.Lock()
+	if s.disk != nil {
+		if err := s.disk.settle(); err != nil {
+			s.setErr(fmt.Errorf("buffer_dir: %w", err))
+		}
+		s.disk.close()
+	}
+	s.mu.Unlock()
+}
+
+// keep puts records that will not be sent in this run first in the disk
+// buffer, or counts them dropped at shutdown. Each call's records go before
+// the previous call's: call it newest first. Called with mu held.
+func (s *netSink) keep(recs []byte, ends []int) {
+	if len(ends) == 0 {
+		return
+	}
+	if s.disk != nil {
+		err := s.disk.settle()
+		if err == nil {
+			err = s.disk.prepend(recs, ends)
+		}
+		if err == nil {
+			return // still queued, for the next run
+		}
+		s.setErr(fmt.Errorf("buffer_dir: %w", err))
+	}
+	s.drop(DropShutdown, len(ends), nil)
+	s.queued.Add(-int64(len(ends)))
 }
 
 // finish waits, until the drain deadline, for the receiver's kernel to
@@ -196,9 +275,13 @@ func (s *netSink) finish(conn net.Conn) {
 			return
 		}
 		if time.Now().After(deadline) {
-			if n := s.unacked(outq); n > 0 {
+			if recs, ends := s.takeUnacked(outq); len(ends) > 0 {
+				n := len(ends)
 				s.sent.Add(^uint64(n - 1)) // less n: they were not delivered
-				s.drop(DropShutdown, n, nil)
+				s.queued.Add(int64(n))
+				s.mu.Lock()
+				s.keep(recs, ends)
+				s.mu.Unlock()
 			}
 			reset(conn)
 			return
@@ -207,19 +290,22 @@ func (s *netSink) finish(conn net.Conn) {
 	}
 }
 
-// send writes batch's records in order and returns how many it could not
-// send before the drain deadline. On a stream, the records written and not
+// send writes batch's records in order and returns those it could not
+// send before the drain deadline, with their ends. On a stream, the records written and not
 // yet known to be acknowledged by the receiver's kernel are kept (the
 // window); when the connection fails, those it did not acknowledge are sent
 // again first, on the next connection.
-func (s *netSink) send(batch []byte, ends []int, first *bool) int {
+func (s *netSink) send(batch []byte, ends []int, first *bool) ([]byte, []int) {
 	i, off := 0, 0 // the next record, and where it starts
 	datagram := !s.spec.Stream()
 	for i < len(ends) {
 		conn := s.connection(first)
 		if conn == nil {
-			s.queued.Add(-int64(len(ends) - i))
-			return len(ends) - i
+			rest := make([]int, 0, len(ends)-i)
+			for _, e := range ends[i:] {
+				rest = append(rest, e-off)
+			}
+			return batch[off:], rest
 		}
 		if !datagram {
 			s.trim(conn, 0)
@@ -296,7 +382,7 @@ func (s *netSink) send(batch []byte, ends []int, first *bool) int {
 	s.mu.Lock()
 	s.inflight = 0
 	s.mu.Unlock()
-	return 0
+	return nil, nil
 }
 
 // trim forgets the records of the window the receiver's kernel has
@@ -347,13 +433,6 @@ func (s *netSink) takeUnacked(outq int) ([]byte, []int) {
 		e = append(e, end-cut)
 	}
 	return b, e
-}
-
-// unacked is how many of the window's records lie, even in part, within
-// its last outq bytes.
-func (s *netSink) unacked(outq int) int {
-	_, e := s.takeUnacked(outq)
-	return len(e)
 }
 
 // unsent is what the kernel holds for conn that the receiver's kernel has

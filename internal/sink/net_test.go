@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -304,5 +305,90 @@ func TestNetResendsWhatWasNotAcknowledged(t *testing.T) {
 	}
 	if st.Sent != n || st.Lost() != 0 || st.Reconnects != 1 {
 		t.Errorf("stats %+v: want %d sent, none lost, one reconnect", st, n)
+	}
+}
+
+// downPort is a loopback address nothing listens on, for a receiver that
+// comes up later.
+func downPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func segments(t *testing.T, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, "seg-*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// With buffer_dir, an outage longer than the memory queue holds loses
+// nothing: the events wait on disk, in order, and all arrive once the
+// receiver is back; the disk buffer is empty after.
+func TestNetDiskBuffer(t *testing.T) {
+	addr, dir := downPort(t), t.TempDir()
+	s := openNetURL(t, "tcp://"+addr+"?queue=64KiB&backoff_max=100ms&buffer_dir="+url.QueryEscape(dir))
+	const n = 20000 // about 12MB, 200 times the memory queue
+	for i := range n {
+		s.Write(testEvent(i))
+	}
+	if st := s.Stats(); st.Lost() != 0 || st.Queued != n || len(segments(t, dir)) == 0 {
+		t.Fatalf("while the receiver is down: %+v, %d segments: want all %d queued, on disk", st, len(segments(t, dir)), n)
+	}
+	ln, err := net.Listen("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := sinktest.Serve(t, ln, nil, false)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got := cookies(t, r.Bytes())
+	st := s.Stats()
+	if len(got) != n || !inOrder(got) || st.Sent != n || st.Lost() != 0 || st.Queued != 0 {
+		t.Errorf("received %d (in order, once: %v), stats %+v: want all %d", len(got), inOrder(got), st, n)
+	}
+	if left := segments(t, dir); len(left) != 0 {
+		t.Errorf("segments left after everything was sent: %v", left)
+	}
+}
+
+// What a run could not send before its drain deadline stays in buffer_dir,
+// counted queued, not dropped; the next run sends it first, then its own
+// events, in order.
+func TestNetDiskBufferOutlastsRestart(t *testing.T) {
+	addr, dir := downPort(t), t.TempDir()
+	q := "?queue=64KiB&drain=100ms&backoff_max=50ms&buffer_dir=" + url.QueryEscape(dir)
+	s := openNetURL(t, "tcp://"+addr+q)
+	const n = 5000
+	for i := range n {
+		s.Write(testEvent(i))
+	}
+	s.Close()
+	if st := s.Stats(); st.Lost() != 0 || st.Queued != n || st.Sent != 0 {
+		t.Fatalf("first run: %+v, want all %d still queued, on disk", st, n)
+	}
+	ln, err := net.Listen("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := sinktest.Serve(t, ln, nil, false)
+	s2 := openNetURL(t, "tcp://"+addr+strings.Replace(q, "drain=100ms", "drain=30s", 1))
+	for i := n; i < n+100; i++ {
+		s2.Write(testEvent(i))
+	}
+	s2.Close()
+	got := cookies(t, r.Bytes())
+	st := s2.Stats()
+	if len(got) != n+100 || !inOrder(got) || st.Sent != n+100 || st.Lost() != 0 || st.Queued != 0 {
+		t.Errorf("second run: received %d (in order, once: %v), stats %+v: want the first run's %d, then its own 100", len(got), inOrder(got), st, n)
 	}
 }

@@ -29,6 +29,9 @@ type Spec struct {
 
 	TLS *tls.Config // tls and syslog+tls
 
+	BufferDir  string // network sinks: where events that do not fit in Queue wait; "" none
+	BufferSize int64  // the disk buffer's bound, in bytes
+
 	Facility int // syslog: 0 to 23
 
 	MaxSize  int64         // file: rotate before it passes this many bytes; 0 never
@@ -82,12 +85,12 @@ func (s Spec) Networked() bool { return s.Scheme != "stdout" && s.Scheme != "fil
 var schemeOptions = map[string][]string{
 	"stdout":      nil,
 	"file":        {"queue", "max_size", "max_age", "keep", "compress", "fsync"},
-	"tcp":         {"queue", "drain", "backoff_max", "write_timeout"},
-	"tls":         {"queue", "drain", "backoff_max", "write_timeout", "ca", "cert", "key", "server_name"},
-	"syslog+udp":  {"queue", "drain", "backoff_max", "write_timeout", "facility"},
-	"syslog+tcp":  {"queue", "drain", "backoff_max", "write_timeout", "facility"},
-	"syslog+tls":  {"queue", "drain", "backoff_max", "write_timeout", "facility", "ca", "cert", "key", "server_name"},
-	"syslog+unix": {"queue", "drain", "backoff_max", "write_timeout", "facility"},
+	"tcp":         {"queue", "drain", "backoff_max", "write_timeout", "buffer_dir", "buffer_size"},
+	"tls":         {"queue", "drain", "backoff_max", "write_timeout", "buffer_dir", "buffer_size", "ca", "cert", "key", "server_name"},
+	"syslog+udp":  {"queue", "drain", "backoff_max", "write_timeout", "buffer_dir", "buffer_size", "facility"},
+	"syslog+tcp":  {"queue", "drain", "backoff_max", "write_timeout", "buffer_dir", "buffer_size", "facility"},
+	"syslog+tls":  {"queue", "drain", "backoff_max", "write_timeout", "buffer_dir", "buffer_size", "facility", "ca", "cert", "key", "server_name"},
+	"syslog+unix": {"queue", "drain", "backoff_max", "write_timeout", "buffer_dir", "buffer_size", "facility"},
 }
 
 var facilities = []string{"kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp",
@@ -98,8 +101,9 @@ var facilities = []string{"kern", "user", "mail", "daemon", "auth", "syslog", "l
 func ParseURL(raw string) (Spec, error) {
 	s := Spec{
 		URL: raw, Queue: 16 << 20, Drain: 5 * time.Second, BackoffMax: 30 * time.Second, WriteTimeout: 30 * time.Second,
-		Facility: 3, // daemon
-		MaxSize:  100 << 20, Keep: 5, Fsync: FsyncPolicy{Every: time.Second},
+		Facility:   3, // daemon
+		BufferSize: 1 << 30,
+		MaxSize:    100 << 20, Keep: 5, Fsync: FsyncPolicy{Every: time.Second},
 	}
 	if raw == "stdout" || raw == "-" {
 		s.Scheme = "stdout"
@@ -170,6 +174,13 @@ func ParseURL(raw string) (Spec, error) {
 			if err == nil && s.MaxSize > 0 && s.MaxSize < 64<<10 {
 				err = errors.New("below 64KiB")
 			}
+		case "buffer_dir":
+			s.BufferDir = v
+			if v == "" {
+				err = errors.New("want a directory")
+			}
+		case "buffer_size":
+			s.BufferSize, err = parseBytes(v, 1<<20, 1<<50)
 		case "drain":
 			s.Drain, err = parseDuration(v, 0)
 		case "backoff_max":
