@@ -94,7 +94,7 @@ bench: build $(if $(BASELINE),baseline)
 	$(MAKE) bench-go
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/encode ./internal/stream ./tracer
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/encode ./internal/stream ./internal/sink ./tracer
 
 # BASELINE's committed tree, built outside the work tree, which stays as it is.
 baseline:
