@@ -32,12 +32,19 @@ test: test-deps
 # (internal/sink). Installed from Debian's packages when missing; nothing is
 # done when they are there.
 TEST_DEPS := rsyslogd:rsyslog ss:iproute2
+# The OTLP sink's test runs an OpenTelemetry Collector built from the
+# official modules in test/otelcol (a module of its own). It is built once
+# per version of its sources, into the cache the test looks in (the first
+# build takes minutes; CI should keep ~/.cache and Go's build cache).
+OTELCOL := $${XDG_CACHE_HOME:-$$HOME/.cache}/portlife/otelcol-$$(cat test/otelcol/go.mod test/otelcol/go.sum test/otelcol/main.go | sha256sum | cut -c1-16)
 test-deps:
 	@for d in $(TEST_DEPS); do command -v $${d%%:*} >/dev/null || [ -x /usr/sbin/$${d%%:*} ] || pkgs="$$pkgs $${d#*:}"; done; \
 	 if [ -n "$$pkgs" ]; then \
 	   echo "installing$$pkgs"; \
 	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; \
 	 fi
+	@bin=$(OTELCOL); [ -x "$$bin" ] || { echo "building the test collector into $$bin"; \
+	   cd test/otelcol && $(GO) build -mod=mod -o "$$bin.tmp" . && mv "$$bin.tmp" "$$bin"; }
 
 # The same committed eBPF objects (bpf2go's bpfel) serve arm64: the binary
 # and every test must build for it.

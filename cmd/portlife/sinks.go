@@ -23,7 +23,7 @@ import (
 // checked as the flag is read (sink.ParseURL), so a mistake is a usage
 // error naming the URL, before anything is loaded.
 func addSinkFlags(fs *pflag.FlagSet, specs *[]sink.Spec) {
-	fs.Var(&sinkValue{specs}, "sink", "where events go, repeatable: stdout, file:PATH, tcp://HOST:PORT, tls://HOST:PORT, syslog+udp|tcp|tls://HOST:PORT, syslog+unix:PATH; options in the query, e.g. file:/var/log/portlife.json?max_size=64MiB&keep=3 (default stdout)")
+	fs.Var(&sinkValue{specs}, "sink", "where events go, repeatable: stdout, file:PATH, tcp://HOST:PORT, tls://HOST:PORT, syslog+udp|tcp|tls://HOST:PORT, syslog+unix:PATH, otlp+http|https://HOST:PORT; options in the query, e.g. file:/var/log/portlife.json?max_size=64MiB&keep=3 (default stdout)")
 }
 
 type sinkValue struct{ specs *[]sink.Spec }

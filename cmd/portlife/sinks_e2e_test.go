@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -526,6 +527,7 @@ func (r *rsyslog) received(t *testing.T, input string, n int) []string {
 // JSON event intact.
 func TestSyslogToRsyslog(t *testing.T) {
 	requireRoot(t)
+	hostOnly(t)
 	r := startRsyslog(t)
 	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
 		"--sink", "stdout", "--sink", "syslog+udp://"+r.udp+"?facility=local0", "--sink", "syslog+tcp://"+r.tcp, "--sink", "syslog+unix:"+r.sock)
@@ -595,6 +597,7 @@ func TestSinkDiskBuffer(t *testing.T) {
 // know it.
 func TestSyslogRsyslogRestart(t *testing.T) {
 	requireRoot(t)
+	hostOnly(t)
 	r := startRsyslog(t)
 	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
 		"--sink", "stdout", "--sink", "syslog+tcp://"+r.tcp+"?backoff_max=100ms&drain=20s")
@@ -623,4 +626,233 @@ func TestSyslogRsyslogRestart(t *testing.T) {
 	}
 	t.Logf("stdout %d events, rsyslog wrote %d; sent %d, dropped %d: %d acknowledged by rsyslog's kernel and lost in rsyslog",
 		len(want), len(got), sent, lost, int(sent)-len(got))
+}
+
+// hostOnly skips a test that needs programs of the host (rsyslogd, the Go
+// toolchain for the collector) where the kernel matrix runs these tests:
+// its guests hold only the test binaries. Nothing in them depends on the
+// kernel version.
+func hostOnly(t *testing.T) {
+	t.Helper()
+	if os.Getenv("PORTLIFE_BINARY") != "" {
+		t.Skip("needs the host's programs; the kernel matrix's guest has only the test binaries")
+	}
+}
+
+// otelcolBinary builds the test collector (test/otelcol, a module of its
+// own) once per version of its sources, into ~/.cache/portlife, and
+// returns its path. The first build takes minutes; CI keeps the cache.
+func otelcolBinary(t *testing.T) string {
+	t.Helper()
+	src, err := filepath.Abs("../../test/otelcol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	for _, f := range []string{"go.mod", "go.sum", "main.go"} {
+		b, err := os.ReadFile(filepath.Join(src, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Write(b)
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(cache, "portlife", fmt.Sprintf("otelcol-%x", h.Sum(nil)[:8]))
+	if _, err := os.Stat(bin); err == nil {
+		return bin
+	}
+	t.Logf("building the test collector into %s (minutes, once)", bin)
+	cmd := exec.Command("go", "build", "-mod=mod", "-o", bin+".tmp", ".")
+	cmd.Dir = src
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building test/otelcol: %v\n%s", err, out)
+	}
+	if err := os.Rename(bin+".tmp", bin); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// startCollector runs the test collector: OTLP/HTTP in on a loopback
+// port, every log record out to a file, as OTLP JSON, one request a line.
+func startCollector(t *testing.T) (addr, out string) {
+	t.Helper()
+	bin := otelcolBinary(t)
+	dir := t.TempDir()
+	addr = fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))
+	out = filepath.Join(dir, "logs.json")
+	conf := fmt.Sprintf(`receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: %s
+exporters:
+  file:
+    path: %s
+    flush_interval: 100ms
+service:
+  telemetry:
+    metrics:
+      level: none
+  pipelines:
+    logs:
+      receivers: [otlp]
+      exporters: [file]
+`, addr, out)
+	confFile := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--config", "file:"+confFile)
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() })
+	for i := 0; ; i++ {
+		if c, err := net.Dial("tcp4", addr); err == nil {
+			c.Close()
+			return addr, out
+		}
+		if i == 100 {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("the collector is not listening after 10s:\n%s", log.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// otlpRecord is one log record as the collector's file exporter writes it.
+type otlpRecord struct {
+	resource map[string]string
+	scope    string
+	body     string
+	event    string
+	severity string
+	attrs    map[string]string
+}
+
+func otlpValue(v map[string]any) string {
+	for _, x := range v {
+		return fmt.Sprint(x)
+	}
+	return ""
+}
+
+func otlpAttrs(list []any) map[string]string {
+	m := map[string]string{}
+	for _, a := range list {
+		kv := a.(map[string]any)
+		m[kv["key"].(string)] = otlpValue(kv["value"].(map[string]any))
+	}
+	return m
+}
+
+func otlpRecords(t *testing.T, b []byte) []otlpRecord {
+	t.Helper()
+	var out []otlpRecord
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if line == "" {
+			continue
+		}
+		var req struct {
+			ResourceLogs []struct {
+				Resource struct {
+					Attributes []any `json:"attributes"`
+				} `json:"resource"`
+				ScopeLogs []struct {
+					Scope struct {
+						Name string `json:"name"`
+					} `json:"scope"`
+					LogRecords []struct {
+						EventName    string         `json:"eventName"`
+						SeverityText string         `json:"severityText"`
+						Body         map[string]any `json:"body"`
+						Attributes   []any          `json:"attributes"`
+					} `json:"logRecords"`
+				} `json:"scopeLogs"`
+			} `json:"resourceLogs"`
+		}
+		if err := json.Unmarshal([]byte(line), &req); err != nil {
+			t.Fatalf("collector output: %v: %s", err, line)
+		}
+		for _, rl := range req.ResourceLogs {
+			res := otlpAttrs(rl.Resource.Attributes)
+			for _, sl := range rl.ScopeLogs {
+				for _, r := range sl.LogRecords {
+					out = append(out, otlpRecord{res, sl.Scope.Name, otlpValue(r.Body), r.EventName, r.SeverityText, otlpAttrs(r.Attributes)})
+				}
+			}
+		}
+	}
+	return out
+}
+
+// Every event reaches a real OpenTelemetry Collector as a log record, in
+// order, with the resource and the attributes the README documents.
+func TestOTLPSink(t *testing.T) {
+	requireRoot(t)
+	hostOnly(t)
+	addr, out := startCollector(t)
+	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
+		"--sink", "stdout", "--sink", "otlp+http://"+addr)
+	churn(t, 50)
+	time.Sleep(200 * time.Millisecond)
+	if code := p.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
+	}
+	want := jsonLines(t, "stdout", p.stdout.Bytes())
+	var recs []otlpRecord
+	for i := 0; i < 100; i++ { // the file exporter flushes every 100ms
+		b, _ := os.ReadFile(out)
+		if recs = otlpRecords(t, b); len(recs) >= len(want) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(recs) != len(want) {
+		t.Fatalf("the collector got %d records, stdout %d events", len(recs), len(want))
+	}
+	host, _ := os.Hostname()
+	for i, r := range recs {
+		if r.body != want[i] {
+			t.Fatalf("record %d: body %q, want stdout's event %q", i, r.body, want[i])
+		}
+		var ev struct {
+			Event, Proto, Family, Comm, Direction string
+			PID, UID, Lport, Rport                int
+			Laddr, Raddr                          string
+		}
+		json.Unmarshal([]byte(want[i]), &ev)
+		src, dst := [2]string{ev.Laddr, fmt.Sprint(ev.Lport)}, [2]string{ev.Raddr, fmt.Sprint(ev.Rport)}
+		if ev.Direction == "inbound" {
+			src, dst = dst, src
+		}
+		wantAttrs := map[string]string{
+			"portlife.event": ev.Event, "network.transport": ev.Proto, "network.type": ev.Family,
+			"source.address": src[0], "source.port": src[1], "destination.address": dst[0], "destination.port": dst[1],
+			"process.pid": fmt.Sprint(ev.PID), "process.executable.name": ev.Comm, "user.id": fmt.Sprint(ev.UID),
+			"portlife.direction": ev.Direction,
+		}
+		for k, v := range wantAttrs {
+			if r.attrs[k] != v {
+				t.Errorf("record %d: %s = %q, want %q", i, k, r.attrs[k], v)
+			}
+		}
+		if r.event != "portlife."+ev.Event || r.severity != "INFO" || r.scope != "portlife" {
+			t.Errorf("record %d: event name %q, severity %q, scope %q", i, r.event, r.severity, r.scope)
+		}
+		if r.resource["service.name"] != "portlife" || r.resource["host.name"] != host || r.resource["service.version"] == "" {
+			t.Errorf("record %d: resource %v", i, r.resource)
+		}
+	}
+	st := p.stoppedLine(t)
+	if sent, lost, delivered, _ := st.sink(t, "otlp+http://"); sent != uint64(len(want)) || lost != 0 || delivered != sent {
+		t.Errorf("sink sent %d of %d, lost %d: want all %d", sent, delivered, lost, len(want))
+	}
 }

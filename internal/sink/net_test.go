@@ -392,3 +392,27 @@ func TestNetDiskBufferOutlastsRestart(t *testing.T) {
 		t.Errorf("second run: received %d (in order, once: %v), stats %+v: want the first run's %d, then its own 100", len(got), inOrder(got), st, n)
 	}
 }
+
+// An OTLP receiver that is down: every record the sink was handed is
+// counted, dropped from its full queue or at the drain deadline.
+func TestOTLPCountsWhatItCannotSend(t *testing.T) {
+	spec, err := ParseURL("otlp+http://" + downPort(t) + "?queue=64KiB&drain=300ms&backoff_max=50ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := openOTLP(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 100 // more than the queue's 32 records
+	for i := range n {
+		s.Write(testEvent(i))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st := s.Stats()
+	if st.Sent != 0 || st.Dropped[DropQueueFull] == 0 || st.Dropped[DropShutdown] == 0 || st.Lost() != n || st.Queued != 0 || st.LastError == nil {
+		t.Errorf("stats %+v: want all %d dropped, queue_full and shutdown, and the error", st, n)
+	}
+}

@@ -116,6 +116,8 @@ func Open(spec Spec) (Sink, error) {
 	switch {
 	case spec.Scheme == "file":
 		return openFile(spec)
+	case spec.Scheme == "otlp+http" || spec.Scheme == "otlp+https":
+		return openOTLP(spec)
 	case spec.Networked():
 		return openNet(spec)
 	}

@@ -18,7 +18,7 @@ import (
 // mistake is a usage error before anything is loaded into the kernel.
 type Spec struct {
 	URL    string // as given
-	Scheme string // stdout, file, tcp, tls, syslog+udp, syslog+tcp, syslog+tls, syslog+unix
+	Scheme string // stdout, file, tcp, tls, syslog+udp, syslog+tcp, syslog+tls, syslog+unix, otlp+http, otlp+https
 	Path   string // file and syslog+unix
 	Addr   string // host:port of the network sinks
 
@@ -90,6 +90,8 @@ var schemeOptions = map[string][]string{
 	"syslog+udp":  {"queue", "drain", "backoff_max", "write_timeout", "buffer_dir", "buffer_size", "facility"},
 	"syslog+tcp":  {"queue", "drain", "backoff_max", "write_timeout", "buffer_dir", "buffer_size", "facility"},
 	"syslog+tls":  {"queue", "drain", "backoff_max", "write_timeout", "buffer_dir", "buffer_size", "facility", "ca", "cert", "key", "server_name"},
+	"otlp+http":   {"queue", "drain", "backoff_max", "write_timeout"},
+	"otlp+https":  {"queue", "drain", "backoff_max", "write_timeout", "ca", "cert", "key", "server_name"},
 	"syslog+unix": {"queue", "drain", "backoff_max", "write_timeout", "buffer_dir", "buffer_size", "facility"},
 }
 
@@ -116,7 +118,7 @@ func ParseURL(raw string) (Spec, error) {
 	s.Scheme = u.Scheme
 	allowed, ok := schemeOptions[u.Scheme]
 	if !ok {
-		return s, fmt.Errorf("unknown scheme %q: want stdout, file, tcp, tls, syslog+udp, syslog+tcp, syslog+tls or syslog+unix", u.Scheme)
+		return s, fmt.Errorf("unknown scheme %q: want stdout, file, tcp, tls, syslog+udp, syslog+tcp, syslog+tls, syslog+unix, otlp+http or otlp+https", u.Scheme)
 	}
 	if u.User != nil || u.Fragment != "" {
 		return s, errors.New("user information and fragments are not used: leave them out")
@@ -223,7 +225,7 @@ func ParseURL(raw string) (Spec, error) {
 			return s, fmt.Errorf("option %s=%s: %v", name, v, err)
 		}
 	}
-	if u.Scheme == "tls" || u.Scheme == "syslog+tls" {
+	if u.Scheme == "tls" || u.Scheme == "syslog+tls" || u.Scheme == "otlp+https" {
 		s.TLS, err = tlsConfig(s.Addr, ca, cert, key, serverName)
 		if err != nil {
 			return s, err

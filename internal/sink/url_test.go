@@ -59,6 +59,21 @@ func TestParseURLGood(t *testing.T) {
 				t.Errorf("%+v", s.TLS)
 			}
 		}},
+		{"otlp+http://127.0.0.1:4318?queue=8MiB", func(t *testing.T, s Spec) {
+			if s.Addr != "127.0.0.1:4318" || s.Queue != 8<<20 || s.TLS != nil || !s.Networked() {
+				t.Errorf("%+v", s)
+			}
+		}},
+		{"otlp+https://collector:4318", func(t *testing.T, s Spec) {
+			if s.TLS == nil || s.TLS.ServerName != "collector" {
+				t.Errorf("%+v", s.TLS)
+			}
+		}},
+		{"tcp://127.0.0.1:9000?buffer_dir=/var/spool/portlife&buffer_size=2GiB", func(t *testing.T, s Spec) {
+			if s.BufferDir != "/var/spool/portlife" || s.BufferSize != 2<<30 {
+				t.Errorf("%+v", s)
+			}
+		}},
 		{"syslog+tls://logs.example:6514", func(t *testing.T, s Spec) {
 			if s.TLS == nil || s.TLS.ServerName != "logs.example" || !s.Stream() {
 				t.Errorf("%+v", s.TLS)
@@ -106,6 +121,10 @@ func TestParseURLBad(t *testing.T) {
 		{"tls://127.0.0.1:6514?ca=/nonexistent/ca.pem", "option ca"},
 		{"tls://127.0.0.1:6514?cert=/x.pem", "cert and key go together"},
 		{"syslog+unix:", "needs a path"},
+		{"otlp+http://127.0.0.1:4318?facility=daemon", `unknown option "facility"`},
+		{"otlp+http://127.0.0.1:4318/v1/logs", "nothing more"},
+		{"tcp://127.0.0.1:9000?buffer_size=1K", "buffer_size=1K"},
+		{"file:/x?buffer_dir=/tmp", `unknown option "buffer_dir"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.url, func(t *testing.T) {
