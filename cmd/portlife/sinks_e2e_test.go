@@ -71,8 +71,12 @@ func churn(t *testing.T, n int) {
 
 // stopped is what `tracing stopped` says about the sinks.
 type stopped struct {
-	Events    uint64 `json:"events"`
-	Lost      uint64 `json:"lost"`
+	Events      uint64 `json:"events"`
+	Lost        uint64 `json:"lost"`
+	RingbufFull uint64 `json:"ringbuf_full"`
+	StorageFull uint64 `json:"storage_full"`
+	TableFull   uint64 `json:"table_full"`
+	NotAdopted  uint64 `json:"not_adopted"`
 	Consumers []struct {
 		Name      string `json:"name"`
 		Delivered uint64 `json:"delivered"`
@@ -217,8 +221,10 @@ func TestSinkIsolation(t *testing.T) {
 	if !subsequence(received, want) {
 		t.Error("the stalled receiver's events are not stdout's, in order")
 	}
-	if st.Lost != lost {
-		t.Errorf("lost %d, want the stalled sink's %d", st.Lost, lost)
+	// The kernel side may drop too on a loaded machine: stdout and the
+	// sinks then miss the same events, and lost counts them besides.
+	if kernel := st.RingbufFull + st.StorageFull + st.TableFull + st.NotAdopted; st.Lost != lost+kernel {
+		t.Errorf("lost %d, want the stalled sink's %d and the kernel side's %d", st.Lost, lost, kernel)
 	}
 }
 
