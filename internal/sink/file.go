@@ -54,7 +54,7 @@ func openFile(spec Spec) (*fileSink, error) {
 func (s *fileSink) open() error {
 	f, err := os.OpenFile(s.spec.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 	if err != nil {
-		return fmt.Errorf("opening %s: %w", s.spec.Path, err)
+		return err // it names the file
 	}
 	fi, err := f.Stat()
 	if err != nil {
