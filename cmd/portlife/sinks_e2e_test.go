@@ -77,7 +77,7 @@ type stopped struct {
 	StorageFull uint64 `json:"storage_full"`
 	TableFull   uint64 `json:"table_full"`
 	NotAdopted  uint64 `json:"not_adopted"`
-	Consumers []struct {
+	Consumers   []struct {
 		Name      string `json:"name"`
 		Delivered uint64 `json:"delivered"`
 		Dropped   uint64 `json:"dropped"`
