@@ -9,7 +9,7 @@ TCPLIFE  ?= /usr/sbin/tcplife
 BPF_DEPS := clang llvm-strip
 BPF_PKGS := clang llvm libbpf-dev
 
-.PHONY: build run test test-deps cross test-kernels generate check-generated bench bench-go baseline clean
+.PHONY: build run test deps cross test-kernels generate check-generated bench bench-go baseline clean
 
 # -buildvcs=auto stamps the commit into `portlife version`, even where
 # GOFLAGS turns VCS stamping off.
@@ -23,25 +23,30 @@ run: build
 # only make them slower, not wrong, but their numbers noisier. -race: the
 # stream, the tracer's counters and the loss reporter are read across
 # goroutines; every package fits in CI's time with it (about 90 s).
-test: test-deps
+# The kernel tests run twice: on this kernel's best hooks, then with every
+# stand-in that older kernels need forced (tracer/features.go).
+test: deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -p 1 ./...
+	PORTLIFE_TEST_FALLBACKS=all $(GO) test -race -count=1 ./tracer
 
-# What the tests run besides portlife: rsyslogd, the syslog sinks' receiver
-# (cmd/portlife/sinks_e2e_test.go), and ss, which aborts a sink's connection
-# (internal/sink). Installed from Debian's packages when missing; nothing is
-# done when they are there.
-TEST_DEPS := rsyslogd:rsyslog ss:iproute2
+# What the tests run besides Go: promtool lints /metrics (Debian's
+# prometheus package), portlife top is driven in a real terminal in tmux,
+# rsyslogd receives the syslog sinks (cmd/portlife/sinks_e2e_test.go), and
+# ss aborts a sink's connection (internal/sink). Quick when they are
+# installed already.
+TEST_DEPS := promtool tmux rsyslogd ss
+TEST_PKGS := prometheus tmux rsyslog iproute2
 # The OTLP sink's test runs an OpenTelemetry Collector built from the
 # official modules in test/otelcol (a module of its own). It is built once
 # per version of its sources, into the cache the test looks in (the first
 # build takes minutes; CI should keep ~/.cache and Go's build cache).
 OTELCOL := $${XDG_CACHE_HOME:-$$HOME/.cache}/portlife/otelcol-$$(cat test/otelcol/go.mod test/otelcol/go.sum test/otelcol/main.go | sha256sum | cut -c1-16)
-test-deps:
-	@for d in $(TEST_DEPS); do command -v $${d%%:*} >/dev/null || [ -x /usr/sbin/$${d%%:*} ] || pkgs="$$pkgs $${d#*:}"; done; \
-	 if [ -n "$$pkgs" ]; then \
-	   echo "installing$$pkgs"; \
-	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; \
+deps:
+	@for t in $(TEST_DEPS); do command -v $$t >/dev/null || [ -x /usr/sbin/$$t ] || missing=1; done; \
+	 if [ -n "$$missing" ]; then \
+	   echo "installing $(TEST_PKGS)"; \
+	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_PKGS) >/dev/null; \
 	 fi
 	@bin=$(OTELCOL); [ -x "$$bin" ] || { echo "building the test collector into $$bin"; \
 	   cd test/otelcol && $(GO) build -mod=mod -o "$$bin.tmp" . && mv "$$bin.tmp" "$$bin"; }
@@ -101,7 +106,7 @@ bench: build $(if $(BASELINE),baseline)
 	$(MAKE) bench-go
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/encode ./internal/stream ./internal/sink ./tracer
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/encode ./internal/stream ./internal/summary ./internal/metrics ./internal/sink ./tracer
 
 # BASELINE's committed tree, built outside the work tree, which stays as it is.
 baseline:

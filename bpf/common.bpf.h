@@ -61,6 +61,12 @@ struct conn {
 	__u32 first_dest; /* UDP: hash of the first destination */
 	__u32 last_dest;  /* UDP: hash of the latest destination */
 	__u8 phase;
+	/*
+	 * UDP, without datagram hooks: the socket's address, stored and read
+	 * back so that a cgroup hook gets a plain address that CO-RE reads may
+	 * offset (the verifier forbids offsetting the socket pointer it gives).
+	 */
+	__u64 sk_addr;
 };
 
 /*
@@ -85,6 +91,79 @@ static __always_inline void count_drop(__u32 reason)
 
 	if (n)
 		(*n)++;
+}
+
+/*
+ * Where socket storage is not open to tracing programs (GAP_SK_STORAGE,
+ * Linux 5.10), every socket's entry lives here instead, keyed by the
+ * socket's address: created where socket storage would be, and deleted when
+ * the socket is destroyed (tcp_destroy_sock, cgroup/sock_release), so it
+ * holds the sockets alive and no more. User space sizes it, and leaves it at
+ * one entry where socket storage serves.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, struct conn);
+} conns_by_sk SEC(".maps");
+
+/* A blank entry, copied into conns_by_sk to create one. */
+const volatile struct conn blank_conn = {};
+
+/*
+ * The entry of socket sk, created if create is set; NULL if it has none or
+ * none could be made (counted). sk is a struct sock, or the struct bpf_sock
+ * a cgroup hook gets, which is the same socket.
+ */
+static __always_inline struct conn *conn_of(void *sk, bool create)
+{
+	struct conn *c;
+	__u64 key;
+
+	if (!(cfg.gaps & GAP_SK_STORAGE)) {
+		c = bpf_sk_storage_get(&conns, sk, 0, create ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+		if (!c && create)
+			count_drop(DROP_STORAGE_FULL);
+		return c;
+	}
+	key = (__u64)sk;
+	c = bpf_map_lookup_elem(&conns_by_sk, &key);
+	if (c || !create)
+		return c;
+	if (bpf_map_update_elem(&conns_by_sk, &key, (void *)&blank_conn, BPF_NOEXIST) ||
+	    !(c = bpf_map_lookup_elem(&conns_by_sk, &key)))
+		count_drop(DROP_STORAGE_FULL);
+	return c;
+}
+
+/* Drops sk's entry: the socket is done with, or is not to be traced. */
+static __always_inline void conn_forget(void *sk)
+{
+	__u64 key = (__u64)sk;
+
+	if (!(cfg.gaps & GAP_SK_STORAGE))
+		bpf_sk_storage_delete(&conns, sk);
+	else
+		bpf_map_delete_elem(&conns_by_sk, &key);
+}
+
+/*
+ * The socket's cookie, the same in every event of one socket. Where tracing
+ * programs may not ask for it (GAP_SOCKET_COOKIE, Linux 5.10 and 5.11), the
+ * cookie the kernel already gave the socket, or else its address: unique
+ * among the sockets alive, and read once per lifetime, so open and close
+ * agree.
+ */
+static __always_inline __u64 sk_cookie(struct sock *sk)
+{
+	__u64 cookie;
+
+	if (!(cfg.gaps & GAP_SOCKET_COOKIE))
+		return bpf_get_socket_cookie(sk);
+	cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	return cookie ? cookie : (__u64)sk;
 }
 
 /*
@@ -318,9 +397,55 @@ static __always_inline void begin(struct conn *c, struct sock *sk, const struct 
 	c->e.proto = IPPROTO_TCP;
 	c->e.direction = direction;
 	c->e.start_ns = bpf_ktime_get_boot_ns();
-	c->e.cookie = bpf_get_socket_cookie(sk);
+	c->e.cookie = sk_cookie(sk);
 	c->e.netns = sk->__sk_common.skc_net.net->ns.inum;
 	c->phase = phase;
+}
+
+struct listener_key {
+	__u32 netns;
+	__u16 port;
+	__u16 _pad;
+};
+
+/*
+ * Without socket storage (GAP_SK_STORAGE) no entry is cloned into a
+ * listener's children: a copy of each listener's entry waits here for them,
+ * by network namespace and port. Of two listeners on one port (one per
+ * address, or SO_REUSEPORT), the latest names the children of both. User
+ * space sizes it, and leaves it at one entry where socket storage serves.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, struct listener_key);
+	__type(value, struct conn);
+} listeners SEC(".maps");
+
+static __always_inline void note_listener(struct sock *sk, struct conn *c)
+{
+	struct listener_key key = {};
+
+	if (!(cfg.gaps & GAP_SK_STORAGE))
+		return;
+	key.netns = c->e.netns;
+	key.port = sk->__sk_common.skc_num;
+	if (bpf_map_update_elem(&listeners, &key, c, BPF_ANY))
+		count_drop(DROP_TABLE_FULL);
+}
+
+/* A listener closes: its copy goes, unless a newer listener's replaced it. */
+static __always_inline void forget_listener(struct sock *sk, struct conn *c)
+{
+	struct listener_key key = {};
+	struct conn *l;
+
+	key.netns = c->e.netns;
+	key.port = sk->__sk_common.skc_num;
+	l = bpf_map_lookup_elem(&listeners, &key);
+	if (l && l->e.cookie == c->e.cookie)
+		bpf_map_delete_elem(&listeners, &key);
 }
 
 /* A socket's close event, once both its end and its destruction were seen. */

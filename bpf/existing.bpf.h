@@ -103,26 +103,40 @@ static __always_inline int find_owner(struct bpf_iter__task_file *ctx)
 	struct sock_file f = {};
 	struct socket *sock;
 	struct sock *sk;
+	__u16 family, type;
 
 	if (!task || !file)
 		return 0;
-	sock = bpf_sock_from_file(file);
+	/*
+	 * Without bpf_sock_from_file() (GAP_SOCK_FROM_FILE), a socket's file is
+	 * told by its inode's type, and holds its struct socket where the helper
+	 * finds it. The socket is read with CO-RE probe reads on either path: a
+	 * pointer read from private_data carries no type for the verifier.
+	 */
+	if (!(cfg.gaps & GAP_SOCK_FROM_FILE))
+		sock = bpf_sock_from_file(file);
+	else if ((file->f_inode->i_mode & S_IFMT) == S_IFSOCK)
+		sock = file->private_data;
+	else
+		sock = 0;
 	if (!sock)
 		return 0;
-	sk = sock->sk;
+	sk = BPF_CORE_READ(sock, sk);
 	if (!sk)
 		return 0;
-	if (sk->__sk_common.skc_family != AF_INET && sk->__sk_common.skc_family != AF_INET6)
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	f.proto = sk->sk_protocol;
-	if (!(f.proto == IPPROTO_TCP && sk->sk_type == SOCK_STREAM && adopt_tcp_sockets) &&
-	    !(f.proto == IPPROTO_UDP && sk->sk_type == SOCK_DGRAM && adopt_udp_sockets))
+	f.proto = BPF_CORE_READ(sk, sk_protocol);
+	type = BPF_CORE_READ(sk, sk_type);
+	if (!(f.proto == IPPROTO_TCP && type == SOCK_STREAM && adopt_tcp_sockets) &&
+	    !(f.proto == IPPROTO_UDP && type == SOCK_DGRAM && adopt_udp_sockets))
 		return 0;
 	if (f.proto == IPPROTO_TCP)
-		f.state = sk->__sk_common.skc_state;
-	f.lport = sk->__sk_common.skc_num;
+		f.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	f.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	f.ino = file->f_inode->i_ino;
-	f.netns = sk->__sk_common.skc_net.net->ns.inum;
+	f.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	f.fd = ctx->fd;
 	leader = task->group_leader;
 	f.pid = task->tgid;
@@ -183,13 +197,17 @@ static __always_inline int adopt_tcp(struct sock_common *skc)
 	lk.port = skc->skc_num;
 	/* Every batch notes every listener: the table is emptied per namespace. */
 	if (state == TCP_LISTEN) {
-		long err = bpf_map_update_elem(&listen_ports, &lk, &none, BPF_NOEXIST);
+		/*
+		 * Compared as an int: kernels before 6.2 or so may hand an
+		 * iterator the error zero-extended from 32 bits.
+		 */
+		int err = bpf_map_update_elem(&listen_ports, &lk, &none, BPF_NOEXIST);
 
 		if (err && err != -EEXIST)
 			count_drop(DROP_TABLE_FULL);
 	}
 	ino = sock_ino(sk);
-	if (!in_batch(ino) || bpf_sk_storage_get(&conns, sk, 0, 0))
+	if (!in_batch(ino) || conn_of(sk, false))
 		return 0; /* another batch's, or a hook got to it first */
 
 	o = bpf_map_lookup_elem(&fd_owners, &ino);
@@ -199,11 +217,9 @@ static __always_inline int adopt_tcp(struct sock_common *skc)
 	switch (state) {
 	case TCP_LISTEN:
 		/* Tracked whatever the filters: its children are filtered. */
-		c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (!c) {
-			count_drop(DROP_STORAGE_FULL);
+		c = conn_of(sk, true);
+		if (!c)
 			return 0;
-		}
 		begin(c, sk, &owner, DIRECTION_INBOUND, PHASE_LISTENER);
 		/*
 		 * What the connections it accepts from now on say of their owner,
@@ -211,17 +227,16 @@ static __always_inline int adopt_tcp(struct sock_common *skc)
 		 */
 		if (o)
 			c->e.pid_source = PID_SOURCE_LISTENER_FD_OWNER;
+		note_listener(sk, c);
 		return 0;
 	case TCP_SYN_SENT:
 		/* A connect in progress, perhaps retrying: its outcome is reported. */
 		owner.direction = DIRECTION_OUTBOUND;
 		if (!owner_wanted(&owner))
 			return 0;
-		c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (!c) {
-			count_drop(DROP_STORAGE_FULL);
+		c = conn_of(sk, true);
+		if (!c)
 			return 0;
-		}
 		begin(c, sk, &owner, DIRECTION_OUTBOUND, PHASE_CONNECTING);
 		c->e.start_ns = 0;
 		c->e.flags |= EVENT_F_PRE_EXISTING;
@@ -243,11 +258,9 @@ static __always_inline int adopt_tcp(struct sock_common *skc)
 		owner_into(&owner, o, PID_SOURCE_LISTENER_FD_OWNER);
 	if (!owner_wanted(&owner) || !tuple_wanted(sk, &owner))
 		return 0;
-	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!c) {
-		count_drop(DROP_STORAGE_FULL);
+	c = conn_of(sk, true);
+	if (!c)
 		return 0;
-	}
 	begin(c, sk, &owner, owner.direction, PHASE_OPEN);
 	c->e.start_ns = 0;
 	c->e.flags |= EVENT_F_PRE_EXISTING;
@@ -270,7 +283,7 @@ static __always_inline int adopt_udp(struct sock *sk)
 	if (!sk)
 		return 0;
 	ino = sock_ino(sk);
-	if (!in_batch(ino) || bpf_sk_storage_get(&conns, sk, 0, 0))
+	if (!in_batch(ino) || conn_of(sk, false))
 		return 0;
 	o = bpf_map_lookup_elem(&fd_owners, &ino);
 	if (o)
@@ -290,13 +303,11 @@ static __always_inline int adopt_udp(struct sock *sk)
 	owner.direction = rport || in_ephemeral_range(sk, owner.lport) ? DIRECTION_OUTBOUND : DIRECTION_INBOUND;
 	if (!owner_wanted(&owner) || !tuple_wanted(sk, &owner))
 		return 0;
-	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!c) {
-		count_drop(DROP_STORAGE_FULL);
+	c = conn_of(sk, true);
+	if (!c)
 		return 0;
-	}
 	__builtin_memcpy(&c->e, &owner, sizeof(owner));
-	c->e.cookie = bpf_get_socket_cookie(sk);
+	c->e.cookie = sk_cookie(sk);
 	c->e.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	c->e.flags |= EVENT_F_PRE_EXISTING;
 	c->phase = PHASE_OPEN;

@@ -213,8 +213,13 @@ struct sock_common {
 };
 
 struct inode {
+	unsigned short i_mode;
 	unsigned long i_ino;
 };
+
+/* include/uapi/linux/stat.h */
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
 
 struct file {
 	struct inode *f_inode;
@@ -256,7 +261,11 @@ struct sock {
 	int sk_err;
 	__u16 sk_protocol;
 	__u16 sk_type;
+	__u8 sk_userlocks; /* a 4-bit bitfield before 5.13: read with BPF_CORE_READ_BITFIELD */
 };
+
+/* sk_userlocks: bind() was given a port by number (include/net/sock.h). */
+#define SOCK_BINDPORT_LOCK 8
 
 struct inet_sock {
 	struct sock sk;

@@ -30,6 +30,7 @@ const enum closed_by *unused_closed_by __attribute__((unused));
 const enum event_flag *unused_event_flag __attribute__((unused));
 const enum drop_reason *unused_drop_reason __attribute__((unused));
 const enum traced_proto *unused_traced_proto __attribute__((unused));
+const enum kernel_gap *unused_kernel_gap __attribute__((unused));
 
 /* TCP */
 
@@ -63,6 +64,13 @@ int BPF_PROG(tcp_read, struct sock *sk, int ret, int flags)
 	return tcp_reader(sk);
 }
 
+/* Before Linux 6.3: reads that copied data (see tcp_reader). */
+SEC("tp_btf/tcp_rcv_space_adjust")
+int BPF_PROG(tcp_read_data, struct sock *sk)
+{
+	return tcp_reader(sk);
+}
+
 /* UDP */
 
 SEC("cgroup/bind4")
@@ -75,6 +83,18 @@ SEC("cgroup/bind6")
 int udp_bind6(struct bpf_sock_addr *ctx)
 {
 	return udp_bind(ctx);
+}
+
+SEC("cgroup/connect4")
+int udp_connect4(struct bpf_sock_addr *ctx)
+{
+	return udp_connecting(ctx);
+}
+
+SEC("cgroup/connect6")
+int udp_connect6(struct bpf_sock_addr *ctx)
+{
+	return udp_connecting(ctx);
 }
 
 SEC("cgroup/post_bind4")

@@ -50,6 +50,7 @@ enum event_flag {
 	EVENT_F_CONNECTED = 1 << 4,    /* UDP: connect() fixed the peer */
 	EVENT_F_EPHEMERAL = 1 << 5,    /* the ephemeral-side port is in its netns's ip_local_port_range */
 	EVENT_F_SYSCALL = 1 << 6,      /* connect_failed, bind_failed: seen at the syscall's return, before the protocol sent anything */
+	EVENT_F_BIND_BEFORE_CONNECT = 1 << 7, /* TCP: bind() to port 0 gave the port, then connect(): it came from the bind pool */
 };
 
 /* The protocols traced, for hooks that see both (enum traced_proto bits). */
@@ -101,6 +102,20 @@ struct event {
 	char thread[COMM_LEN]; /* the name of the thread that did it (tid); empty if not seen */
 };
 
+/*
+ * What this kernel lacks, found by user space's probes at start
+ * (tracer/features.go). Each bit turns the kernel side to the next best
+ * mechanism; the verifier prunes the path not taken, so a helper this kernel
+ * does not have is never seen by it.
+ */
+enum kernel_gap {
+	GAP_SK_STORAGE = 1 << 0,    /* tracing programs may not use socket storage (Linux 5.11) */
+	GAP_SOCKET_COOKIE = 1 << 1, /* tracing programs may not ask for a socket's cookie (5.12) */
+	GAP_TASK_STORAGE = 1 << 2,  /* tracepoint programs may not use task storage (5.11) */
+	GAP_SOCK_FROM_FILE = 1 << 3, /* no bpf_sock_from_file() (5.11) */
+	GAP_DATAGRAM_HOOKS = 1 << 4, /* no sock_send_length and sock_recv_length tracepoints (6.3) */
+};
+
 #define MAX_PORT_RANGES 8
 #define MAX_RADDR_NETS 64
 
@@ -126,6 +141,8 @@ struct config {
 	__u8 match_comm;
 	__u8 protos;           /* enum traced_proto bits: for the hooks that see every protocol */
 	char comm[COMM_LEN];
+	__u8 gaps;             /* enum kernel_gap bits */
+	__u8 _pad[7];
 };
 
 #endif /* __PORTLIFE_H */

@@ -11,8 +11,8 @@
  * from there (tcp.bpf.h reports SYN_SENT -> CLOSE, no_ephemeral_port
  * included): it hands the call over, and its exit reports nothing.
  *
- * Task-local storage and bpf_get_current_task_btf() came in Linux 5.11; on
- * 5.10 a hash keyed by thread id would have to take their place.
+ * Where tracepoint programs may not use task storage (GAP_TASK_STORAGE,
+ * Linux 5.10), a hash keyed by thread id takes its place.
  */
 #ifndef __PORTLIFE_SYSCALLS_BPF_H
 #define __PORTLIFE_SYSCALLS_BPF_H
@@ -59,23 +59,76 @@ struct {
 } calls SEC(".maps");
 
 /*
+ * The calls in flight where task storage does not serve (GAP_TASK_STORAGE;
+ * user space then makes calls a one-entry hash, a type every kernel has).
+ * An entry lives from the call's entry to its exit. A thread that never
+ * returns from its call (it died in it) leaves its entry behind until its
+ * thread id is reused; user space sizes the table well above the calls
+ * that can be in flight at once, and a full one is counted. Preallocated:
+ * Linux 5.10 warns of tracepoint programs that allocate map entries as
+ * they run.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct call);
+} calls_by_tid SEC(".maps");
+
+/* A blank entry, copied into calls_by_tid to create one. */
+const volatile struct call blank_call = {};
+
+/* The current thread's call, created if create is set; NULL if none. */
+static __always_inline struct call *current_call(bool create)
+{
+	__u32 tid;
+	struct call *c;
+
+	if (!(cfg.gaps & GAP_TASK_STORAGE)) {
+		c = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0,
+					 create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+		if (!c && create)
+			count_drop(DROP_STORAGE_FULL);
+		return c;
+	}
+	tid = (__u32)bpf_get_current_pid_tgid();
+	c = bpf_map_lookup_elem(&calls_by_tid, &tid);
+	if (c || !create)
+		return c;
+	if (bpf_map_update_elem(&calls_by_tid, &tid, (void *)&blank_call, BPF_NOEXIST) ||
+	    !(c = bpf_map_lookup_elem(&calls_by_tid, &tid)))
+		count_drop(DROP_STORAGE_FULL);
+	return c;
+}
+
+/* The current thread's call is over. */
+static __always_inline void current_call_done(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	if (cfg.gaps & GAP_TASK_STORAGE)
+		bpf_map_delete_elem(&calls_by_tid, &tid);
+}
+
+/*
  * The inet socket behind the current task's descriptor fd, or NULL if it
  * is not one. The caller is inside a syscall on fd, which holds the file.
- * task->files->fdt is a BTF walk; the array slot and what it points to are
- * read with CO-RE probe reads. A file is a socket if its private_data is a
+ * Everything is read with CO-RE probe reads, from bpf_get_current_task(),
+ * which every kernel has. A file is a socket if its private_data is a
  * struct socket that points back at it.
  */
-static __always_inline struct socket *inet_socket_of_fd(struct task_struct *task, __u64 fd)
+static __always_inline struct socket *inet_socket_of_fd(__u64 fd)
 {
-	struct fdtable *fdt = task->files->fdt;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	struct file **fds, *file = 0;
 	struct socket *sock;
 	struct sock *sk;
 	__u16 family;
 
-	if (!fdt || fd >= fdt->max_fds)
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
 		return 0;
-	fds = fdt->fd;
+	fds = BPF_CORE_READ(fdt, fd);
 	if (bpf_core_read(&file, sizeof(file), &fds[fd]) || !file)
 		return 0;
 	sock = BPF_CORE_READ(file, private_data);
@@ -93,13 +146,12 @@ static __always_inline struct socket *inet_socket_of_fd(struct task_struct *task
 /* sys_enter_connect, sys_enter_bind: remember a call on an inet socket. */
 static __always_inline int call_entered(struct syscall_enter_args *ctx, __u8 kind)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
 	struct socket *sock;
 	struct call *c;
 
 	if (!(cfg.events & (1 << kind)))
 		return 0;
-	sock = inet_socket_of_fd(task, ctx->args[0]);
+	sock = inet_socket_of_fd(ctx->args[0]);
 	if (!sock)
 		return 0;
 	/*
@@ -109,11 +161,9 @@ static __always_inline int call_entered(struct syscall_enter_args *ctx, __u8 kin
 	 */
 	if (kind == EVENT_CONNECT_FAILED && BPF_CORE_READ(sock, state) != SS_UNCONNECTED)
 		return 0;
-	c = bpf_task_storage_get(&calls, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!c) {
-		count_drop(DROP_STORAGE_FULL);
+	c = current_call(true);
+	if (!c)
 		return 0;
-	}
 	c->sk = (__u64)BPF_CORE_READ(sock, sk);
 	c->addr = ctx->args[1];
 	c->addrlen = ctx->args[2];
@@ -133,7 +183,7 @@ static __always_inline void connect_handed_over(struct sock *sk)
 
 	if (!(cfg.events & (1 << EVENT_CONNECT_FAILED)))
 		return;
-	c = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
+	c = current_call(false);
 	if (c && c->active && c->sk == (__u64)sk)
 		c->active = 0;
 }
@@ -263,15 +313,16 @@ static __always_inline void call_report(const struct call *call, __s32 err)
 /* sys_exit_connect, sys_exit_bind: report the call if it failed. */
 static __always_inline int call_exited(struct syscall_exit_args *ctx, __u8 kind)
 {
-	struct call *c = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
+	struct call *c = current_call(false);
 	struct call call;
 
-	if (!c || !c->active)
-		return 0;
-	c->active = 0;
-	if (c->kind != kind || !call_failed(ctx->ret))
+	if (!c)
 		return 0;
 	__builtin_memcpy(&call, c, sizeof(call));
+	c->active = 0;
+	current_call_done();
+	if (!call.active || call.kind != kind || !call_failed(ctx->ret))
+		return 0;
 	call_report(&call, -ctx->ret);
 	return 0;
 }

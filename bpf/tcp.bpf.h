@@ -33,21 +33,26 @@ static __always_inline void on_connect(struct sock *sk)
 	owner.direction = DIRECTION_OUTBOUND;
 	if (!owner_wanted(&owner)) {
 		/* A socket reconnected after disconnect may hold a stale lifetime. */
-		c = bpf_sk_storage_get(&conns, sk, 0, 0);
+		c = conn_of(sk, false);
 		if (c && c->phase == PHASE_CLOSED)
 			emit_close(sk, c);
 		if (c)
-			bpf_sk_storage_delete(&conns, sk);
+			conn_forget(sk);
 		return;
 	}
-	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!c) {
-		count_drop(DROP_STORAGE_FULL);
+	c = conn_of(sk, true);
+	if (!c)
 		return;
-	}
 	if (c->phase == PHASE_CLOSED)
 		emit_close(sk, c);
 	begin(c, sk, &owner, DIRECTION_OUTBOUND, PHASE_CONNECTING);
+	/*
+	 * connect() moves to SYN_SENT before it picks a port, so a port here
+	 * was bound before; bind() leaves SOCK_BINDPORT_LOCK unset only when
+	 * asked for port 0 (and IP_BIND_ADDRESS_NO_PORT binds no port at all).
+	 */
+	if (sk->__sk_common.skc_num && !(BPF_CORE_READ_BITFIELD(sk, sk_userlocks) & SOCK_BINDPORT_LOCK))
+		c->e.flags |= EVENT_F_BIND_BEFORE_CONNECT;
 }
 
 /* -> LISTEN: listen() runs in the owner's context; children inherit it. */
@@ -56,27 +61,50 @@ static __always_inline void on_listen(struct sock *sk)
 	struct event owner = {};
 	struct conn *c;
 
-	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!c) {
-		count_drop(DROP_STORAGE_FULL);
+	c = conn_of(sk, true);
+	if (!c)
 		return;
-	}
 	set_owner(&owner, PID_SOURCE_LISTENER);
 	begin(c, sk, &owner, DIRECTION_INBOUND, PHASE_LISTENER);
+	note_listener(sk, c);
 }
 
-/* LISTEN -> SYN_RECV: a child socket, cloned with its listener's entry. */
+/*
+ * The entry of a child socket of a listener: cloned with the listener's by
+ * socket storage (BPF_F_CLONE). Without socket storage (GAP_SK_STORAGE), a
+ * copy of the listener's entry made from listeners, the child being on its
+ * listener's port.
+ */
+static __always_inline struct conn *child_conn(struct sock *sk)
+{
+	struct listener_key key = {};
+	struct conn *l, *c;
+
+	if (!(cfg.gaps & GAP_SK_STORAGE))
+		return conn_of(sk, false);
+	key.netns = sk->__sk_common.skc_net.net->ns.inum;
+	key.port = sk->__sk_common.skc_num;
+	l = bpf_map_lookup_elem(&listeners, &key);
+	if (!l)
+		return 0;
+	c = conn_of(sk, true);
+	if (c)
+		__builtin_memcpy(c, l, sizeof(*c));
+	return c;
+}
+
+/* LISTEN -> SYN_RECV: a child socket, with its listener's entry. */
 static __always_inline void on_child(struct sock *sk)
 {
 	struct event owner = {};
 	struct conn *c;
 
-	c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	c = child_conn(sk);
 	if (!c || c->phase != PHASE_LISTENER)
 		return; /* its listener is not traced */
 	__builtin_memcpy(&owner, &c->e, sizeof(owner));
 	if (!owner_wanted(&owner)) {
-		bpf_sk_storage_delete(&conns, sk);
+		conn_forget(sk);
 		return;
 	}
 	owner.listener_pid = owner.pid; /* kept when a worker takes it over (tcp_reader) */
@@ -86,13 +114,13 @@ static __always_inline void on_child(struct sock *sk)
 /* SYN_SENT or SYN_RECV -> ESTABLISHED: both ports are known now. */
 static __always_inline void on_established(struct sock *sk)
 {
-	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	struct conn *c = conn_of(sk, false);
 
 	if (!c || (c->phase != PHASE_CONNECTING && c->phase != PHASE_HANDSHAKE))
 		return;
 	read_tuple(sk, &c->e);
 	if (!tuple_wanted(sk, &c->e)) {
-		bpf_sk_storage_delete(&conns, sk);
+		conn_forget(sk);
 		return;
 	}
 	c->e.established_ns = bpf_ktime_get_boot_ns();
@@ -104,7 +132,7 @@ static __always_inline void on_established(struct sock *sk)
 /* Into FIN_WAIT1, CLOSE_WAIT or LAST_ACK. */
 static __always_inline void on_closing(struct sock *sk, int oldstate, int newstate)
 {
-	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	struct conn *c = conn_of(sk, false);
 
 	if (!c || c->phase != PHASE_OPEN)
 		return;
@@ -126,7 +154,7 @@ static __always_inline void on_closing(struct sock *sk, int oldstate, int newsta
 /* -> CLOSE: the port is released. */
 static __always_inline void on_close(struct sock *sk, int oldstate)
 {
-	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	struct conn *c = conn_of(sk, false);
 
 	if (!c)
 		return;
@@ -134,7 +162,7 @@ static __always_inline void on_close(struct sock *sk, int oldstate)
 		/* Established, but the hook was skipped then (see missed_close). */
 		read_tuple(sk, &c->e);
 		if (!tuple_wanted(sk, &c->e)) {
-			bpf_sk_storage_delete(&conns, sk);
+			conn_forget(sk);
 			return;
 		}
 		c->phase = PHASE_OPEN;
@@ -146,12 +174,12 @@ static __always_inline void on_close(struct sock *sk, int oldstate)
 		c->e.last_state = oldstate;
 		if (tuple_wanted(sk, &c->e))
 			emit(sk, &c->e, EVENT_CONNECT_FAILED);
-		bpf_sk_storage_delete(&conns, sk);
+		conn_forget(sk);
 		return;
 	}
 	if (c->phase == PHASE_HANDSHAKE) {
 		/* Never established, so never accepted: not a lifetime. */
-		bpf_sk_storage_delete(&conns, sk);
+		conn_forget(sk);
 		return;
 	}
 	if (c->phase != PHASE_OPEN)
@@ -216,7 +244,11 @@ static __always_inline int tcp_state_changed(struct sock *sk, int oldstate, int 
  * serves its own connections keeps its listener's name. Reads alone: every
  * server reads what it serves, and servers send more often than they read,
  * so this looks up fewer sockets than watching both. Inbound sockets
- * adopted at start keep the owner /proc showed.
+ * adopted at start keep the owner /proc showed. Before Linux 6.3, which
+ * has no sock_recv_length, tcp_rcv_space_adjust stands in: it runs in the
+ * reader's context too, but only for a read that copied data, so a server
+ * that only writes and then reads the end of the stream keeps its
+ * listener's name.
  */
 static __always_inline int tcp_reader(struct sock *sk)
 {
@@ -224,7 +256,7 @@ static __always_inline int tcp_reader(struct sock *sk)
 
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	c = conn_of(sk, false);
 	if (!c || c->e.direction != DIRECTION_INBOUND || c->e.pid_source == PID_SOURCE_READER ||
 	    (c->e.flags & EVENT_F_PRE_EXISTING) || (c->phase != PHASE_OPEN && c->phase != PHASE_HANDSHAKE))
 		return 0;
@@ -241,7 +273,7 @@ static __always_inline int tcp_reset_sent(struct sock *sk)
 
 	if (!sk)
 		return 0; /* a reset for a packet that has no socket */
-	c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	c = conn_of(sk, false);
 	if (!c || (c->phase != PHASE_OPEN && c->phase != PHASE_CLOSED))
 		return 0;
 	c->e.flags |= EVENT_F_RESET_SENT;
@@ -254,7 +286,7 @@ static __always_inline int tcp_reset_sent(struct sock *sk)
 /* tcp:tcp_receive_reset */
 static __always_inline int tcp_reset_received(struct sock *sk)
 {
-	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	struct conn *c = conn_of(sk, false);
 
 	if (!c || c->phase != PHASE_OPEN)
 		return 0;
@@ -293,19 +325,27 @@ static __always_inline void missed_close(struct sock *sk, struct conn *c)
 	c->phase = PHASE_CLOSED;
 }
 
-/* tcp:tcp_destroy_sock: the close event goes out now. */
+/*
+ * tcp:tcp_destroy_sock: the close event goes out now. The kernel frees the
+ * socket's storage with it; an entry in conns_by_sk is dropped here.
+ */
 static __always_inline int tcp_destroyed(struct sock *sk)
 {
-	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	struct conn *c = conn_of(sk, false);
 
 	if (!c)
 		return 0;
 	if (c->phase == PHASE_OPEN || c->phase == PHASE_CONNECTING)
 		missed_close(sk, c);
-	if (c->phase != PHASE_CLOSED)
-		return 0;
-	emit_close(sk, c);
-	c->phase = PHASE_DONE;
+	if (c->phase == PHASE_CLOSED) {
+		emit_close(sk, c);
+		c->phase = PHASE_DONE;
+	}
+	if (cfg.gaps & GAP_SK_STORAGE) {
+		if (c->phase == PHASE_LISTENER)
+			forget_listener(sk, c);
+		conn_forget(sk);
+	}
 	return 0;
 }
 

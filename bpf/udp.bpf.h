@@ -198,11 +198,9 @@ static __always_inline struct conn *udp_conn(struct bpf_sock_addr *ctx, __u8 dir
 
 	if (!sk)
 		return 0;
-	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!c) {
-		count_drop(DROP_STORAGE_FULL);
+	c = conn_of(sk, true);
+	if (!c)
 		return 0;
-	}
 	if (!c->phase)
 		udp_begin(c, bpf_get_socket_cookie(ctx), direction);
 	return c->phase == PHASE_IGNORED ? 0 : c;
@@ -217,6 +215,21 @@ static __always_inline int udp_bind(struct bpf_sock_addr *ctx)
 }
 
 /*
+ * connect(), before the call: only where no datagram hook will see the
+ * socket (GAP_DATAGRAM_HOOKS), so that the close of a connected socket that
+ * never sends with an address still names the process that connected it
+ * and when. The port is not bound yet: the rest is read at its release.
+ * Runs for every inet connect() on the host, TCP included, on those kernels
+ * alone.
+ */
+static __always_inline int udp_connecting(struct bpf_sock_addr *ctx)
+{
+	if ((cfg.gaps & GAP_DATAGRAM_HOOKS) && is_udp(ctx))
+		udp_conn(ctx, DIRECTION_OUTBOUND);
+	return 1;
+}
+
+/*
  * After bind() got its port: the filters on the socket's own end can leave
  * it out now, before any datagram costs a look at it.
  */
@@ -227,7 +240,7 @@ static __always_inline int udp_bound(struct bpf_sock *ctx)
 
 	if (ctx->protocol != IPPROTO_UDP)
 		return 1;
-	c = bpf_sk_storage_get(&conns, ctx, 0, 0);
+	c = conn_of(ctx, false);
 	if (!c || c->phase != PHASE_PENDING)
 		return 1;
 	udp_local(sk, &c->e);
@@ -236,13 +249,34 @@ static __always_inline int udp_bound(struct bpf_sock *ctx)
 	return 1;
 }
 
-/* sendto() and sendmsg() with an address: the port is bound by now. */
+/*
+ * sendto() and sendmsg() with an address: the port is bound by now. Without
+ * the datagram hooks (GAP_DATAGRAM_HOOKS), which open a socket once its
+ * first datagram is sent, the open goes out here, before the send.
+ */
 static __always_inline int udp_send(struct bpf_sock_addr *ctx, const __u8 *addr)
 {
 	struct conn *c;
 
-	if (is_udp(ctx) && (c = udp_conn(ctx, DIRECTION_OUTBOUND)))
-		udp_dest(ctx->sk, c, addr, bpf_ntohs(ctx->user_port), false);
+	if (!is_udp(ctx) || !(c = udp_conn(ctx, DIRECTION_OUTBOUND)))
+		return 1;
+	udp_dest(ctx->sk, c, addr, bpf_ntohs(ctx->user_port), false);
+	if ((cfg.gaps & GAP_DATAGRAM_HOOKS) && c->phase == PHASE_PENDING) {
+		struct event peer = {};
+		struct sock *sk;
+
+		c->sk_addr = (__u64)ctx->sk;
+		sk = (struct sock *)*(volatile __u64 *)&c->sk_addr;
+		/*
+		 * A connected IPv6 socket's sends to a v4-mapped peer come here
+		 * too: udpv6_sendmsg hands them to udp_sendmsg with the address.
+		 */
+		if (udp_read_peer(sk, &peer)) {
+			udp_dest(ctx->sk, c, peer.raddr, peer.rport, true);
+			c->e.flags |= EVENT_F_CONNECTED;
+		}
+		udp_try_open(sk, c);
+	}
 	return 1;
 }
 
@@ -317,11 +351,9 @@ static __always_inline int udp_datagram_sent(struct sock *sk, int ret)
 
 	if (ret <= 0 || sk->sk_protocol != IPPROTO_UDP)
 		return 0;
-	c = bpf_sk_storage_get(&conns, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!c) {
-		count_drop(DROP_STORAGE_FULL);
+	c = conn_of(sk, true);
+	if (!c)
 		return 0;
-	}
 	if (!c->phase)
 		udp_begin(c, bpf_get_socket_cookie(sk), DIRECTION_OUTBOUND);
 	if (c->phase == PHASE_IGNORED)
@@ -341,7 +373,7 @@ static __always_inline int udp_datagram_received(struct sock *sk, int ret, int f
 
 	if (ret <= 0 || (flags & MSG_PEEK) || sk->sk_protocol != IPPROTO_UDP)
 		return 0;
-	c = bpf_sk_storage_get(&conns, sk, 0, 0);
+	c = conn_of(sk, false);
 	if (!c || c->phase == PHASE_IGNORED)
 		return 0;
 	c->e.rx_packets++;
@@ -378,20 +410,12 @@ static __always_inline void udp_unused(struct bpf_sock *ctx)
 		emit(sk, &e, EVENT_CLOSE);
 }
 
-/* close() of the last descriptor: the port's lifetime ends. */
-static __always_inline int udp_released(struct bpf_sock *ctx)
+/* The close of a socket with an entry, if it is to be reported. */
+static __always_inline void udp_end(struct bpf_sock *ctx, struct conn *c)
 {
 	struct sock *sk = (struct sock *)ctx;
 	struct event peer = {};
-	struct conn *c;
 
-	if (ctx->protocol != IPPROTO_UDP)
-		return 1;
-	c = bpf_sk_storage_get(&conns, ctx, 0, 0);
-	if (!c) {
-		udp_unused(ctx);
-		return 1;
-	}
 	if (c->phase == PHASE_PENDING) {
 		/*
 		 * No datagram showed its remote end, so no open went out. It may
@@ -400,20 +424,41 @@ static __always_inline int udp_released(struct bpf_sock *ctx)
 		 */
 		udp_local(sk, &c->e);
 		if (!c->e.lport)
-			return 1;
+			return;
 		if (udp_read_peer(sk, &peer)) {
 			udp_dest(ctx, c, peer.raddr, peer.rport, true);
 			c->e.flags |= EVENT_F_CONNECTED;
 		}
 		if (!tuple_wanted(sk, &c->e))
-			return 1;
+			return;
 		c->phase = PHASE_OPEN;
 	}
 	if (c->phase != PHASE_OPEN)
-		return 1;
+		return;
 	c->e.end_ns = bpf_ktime_get_boot_ns();
 	c->phase = PHASE_DONE;
 	emit_close(sk, c);
+}
+
+/*
+ * close() of the last descriptor: the port's lifetime ends. The kernel
+ * frees the socket's storage with it; an entry in conns_by_sk is dropped
+ * here.
+ */
+static __always_inline int udp_released(struct bpf_sock *ctx)
+{
+	struct conn *c;
+
+	if (ctx->protocol != IPPROTO_UDP)
+		return 1;
+	c = conn_of(ctx, false);
+	if (!c) {
+		udp_unused(ctx);
+		return 1;
+	}
+	udp_end(ctx, c);
+	if (cfg.gaps & GAP_SK_STORAGE)
+		conn_forget(ctx);
 	return 1;
 }
 

@@ -17,6 +17,8 @@ import (
 // of a week-long run still carry the right time.
 type decoder struct {
 	bootTime time.Time
+	// udpUncounted: this kernel has no hooks to count UDP datagrams.
+	udpUncounted bool
 }
 
 func newDecoder() (decoder, error) {
@@ -47,43 +49,47 @@ func (d *decoder) decode(raw []byte, ev *event.Event) error {
 	r := (*portlifeEvent)(unsafe.Pointer(&raw[0]))
 
 	*ev = event.Event{
-		Kind:         event.Kind(r.Kind),
-		Proto:        event.Proto(r.Proto),
-		Time:         d.clock(r.EndNs),
-		Start:        d.clock(r.StartNs),
-		Established:  d.clock(r.EstablishedNs),
-		PID:          r.Pid,
-		TID:          r.Tid,
-		UID:          r.Uid,
-		CgroupID:     r.CgroupId,
-		NetNS:        r.Netns,
-		PIDSource:    event.PIDSource(r.PidSource),
-		ListenerPID:  r.ListenerPid,
-		Local:        netip.AddrPortFrom(addr(r.Laddr, r.Family), r.Lport),
-		Remote:       netip.AddrPortFrom(addr(r.Raddr, r.Family), r.Rport),
-		Direction:    event.Direction(r.Direction),
-		Cookie:       r.Cookie,
-		TxBytes:      r.TxBytes,
-		RxBytes:      r.RxBytes,
-		TxPackets:    r.TxPackets,
-		RxPackets:    r.RxPackets,
-		Retransmits:  r.Retransmits,
-		Destinations: r.Destinations,
-		ClosedBy:     event.ClosedBy(r.ClosedBy),
-		Reset:        r.Flags&uint8(portlifeEventFlagEVENT_F_RESET_SENT|portlifeEventFlagEVENT_F_RESET_RECEIVED) != 0,
-		TimeWait:     r.Flags&uint8(portlifeEventFlagEVENT_F_TIME_WAIT) != 0,
-		PreExisting:  r.Flags&uint8(portlifeEventFlagEVENT_F_PRE_EXISTING) != 0,
-		Connected:    r.Flags&uint8(portlifeEventFlagEVENT_F_CONNECTED) != 0,
-		Ephemeral:    r.Flags&uint8(portlifeEventFlagEVENT_F_EPHEMERAL) != 0,
-		Errno:        unix.Errno(r.Error),
-		InCall:       r.Flags&uint8(portlifeEventFlagEVENT_F_SYSCALL) != 0,
-		Family:       int(r.Family),
+		Kind:              event.Kind(r.Kind),
+		Proto:             event.Proto(r.Proto),
+		Time:              d.clock(r.EndNs),
+		Start:             d.clock(r.StartNs),
+		Established:       d.clock(r.EstablishedNs),
+		PID:               r.Pid,
+		TID:               r.Tid,
+		UID:               r.Uid,
+		CgroupID:          r.CgroupId,
+		NetNS:             r.Netns,
+		PIDSource:         event.PIDSource(r.PidSource),
+		ListenerPID:       r.ListenerPid,
+		Local:             netip.AddrPortFrom(addr(r.Laddr, r.Family), r.Lport),
+		Remote:            netip.AddrPortFrom(addr(r.Raddr, r.Family), r.Rport),
+		Direction:         event.Direction(r.Direction),
+		Cookie:            r.Cookie,
+		TxBytes:           r.TxBytes,
+		RxBytes:           r.RxBytes,
+		TxPackets:         r.TxPackets,
+		RxPackets:         r.RxPackets,
+		Retransmits:       r.Retransmits,
+		Destinations:      r.Destinations,
+		ClosedBy:          event.ClosedBy(r.ClosedBy),
+		Reset:             r.Flags&uint8(portlifeEventFlagEVENT_F_RESET_SENT|portlifeEventFlagEVENT_F_RESET_RECEIVED) != 0,
+		TimeWait:          r.Flags&uint8(portlifeEventFlagEVENT_F_TIME_WAIT) != 0,
+		PreExisting:       r.Flags&uint8(portlifeEventFlagEVENT_F_PRE_EXISTING) != 0,
+		Connected:         r.Flags&uint8(portlifeEventFlagEVENT_F_CONNECTED) != 0,
+		Ephemeral:         r.Flags&uint8(portlifeEventFlagEVENT_F_EPHEMERAL) != 0,
+		Errno:             unix.Errno(r.Error),
+		InCall:            r.Flags&uint8(portlifeEventFlagEVENT_F_SYSCALL) != 0,
+		BindBeforeConnect: r.Flags&uint8(portlifeEventFlagEVENT_F_BIND_BEFORE_CONNECT) != 0,
+		Family:            int(r.Family),
 	}
 	if ev.Kind == event.KindConnectFailed && r.Lport == 0 && ev.Errno == 0 && !ev.InCall {
 		// The port allocation failed inside connect(), which returned this;
 		// the socket itself holds no error.
 		ev.Errno = unix.EADDRNOTAVAIL
 	}
+	// Without per-datagram hooks a UDP socket's counts are not known: 0
+	// would be a claim.
+	ev.Uncounted = ev.Proto == event.ProtoUDP && d.udpUncounted
 	ev.Comm = *(*event.Comm)(unsafe.Pointer(&r.Comm))
 	ev.Thread = *(*event.Comm)(unsafe.Pointer(&r.Thread))
 	return nil

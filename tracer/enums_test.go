@@ -69,6 +69,26 @@ func TestEnumsMatchKernel(t *testing.T) {
 			}
 		})
 	}
+	// Kinds made in user space, never by the kernel: they must not collide
+	// with a kernel kind, and every other kind Go names must be the kernel's.
+	goOnly := map[event.Kind]bool{event.KindReleased: true, event.KindPressure: true, event.KindSummary: true}
+	var kinds *btf.Enum
+	if err := spec.Types.TypeByName("event_kind", &kinds); err != nil {
+		t.Fatal(err)
+	}
+	inKernel := map[uint64]bool{}
+	for _, v := range kinds.Values {
+		inKernel[v.Value] = true
+	}
+	for k := event.Kind(1); k != 0; k++ {
+		switch {
+		case k.String() == "unknown":
+		case goOnly[k] && inKernel[uint64(k)]:
+			t.Errorf("Go-only kind %v = %d is a kernel event_kind too", k, k)
+		case !goOnly[k] && !inKernel[uint64(k)]:
+			t.Errorf("kind %v = %d is neither the kernel's nor listed as Go-only", k, k)
+		}
+	}
 	if uint8(event.ProtoTCP) != 6 || uint8(event.ProtoUDP) != 17 {
 		t.Errorf("ProtoTCP, ProtoUDP = %d, %d: want IPPROTO_TCP (6), IPPROTO_UDP (17)", event.ProtoTCP, event.ProtoUDP)
 	}

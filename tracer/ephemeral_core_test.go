@@ -158,8 +158,9 @@ func TestLocalPortsLayoutsLoad(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			f := event.Filter{EphemeralOnly: true}
-			if err := spec.Variables["cfg"].Set(kernelConfig(&f, 0)); err != nil {
+			cfg := DefaultConfig()
+			cfg.Filter = event.Filter{EphemeralOnly: true}
+			if err := configure(spec, &cfg, runningKernel(t), 0); err != nil {
 				t.Fatal(err)
 			}
 			var objs portlifeObjects

@@ -60,6 +60,10 @@ func TestEphemeralPerNetns(t *testing.T) {
 	}
 	wantTCP := []string{"close/inbound", "close/outbound", "open/inbound", "open/outbound"}
 	wantUDP := []string{"close/outbound", "open/outbound"}
+	if !all.features.datagramHooks() {
+		// A connected socket that sends without an address: its close alone.
+		wantUDP = wantUDP[:1]
+	}
 	for _, r := range []struct {
 		name string
 		*running

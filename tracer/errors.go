@@ -16,7 +16,7 @@ import (
 var (
 	ErrPermission = errors.New("portlife needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN: run it with sudo")
 	ErrNoBTF      = errors.New("this kernel has no BTF at /sys/kernel/btf/vmlinux: portlife needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
-	ErrOldKernel  = errors.New("this kernel lacks a feature portlife needs: run it on Linux 6.3 or later")
+	ErrOldKernel  = errors.New("this kernel lacks a feature portlife needs: run it on Linux 5.10 or later")
 	// The syscall tracepoints come with CONFIG_FTRACE_SYSCALLS, which some
 	// kernels leave out; only connect_failed and bind_failed need them.
 	ErrNoSyscallTracepoints = errors.New("this kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS): " +
@@ -45,11 +45,13 @@ func checkKernel() error {
 	return nil
 }
 
-// requiredTracepoints are the BTF tracepoints the program attaches to;
-// sock_send_length and sock_recv_length came last, in Linux 6.3.
+// requiredTracepoints are the BTF tracepoints portlife cannot do without;
+// Linux 5.10 has them all. (sock_send_length and sock_recv_length, from
+// 6.3, are used where they exist: features.go; tcp_rcv_space_adjust stands
+// in for the second where they do not.)
 var requiredTracepoints = []string{
 	"inet_sock_set_state", "tcp_send_reset", "tcp_receive_reset", "tcp_destroy_sock",
-	"sock_send_length", "sock_recv_length",
+	"tcp_rcv_space_adjust",
 }
 
 // hasCapabilities reports whether this process may load and attach tracing
@@ -100,6 +102,10 @@ func missingCapabilities(cfg *Config) []capabilityCost {
 	if !has(unix.CAP_SYS_PTRACE) {
 		out = append(out, capabilityCost{"CAP_SYS_PTRACE",
 			"finding the network namespaces of other users' processes (/proc/PID/ns/net), and of sockets held from outside their namespace (pidfd_getfd): sockets that existed at start there are not adopted (counted as not_adopted)"})
+	}
+	if !has(unix.CAP_DAC_READ_SEARCH) {
+		out = append(out, capabilityCost{"CAP_DAC_READ_SEARCH",
+			"opening cgroups by their id (open_by_handle_at) to name their unit or container: events carry no unit or container_id (counted as unnamed cgroups)"})
 	}
 	if cfg.ReaderNice < 0 && !has(unix.CAP_SYS_NICE) {
 		out = append(out, capabilityCost{"CAP_SYS_NICE",

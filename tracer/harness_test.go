@@ -4,12 +4,14 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/cilium/ebpf/btf"
 	"github.com/portlife/portlife/internal/event"
 	"github.com/portlife/portlife/internal/kerneltest"
 )
@@ -105,6 +107,7 @@ func startTracerTo(t *testing.T, f event.Filter, out Output) *Tracer {
 	cfg.Filter = f
 	cfg.FlushInterval = 10 * time.Millisecond
 	cfg.RingBufferSize = 16 << 20
+	cfg.kernel = forcedFallbacks
 	tr, err := New(cfg, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatalf("starting the tracer: %v", err)
@@ -122,6 +125,46 @@ func startTracerTo(t *testing.T, f event.Filter, out Output) *Tracer {
 		}
 	})
 	return tr
+}
+
+// forcedFallbacks, with PORTLIFE_TEST_FALLBACKS=all in the environment
+// (make test sets it for a second run), has every test take every fallback
+// a kernel older than this one needs, as on Linux 5.10: both paths run on
+// any kernel.
+var forcedFallbacks = func() *kernelFeatures {
+	if os.Getenv("PORTLIFE_TEST_FALLBACKS") == "all" {
+		return &everyGap
+	}
+	return nil
+}()
+
+// runningKernel is what the running kernel lets portlife use, or the
+// forced fallbacks.
+func runningKernel(t *testing.T) kernelFeatures {
+	t.Helper()
+	if forcedFallbacks != nil {
+		return *forcedFallbacks
+	}
+	kernel, err := btf.LoadKernelSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := probeFeatures(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// requireCounted reports whether UDP event e carries datagram counts to
+// check: it must where the kernel has the datagram hooks (Linux 6.3), and
+// must say they are unknown where it has not.
+func (r *running) requireCounted(t *testing.T, e *event.Event) bool {
+	t.Helper()
+	if e.Uncounted == r.features.datagramHooks() {
+		t.Errorf("uncounted is %v on a kernel with datagram hooks %v: %+v", e.Uncounted, r.features.datagramHooks(), e)
+	}
+	return r.features.datagramHooks()
 }
 
 // requireNothingLost fails the test if the kernel side dropped anything.

@@ -63,6 +63,8 @@ type portlifeConfig struct {
 	MatchComm     uint8
 	Protos        uint8
 	Comm          [16]int8
+	Gaps          uint8
+	Pad           [7]uint8
 }
 
 type portlifeConn struct {
@@ -72,6 +74,7 @@ type portlifeConn struct {
 	LastDest  uint32
 	Phase     uint8
 	_         [7]byte
+	SkAddr    uint64
 }
 
 type portlifeDestSet struct {
@@ -135,13 +138,14 @@ type portlifeEvent struct {
 type portlifeEventFlag uint32
 
 const (
-	portlifeEventFlagEVENT_F_RESET_SENT     portlifeEventFlag = 1
-	portlifeEventFlagEVENT_F_RESET_RECEIVED portlifeEventFlag = 2
-	portlifeEventFlagEVENT_F_TIME_WAIT      portlifeEventFlag = 4
-	portlifeEventFlagEVENT_F_PRE_EXISTING   portlifeEventFlag = 8
-	portlifeEventFlagEVENT_F_CONNECTED      portlifeEventFlag = 16
-	portlifeEventFlagEVENT_F_EPHEMERAL      portlifeEventFlag = 32
-	portlifeEventFlagEVENT_F_SYSCALL        portlifeEventFlag = 64
+	portlifeEventFlagEVENT_F_RESET_SENT          portlifeEventFlag = 1
+	portlifeEventFlagEVENT_F_RESET_RECEIVED      portlifeEventFlag = 2
+	portlifeEventFlagEVENT_F_TIME_WAIT           portlifeEventFlag = 4
+	portlifeEventFlagEVENT_F_PRE_EXISTING        portlifeEventFlag = 8
+	portlifeEventFlagEVENT_F_CONNECTED           portlifeEventFlag = 16
+	portlifeEventFlagEVENT_F_EPHEMERAL           portlifeEventFlag = 32
+	portlifeEventFlagEVENT_F_SYSCALL             portlifeEventFlag = 64
+	portlifeEventFlagEVENT_F_BIND_BEFORE_CONNECT portlifeEventFlag = 128
 )
 
 type portlifeEventKind uint32
@@ -153,7 +157,24 @@ const (
 	portlifeEventKindEVENT_BIND_FAILED    portlifeEventKind = 4
 )
 
+type portlifeKernelGap uint32
+
+const (
+	portlifeKernelGapGAP_SK_STORAGE     portlifeKernelGap = 1
+	portlifeKernelGapGAP_SOCKET_COOKIE  portlifeKernelGap = 2
+	portlifeKernelGapGAP_TASK_STORAGE   portlifeKernelGap = 4
+	portlifeKernelGapGAP_SOCK_FROM_FILE portlifeKernelGap = 8
+	portlifeKernelGapGAP_DATAGRAM_HOOKS portlifeKernelGap = 16
+)
+
 type portlifeListenKey struct {
+	_     structs.HostLayout
+	Netns uint32
+	Port  uint16
+	Pad   uint16
+}
+
+type portlifeListenerKey struct {
 	_     structs.HostLayout
 	Netns uint32
 	Port  uint16
@@ -216,12 +237,15 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	portlifeMapCalls             = "calls"
+	portlifeMapCallsByTid        = "calls_by_tid"
 	portlifeMapConns             = "conns"
+	portlifeMapConnsBySk         = "conns_by_sk"
 	portlifeMapDestSets          = "dest_sets"
 	portlifeMapDrops             = "drops"
 	portlifeMapEvents            = "events"
 	portlifeMapFdOwners          = "fd_owners"
 	portlifeMapListenPorts       = "listen_ports"
+	portlifeMapListeners         = "listeners"
 	portlifeMapRaddrNets         = "raddr_nets"
 	portlifeProgBindEnter        = "bind_enter"
 	portlifeProgBindExit         = "bind_exit"
@@ -231,6 +255,7 @@ const (
 	portlifeProgTcpDestroy       = "tcp_destroy"
 	portlifeProgTcpExisting      = "tcp_existing"
 	portlifeProgTcpRead          = "tcp_read"
+	portlifeProgTcpReadData      = "tcp_read_data"
 	portlifeProgTcpRstRecv       = "tcp_rst_recv"
 	portlifeProgTcpRstSent       = "tcp_rst_sent"
 	portlifeProgTcpState         = "tcp_state"
@@ -238,6 +263,8 @@ const (
 	portlifeProgUdpBind6         = "udp_bind6"
 	portlifeProgUdpBound4        = "udp_bound4"
 	portlifeProgUdpBound6        = "udp_bound6"
+	portlifeProgUdpConnect4      = "udp_connect4"
+	portlifeProgUdpConnect6      = "udp_connect6"
 	portlifeProgUdpExisting      = "udp_existing"
 	portlifeProgUdpRecvd         = "udp_recvd"
 	portlifeProgUdpRelease       = "udp_release"
@@ -247,12 +274,15 @@ const (
 	portlifeVarAdoptBatch        = "adopt_batch"
 	portlifeVarAdoptTcpSockets   = "adopt_tcp_sockets"
 	portlifeVarAdoptUdpSockets   = "adopt_udp_sockets"
+	portlifeVarBlankCall         = "blank_call"
+	portlifeVarBlankConn         = "blank_conn"
 	portlifeVarCfg               = "cfg"
 	portlifeVarUnusedClosedBy    = "unused_closed_by"
 	portlifeVarUnusedDirection   = "unused_direction"
 	portlifeVarUnusedDropReason  = "unused_drop_reason"
 	portlifeVarUnusedEventFlag   = "unused_event_flag"
 	portlifeVarUnusedEventKind   = "unused_event_kind"
+	portlifeVarUnusedKernelGap   = "unused_kernel_gap"
 	portlifeVarUnusedPidSource   = "unused_pid_source"
 	portlifeVarUnusedSockFile    = "unused_sock_file"
 	portlifeVarUnusedTracedProto = "unused_traced_proto"
@@ -308,6 +338,7 @@ type portlifeProgramSpecs struct {
 	TcpDestroy   *ebpf.ProgramSpec `ebpf:"tcp_destroy"`
 	TcpExisting  *ebpf.ProgramSpec `ebpf:"tcp_existing"`
 	TcpRead      *ebpf.ProgramSpec `ebpf:"tcp_read"`
+	TcpReadData  *ebpf.ProgramSpec `ebpf:"tcp_read_data"`
 	TcpRstRecv   *ebpf.ProgramSpec `ebpf:"tcp_rst_recv"`
 	TcpRstSent   *ebpf.ProgramSpec `ebpf:"tcp_rst_sent"`
 	TcpState     *ebpf.ProgramSpec `ebpf:"tcp_state"`
@@ -315,6 +346,8 @@ type portlifeProgramSpecs struct {
 	UdpBind6     *ebpf.ProgramSpec `ebpf:"udp_bind6"`
 	UdpBound4    *ebpf.ProgramSpec `ebpf:"udp_bound4"`
 	UdpBound6    *ebpf.ProgramSpec `ebpf:"udp_bound6"`
+	UdpConnect4  *ebpf.ProgramSpec `ebpf:"udp_connect4"`
+	UdpConnect6  *ebpf.ProgramSpec `ebpf:"udp_connect6"`
 	UdpExisting  *ebpf.ProgramSpec `ebpf:"udp_existing"`
 	UdpRecvd     *ebpf.ProgramSpec `ebpf:"udp_recvd"`
 	UdpRelease   *ebpf.ProgramSpec `ebpf:"udp_release"`
@@ -328,12 +361,15 @@ type portlifeProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type portlifeMapSpecs struct {
 	Calls       *ebpf.MapSpec `ebpf:"calls"`
+	CallsByTid  *ebpf.MapSpec `ebpf:"calls_by_tid"`
 	Conns       *ebpf.MapSpec `ebpf:"conns"`
+	ConnsBySk   *ebpf.MapSpec `ebpf:"conns_by_sk"`
 	DestSets    *ebpf.MapSpec `ebpf:"dest_sets"`
 	Drops       *ebpf.MapSpec `ebpf:"drops"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	FdOwners    *ebpf.MapSpec `ebpf:"fd_owners"`
 	ListenPorts *ebpf.MapSpec `ebpf:"listen_ports"`
+	Listeners   *ebpf.MapSpec `ebpf:"listeners"`
 	RaddrNets   *ebpf.MapSpec `ebpf:"raddr_nets"`
 }
 
@@ -344,12 +380,15 @@ type portlifeVariableSpecs struct {
 	AdoptBatch        *ebpf.VariableSpec `ebpf:"adopt_batch"`
 	AdoptTcpSockets   *ebpf.VariableSpec `ebpf:"adopt_tcp_sockets"`
 	AdoptUdpSockets   *ebpf.VariableSpec `ebpf:"adopt_udp_sockets"`
+	BlankCall         *ebpf.VariableSpec `ebpf:"blank_call"`
+	BlankConn         *ebpf.VariableSpec `ebpf:"blank_conn"`
 	Cfg               *ebpf.VariableSpec `ebpf:"cfg"`
 	UnusedClosedBy    *ebpf.VariableSpec `ebpf:"unused_closed_by"`
 	UnusedDirection   *ebpf.VariableSpec `ebpf:"unused_direction"`
 	UnusedDropReason  *ebpf.VariableSpec `ebpf:"unused_drop_reason"`
 	UnusedEventFlag   *ebpf.VariableSpec `ebpf:"unused_event_flag"`
 	UnusedEventKind   *ebpf.VariableSpec `ebpf:"unused_event_kind"`
+	UnusedKernelGap   *ebpf.VariableSpec `ebpf:"unused_kernel_gap"`
 	UnusedPidSource   *ebpf.VariableSpec `ebpf:"unused_pid_source"`
 	UnusedSockFile    *ebpf.VariableSpec `ebpf:"unused_sock_file"`
 	UnusedTracedProto *ebpf.VariableSpec `ebpf:"unused_traced_proto"`
@@ -376,24 +415,30 @@ func (o *portlifeObjects) Close() error {
 // It can be passed to loadPortlifeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portlifeMaps struct {
 	Calls       *ebpf.Map `ebpf:"calls"`
+	CallsByTid  *ebpf.Map `ebpf:"calls_by_tid"`
 	Conns       *ebpf.Map `ebpf:"conns"`
+	ConnsBySk   *ebpf.Map `ebpf:"conns_by_sk"`
 	DestSets    *ebpf.Map `ebpf:"dest_sets"`
 	Drops       *ebpf.Map `ebpf:"drops"`
 	Events      *ebpf.Map `ebpf:"events"`
 	FdOwners    *ebpf.Map `ebpf:"fd_owners"`
 	ListenPorts *ebpf.Map `ebpf:"listen_ports"`
+	Listeners   *ebpf.Map `ebpf:"listeners"`
 	RaddrNets   *ebpf.Map `ebpf:"raddr_nets"`
 }
 
 func (m *portlifeMaps) Close() error {
 	return _PortlifeClose(
 		m.Calls,
+		m.CallsByTid,
 		m.Conns,
+		m.ConnsBySk,
 		m.DestSets,
 		m.Drops,
 		m.Events,
 		m.FdOwners,
 		m.ListenPorts,
+		m.Listeners,
 		m.RaddrNets,
 	)
 }
@@ -405,12 +450,15 @@ type portlifeVariables struct {
 	AdoptBatch        *ebpf.Variable `ebpf:"adopt_batch"`
 	AdoptTcpSockets   *ebpf.Variable `ebpf:"adopt_tcp_sockets"`
 	AdoptUdpSockets   *ebpf.Variable `ebpf:"adopt_udp_sockets"`
+	BlankCall         *ebpf.Variable `ebpf:"blank_call"`
+	BlankConn         *ebpf.Variable `ebpf:"blank_conn"`
 	Cfg               *ebpf.Variable `ebpf:"cfg"`
 	UnusedClosedBy    *ebpf.Variable `ebpf:"unused_closed_by"`
 	UnusedDirection   *ebpf.Variable `ebpf:"unused_direction"`
 	UnusedDropReason  *ebpf.Variable `ebpf:"unused_drop_reason"`
 	UnusedEventFlag   *ebpf.Variable `ebpf:"unused_event_flag"`
 	UnusedEventKind   *ebpf.Variable `ebpf:"unused_event_kind"`
+	UnusedKernelGap   *ebpf.Variable `ebpf:"unused_kernel_gap"`
 	UnusedPidSource   *ebpf.Variable `ebpf:"unused_pid_source"`
 	UnusedSockFile    *ebpf.Variable `ebpf:"unused_sock_file"`
 	UnusedTracedProto *ebpf.Variable `ebpf:"unused_traced_proto"`
@@ -428,6 +476,7 @@ type portlifePrograms struct {
 	TcpDestroy   *ebpf.Program `ebpf:"tcp_destroy"`
 	TcpExisting  *ebpf.Program `ebpf:"tcp_existing"`
 	TcpRead      *ebpf.Program `ebpf:"tcp_read"`
+	TcpReadData  *ebpf.Program `ebpf:"tcp_read_data"`
 	TcpRstRecv   *ebpf.Program `ebpf:"tcp_rst_recv"`
 	TcpRstSent   *ebpf.Program `ebpf:"tcp_rst_sent"`
 	TcpState     *ebpf.Program `ebpf:"tcp_state"`
@@ -435,6 +484,8 @@ type portlifePrograms struct {
 	UdpBind6     *ebpf.Program `ebpf:"udp_bind6"`
 	UdpBound4    *ebpf.Program `ebpf:"udp_bound4"`
 	UdpBound6    *ebpf.Program `ebpf:"udp_bound6"`
+	UdpConnect4  *ebpf.Program `ebpf:"udp_connect4"`
+	UdpConnect6  *ebpf.Program `ebpf:"udp_connect6"`
 	UdpExisting  *ebpf.Program `ebpf:"udp_existing"`
 	UdpRecvd     *ebpf.Program `ebpf:"udp_recvd"`
 	UdpRelease   *ebpf.Program `ebpf:"udp_release"`
@@ -453,6 +504,7 @@ func (p *portlifePrograms) Close() error {
 		p.TcpDestroy,
 		p.TcpExisting,
 		p.TcpRead,
+		p.TcpReadData,
 		p.TcpRstRecv,
 		p.TcpRstSent,
 		p.TcpState,
@@ -460,6 +512,8 @@ func (p *portlifePrograms) Close() error {
 		p.UdpBind6,
 		p.UdpBound4,
 		p.UdpBound6,
+		p.UdpConnect4,
+		p.UdpConnect6,
 		p.UdpExisting,
 		p.UdpRecvd,
 		p.UdpRelease,

@@ -40,12 +40,15 @@ func TestPreforkServerNamesTheWorker(t *testing.T) {
 			}
 			serverAddr := fmt.Sprintf("127.0.0.1:%d", port)
 
-			// Each connection: the server writes the pid of the process
-			// serving it. The client closes first.
+			// Each connection: the client asks, and the server answers with
+			// the pid of the process serving it. The client closes first.
 			served := map[uint16]uint32{} // client port -> server pid
 			for i := 0; i < workers; i++ {
 				c, err := net.Dial("tcp4", serverAddr)
 				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := fmt.Fprintln(c, "who serves this?"); err != nil {
 					t.Fatal(err)
 				}
 				line, err := bufio.NewReader(c).ReadString('\n')
@@ -171,8 +174,9 @@ func prefork(arg string) error {
 }
 
 // preforkWorker serves one connection on fd 3: accepted from it, if it is
-// a listening socket, or the connection itself. It writes its pid, reads
-// until the client closes, and waits for stdin to close.
+// a listening socket, or the connection itself. It reads a request line,
+// writes its pid, reads until the client closes, and waits for stdin to
+// close.
 func preforkWorker() error {
 	if err := setComm("pl-worker"); err != nil {
 		return err
@@ -192,6 +196,11 @@ func preforkWorker() error {
 		return err
 	}
 	f.Close()
+	// A request first, as servers read one: the read names the worker on
+	// every kernel (before Linux 6.3 only a read that copies data does).
+	if _, err := bufio.NewReader(conn).ReadString('\n'); err != nil {
+		return err
+	}
 	if _, err := fmt.Fprintln(conn, os.Getpid()); err != nil {
 		return err
 	}

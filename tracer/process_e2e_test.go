@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -14,7 +15,8 @@ import (
 )
 
 // 1,000 connections between two other processes: every one is reported
-// exactly once from each side, with that side's pid, and nothing is lost.
+// exactly once from each side, with that side's pid, and nothing is lost
+// without a count.
 func TestTCPSeparateProcesses(t *testing.T) {
 	const conns = 1000
 	r := startTracer(t, event.Filter{})
@@ -39,7 +41,20 @@ func TestTCPSeparateProcesses(t *testing.T) {
 			(e.Remote.Port() == uint16(serverPort) && e.PID == client.pid() ||
 				e.Local.Port() == uint16(serverPort) && e.PID == server.pid())
 	}
-	got := r.events.waitFor(t, 2*conns, isOurs)
+	// Every close arrives, or its loss is counted: a hook run the kernel
+	// skipped (on 7.x, a tracepoint that fired again on the CPU while the
+	// program ran) is the one way to miss one, and Stats counts those.
+	got, _ := r.events.await(2*conns, isOurs, 10*time.Second)
+	stats, err := r.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if missing := 2*conns - len(got); missing > 0 {
+		if uint64(missing) > stats.SkippedRuns {
+			t.Fatalf("%d of %d close events missing, and only %d skipped hook runs counted: lost without a count", missing, 2*conns, stats.SkippedRuns)
+		}
+		t.Logf("%d of %d close events missing, covered by %d skipped hook runs counted", missing, 2*conns, stats.SkippedRuns)
+	}
 	out, in := map[uint16]int{}, map[uint16]int{}
 	for _, e := range got {
 		switch {
@@ -52,11 +67,14 @@ func TestTCPSeparateProcesses(t *testing.T) {
 		}
 	}
 	for port, n := range truth {
+		if len(got) < 2*conns && (out[port] < n || in[port] < n) {
+			continue // a counted loss: checked above
+		}
 		if out[port] != n || in[port] != n {
 			t.Errorf("port %d: %d connections, reported %d times by the client side and %d by the server side", port, n, out[port], in[port])
 		}
 	}
-	if len(got) != 2*conns {
+	if len(got) > 2*conns {
 		t.Errorf("%d close events, want %d", len(got), 2*conns)
 	}
 	r.requireNothingLost(t)

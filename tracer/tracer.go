@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -24,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/event"
+	"github.com/portlife/portlife/internal/workload"
 )
 
 // Output receives decoded events in order, on the reader thread (the
@@ -48,6 +50,14 @@ type Config struct {
 	// too small a share of the CPU to keep up, and the ring overflows.
 	// 0 leaves it as it is.
 	ReaderNice int
+	// MaxSockets bounds the sockets tracked at once on kernels whose
+	// tracing programs have no socket storage (before Linux 5.11), where a
+	// table stands in for it. A socket past it is not traced, and counted.
+	MaxSockets int
+
+	// kernel, set by tests, is used instead of probing the running kernel:
+	// the fallbacks it names are taken even where the kernel has better.
+	kernel *kernelFeatures
 }
 
 // DefaultConfig traces everything with the buffer sizes the benchmark chose.
@@ -56,6 +66,7 @@ func DefaultConfig() Config {
 		RingBufferSize: 4 << 20,
 		FlushInterval:  100 * time.Millisecond,
 		ReaderNice:     -10,
+		MaxSockets:     1 << 18,
 	}
 }
 
@@ -75,6 +86,10 @@ type Stats struct {
 	// skipped run can cost an event, or details of one. Not in Lost, which
 	// counts events known to be lost.
 	SkippedRuns uint64
+	// Unnamed counts cgroups whose workload (unit, container) could not be
+	// resolved: their events carry neither. Not in Lost: the events were
+	// delivered.
+	Unnamed uint64
 }
 
 // Lost is every event the kernel side could not deliver.
@@ -85,6 +100,8 @@ type Tracer struct {
 	log *zap.Logger
 	cfg Config
 	dec decoder
+	// features is what this kernel lets portlife use (features.go).
+	features kernelFeatures
 	// cgroupRoot is where cgroup v2 is mounted; "" if it is not.
 	cgroupRoot string
 	// ownMount is a cgroup v2 mount portlife made, to unmount at Close, and
@@ -96,6 +113,9 @@ type Tracer struct {
 	madeDirs            []string
 	objs                portlifeObjects
 	reader              *ringbuf.Reader
+	// names resolves cgroup ids to units and containers on the reader's
+	// thread; nil if the cgroup v2 mount could not be opened.
+	names *workload.Resolver
 
 	mu     sync.Mutex // guards links: Run detaches while Close may run
 	links  []link.Link
@@ -120,11 +140,30 @@ func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
 		}
 		log.Warn("running without capabilities portlife uses: each one names what it costs", fields...)
 	}
+	kernel, err := btf.LoadKernelSpec()
+	if err != nil {
+		return nil, fmt.Errorf("%w (%v)", ErrNoBTF, err)
+	}
+	feat, err := probeFeatures(kernel)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.kernel != nil {
+		feat = *cfg.kernel
+	}
+	if missing := feat.missing(); len(missing) > 0 {
+		fields := make([]zap.Field, len(missing))
+		for i, m := range missing {
+			fields[i] = zap.String(m.name, m.cost)
+		}
+		log.Info("this kernel lacks features portlife uses; each is named with what its fallback costs", fields...)
+	}
 	dec, err := newDecoder()
 	if err != nil {
 		return nil, err
 	}
-	t := &Tracer{log: log, cfg: cfg, dec: dec}
+	dec.udpUncounted = !feat.datagramHooks()
+	t := &Tracer{log: log, cfg: cfg, dec: dec, features: feat}
 	defer func() {
 		if err != nil {
 			t.Close()
@@ -133,10 +172,20 @@ func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
 	if err := t.findCgroupRoot(); err != nil {
 		return nil, err
 	}
+	if (len(cfg.Filter.Units) > 0 || len(cfg.Filter.Containers) > 0) && !effectiveCapabilities()(unix.CAP_DAC_READ_SEARCH) {
+		return nil, errors.New("--unit and --container need CAP_DAC_READ_SEARCH, to name each cgroup (open_by_handle_at): run as root or grant it")
+	}
+	if t.names, err = workload.NewResolver(t.cgroupRoot, workload.DefaultCacheSize); err != nil {
+		if len(cfg.Filter.Units) > 0 || len(cfg.Filter.Containers) > 0 {
+			return nil, fmt.Errorf("--unit and --container need the cgroup names: %w", err)
+		}
+		log.Warn("events will carry no unit or container", zap.Error(err))
+	}
 
 	// Kernels from 5.11 account BPF memory to the cgroup; this is a no-op there.
 	if err := rlimit.RemoveMemlock(); err != nil {
-		log.Debug("memlock rlimit not raised", zap.Error(err))
+		return nil, fmt.Errorf("this kernel charges eBPF memory to RLIMIT_MEMLOCK, which portlife could not raise: "+
+			"run it as root, with CAP_SYS_RESOURCE, or with the limit raised (LimitMEMLOCK=infinity in its systemd unit): %w", err)
 	}
 	if err := t.load(); err != nil {
 		return nil, explain(fmt.Errorf("loading the eBPF program: %w", err))
@@ -164,16 +213,9 @@ func (t *Tracer) load() error {
 	if t.cfg.FlushInterval > 0 {
 		wakeup = uint64(t.cfg.RingBufferSize / 8)
 	}
-	kcfg := kernelConfig(&t.cfg.Filter, wakeup)
-	if err := spec.Variables["cfg"].Set(kcfg); err != nil {
-		return fmt.Errorf("setting the filter: %w", err)
+	if err := configure(spec, &t.cfg, t.features, wakeup); err != nil {
+		return err
 	}
-	for name, proto := range map[string]event.Proto{"adopt_tcp_sockets": event.ProtoTCP, "adopt_udp_sockets": event.ProtoUDP} {
-		if err := spec.Variables[name].Set(t.cfg.Filter.WantsProto(proto)); err != nil {
-			return fmt.Errorf("setting %s: %w", name, err)
-		}
-	}
-	spec.Maps["events"].MaxEntries = uint32(t.cfg.RingBufferSize)
 
 	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
 		var verr *ebpf.VerifierError
@@ -188,6 +230,24 @@ func (t *Tracer) load() error {
 			return fmt.Errorf("adding --raddr %s: %w", p, err)
 		}
 	}
+	return nil
+}
+
+// configure sets what the program reads before it loads: the filter and
+// tuning in cfg, and the fallbacks this kernel needs.
+func configure(spec *ebpf.CollectionSpec, cfg *Config, feat kernelFeatures, wakeupBytes uint64) error {
+	kcfg := kernelConfig(&cfg.Filter, wakeupBytes)
+	kcfg.Gaps = uint8(feat.gaps)
+	feat.adapt(spec, uint32(cfg.MaxSockets))
+	if err := spec.Variables["cfg"].Set(kcfg); err != nil {
+		return fmt.Errorf("setting the filter: %w", err)
+	}
+	for name, proto := range map[string]event.Proto{"adopt_tcp_sockets": event.ProtoTCP, "adopt_udp_sockets": event.ProtoUDP} {
+		if err := spec.Variables[name].Set(cfg.Filter.WantsProto(proto)); err != nil {
+			return fmt.Errorf("setting %s: %w", name, err)
+		}
+	}
+	spec.Maps["events"].MaxEntries = uint32(cfg.RingBufferSize)
 	return nil
 }
 
@@ -223,15 +283,19 @@ func (t *Tracer) hooks() []hook {
 		{"tcp:tcp_receive_reset", p.TcpRstRecv, attachTracing, 0, tcp},
 		{"tcp:tcp_destroy_sock", p.TcpDestroy, attachTracing, 0, tcp},
 		// Who serves an accepted connection shows in its close alone.
-		{"sock:sock_recv_length (TCP)", p.TcpRead, attachTracing, 0, tcp && f.WantsKind(event.KindClose)},
+		{"sock:sock_recv_length (TCP)", p.TcpRead, attachTracing, 0, tcp && f.WantsKind(event.KindClose) && t.features.datagramHooks()},
+		{"tcp:tcp_rcv_space_adjust", p.TcpReadData, attachTracing, 0, tcp && f.WantsKind(event.KindClose) && !t.features.datagramHooks()},
 		{"cgroup/bind4", p.UdpBind4, attachCgroup, ebpf.AttachCGroupInet4Bind, udp},
 		{"cgroup/bind6", p.UdpBind6, attachCgroup, ebpf.AttachCGroupInet6Bind, udp},
+		// Only where no datagram hook sees a connected socket's peer.
+		{"cgroup/connect4", p.UdpConnect4, attachCgroup, ebpf.AttachCGroupInet4Connect, udp && !t.features.datagramHooks()},
+		{"cgroup/connect6", p.UdpConnect6, attachCgroup, ebpf.AttachCGroupInet6Connect, udp && !t.features.datagramHooks()},
 		{"cgroup/post_bind4", p.UdpBound4, attachCgroup, ebpf.AttachCGroupInet4PostBind, udp},
 		{"cgroup/post_bind6", p.UdpBound6, attachCgroup, ebpf.AttachCGroupInet6PostBind, udp},
 		{"cgroup/sendmsg4", p.UdpSend4, attachCgroup, ebpf.AttachCGroupUDP4Sendmsg, udp},
 		{"cgroup/sendmsg6", p.UdpSend6, attachCgroup, ebpf.AttachCGroupUDP6Sendmsg, udp},
-		{"sock:sock_send_length", p.UdpSent, attachTracing, 0, udp},
-		{"sock:sock_recv_length", p.UdpRecvd, attachTracing, 0, udp},
+		{"sock:sock_send_length", p.UdpSent, attachTracing, 0, udp && t.features.datagramHooks()},
+		{"sock:sock_recv_length", p.UdpRecvd, attachTracing, 0, udp && t.features.datagramHooks()},
 		{"cgroup/sock_release", p.UdpRelease, attachCgroup, ebpf.AttachCgroupInetSockRelease, udp},
 		// Each exit before its entry, and after the TCP hooks (a TCP connect
 		// hands its call over at SYN_SENT): every call an entry records is
@@ -334,13 +398,22 @@ func (t *Tracer) Run(ctx context.Context, out Output) error {
 			if err := t.dec.decode(rec.RawSample, &ev); err != nil {
 				return err
 			}
-			// Every 4096 events, so a busy reader that never waits still
-			// follows the wall clock, for one clock read per batch.
-			if n := t.events.Add(1); n%4096 == 0 {
-				t.reanchor(&anchored)
+			if t.names != nil {
+				n := t.names.Lookup(ev.CgroupID)
+				ev.Unit, ev.ContainerID = n.Unit, n.ContainerID
 			}
-			if err := out.Write(&ev); err != nil {
-				return fmt.Errorf("writing an event: %w", err)
+			// The filters the kernel cannot apply: it knows a cgroup by
+			// its id alone.
+			if t.cfg.Filter.Keeps(&ev) {
+				// Every 4096 events, so a busy reader that never waits
+				// still follows the wall clock, for one clock read per
+				// batch.
+				if n := t.events.Add(1); n%4096 == 0 {
+					t.reanchor(&anchored)
+				}
+				if err := out.Write(&ev); err != nil {
+					return fmt.Errorf("writing an event: %w", err)
+				}
 			}
 			if eager && t.reader.AvailableBytes() == 0 {
 				if err := out.Flush(); err != nil {
@@ -410,6 +483,9 @@ func (t *Tracer) Stats() (Stats, error) {
 	s.NotAdopted = t.notAdopted.Load()
 	skipped, serr := skippedRuns(t.attachedPrograms())
 	s.SkippedRuns = skipped
+	if t.names != nil {
+		s.Unnamed = t.names.Stats().Unresolved
+	}
 	return s, errors.Join(err, serr)
 }
 
@@ -453,6 +529,10 @@ func (t *Tracer) Close() error {
 	}
 	errs = append(errs, t.objs.Close())
 	t.objs = portlifeObjects{}
+	if t.names != nil {
+		// Before the mount it holds open is unmounted.
+		errs = append(errs, t.names.Close())
+	}
 	errs = append(errs, t.removeOwnMount())
 	if t.ownTracefs != "" {
 		errs = append(errs, t.unmountTracefs())

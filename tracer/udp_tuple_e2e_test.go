@@ -153,14 +153,23 @@ func TestUDPBindThenConnect(t *testing.T) {
 					t.Fatalf("the client's port %d is outside the host's ephemeral range %v", ex.client.Port(), host)
 				}
 
-				client := r.events.waitFor(t, 2, ofSocket(ex.clientCookie))
+				// Without the datagram hooks the client, connected, sending
+				// without an address, is seen at its close alone; but a
+				// dual-stack one's sends to a v4-mapped peer reach the send
+				// hook with the address (udpv6_sendmsg hands them to
+				// udp_sendmsg so), which opens it.
+				wantClient := []string{"open", "close"}
+				if !r.features.datagramHooks() && conv.clientAF == conv.server.af {
+					wantClient = []string{"close"}
+				}
+				client := r.events.waitFor(t, len(wantClient), ofSocket(ex.clientCookie))
 				wantServer := []string{"open", "close"}
 				if !answer {
 					wantServer = []string{"close"}
 				}
 				server := r.events.waitFor(t, len(wantServer), ofSocket(ex.serverCookie))
-				if got := kinds(client); !slices.Equal(got, []string{"open", "close"}) {
-					t.Fatalf("client events %v, want [open close]: %+v", got, client)
+				if got := kinds(client); !slices.Equal(got, wantClient) {
+					t.Fatalf("client events %v, want %v: %+v", got, wantClient, client)
 				}
 				if got := kinds(server); !slices.Equal(got, wantServer) {
 					t.Fatalf("server events %v, want %v: %+v", got, wantServer, server)
@@ -173,8 +182,9 @@ func TestUDPBindThenConnect(t *testing.T) {
 					check(t, key, "direction", e.Direction, event.DirectionOutbound)
 					check(t, key, "ephemeral", e.Ephemeral, true)
 				}
-				check(t, "client close", "connected", client[1].Connected, true)
-				check(t, "client close", "destinations", client[1].Destinations, 1)
+				closed := client[len(client)-1]
+				check(t, "client close", "connected", closed.Connected, true)
+				check(t, "client close", "destinations", closed.Destinations, 1)
 				peer, destinations := ex.client, uint32(1)
 				if !answer {
 					peer, destinations, ephemeral = netip.AddrPortFrom(unspecified(wire), 0), 0, false
@@ -189,7 +199,9 @@ func TestUDPBindThenConnect(t *testing.T) {
 				}
 				last := server[len(server)-1]
 				check(t, "server close", "destinations", last.Destinations, destinations)
-				check(t, "server close", "rx packets", last.RxPackets, 1)
+				if r.requireCounted(t, &last) {
+					check(t, "server close", "rx packets", last.RxPackets, 1)
+				}
 				check(t, "server close", "connected", last.Connected, false)
 			})
 		}
@@ -298,11 +310,15 @@ func TestUDPFiltersJudgeTheKnownTuple(t *testing.T) {
 			first := c.conv.run(t, boundTo(t, c.conv.server, sport), c.answer)
 			second := c.conv.run(t, boundTo(t, c.conv.server, sport), c.answer)
 
-			r.events.waitFor(t, len(c.wantClient), ofSocket(second.clientCookie))
+			wantClient := c.wantClient
+			if len(wantClient) == 2 && !r.features.datagramHooks() && c.conv.clientAF == c.conv.server.af {
+				wantClient = wantClient[1:] // its close alone: see TestUDPBindThenConnect
+			}
+			r.events.waitFor(t, len(wantClient), ofSocket(second.clientCookie))
 			r.events.waitFor(t, len(c.wantServer), ofSocket(second.serverCookie))
 			for i, run := range []udpExchange{first, second} {
-				if got := kinds(r.events.matching(ofSocket(run.clientCookie))); !slices.Equal(got, c.wantClient) {
-					t.Errorf("conversation %d: client events %v, want %v", i+1, got, c.wantClient)
+				if got := kinds(r.events.matching(ofSocket(run.clientCookie))); !slices.Equal(got, wantClient) {
+					t.Errorf("conversation %d: client events %v, want %v", i+1, got, wantClient)
 				}
 				if got := kinds(r.events.matching(ofSocket(run.serverCookie))); !slices.Equal(got, c.wantServer) {
 					t.Errorf("conversation %d: server events %v, want %v", i+1, got, c.wantServer)

@@ -56,9 +56,16 @@ type options struct {
 // Tracer names for --tracers. portlife-baseline is portlife run from the
 // --portlife-baseline binary.
 const (
-	defaultTracers  = "none,portlife,tcplife"
+	defaultTracers  = "none,portlife," + summaryTracer + "," + metricsTracer + ",tcplife"
 	baselineTracer  = "portlife-baseline"
-	knownTracerList = "none, portlife, " + baselineTracer + ", tcplife"
+	knownTracerList = "none, portlife, " + noAccounting + ", " + baselineTracer + ", " + summaryTracer + ", " + metricsTracer + ", tcplife"
+	// noAccounting is portlife with --no-port-accounting: beside portlife
+	// in one interleaved run, it shows what port accounting costs.
+	noAccounting = "portlife-no-accounting"
+	// portlife with --summary, and with --metrics-addr: what each costs
+	// beside plain portlife, in the same interleaved run.
+	summaryTracer = "portlife-summary"
+	metricsTracer = "portlife-metrics"
 )
 
 // parseFlags parses args into options; fs decides what a bad flag does
@@ -312,7 +319,7 @@ func tracerNames(o *options) ([]string, error) {
 	for _, name := range strings.Split(o.tracers, ",") {
 		name = strings.TrimSpace(name)
 		switch name {
-		case "none", "portlife", baselineTracer, "tcplife":
+		case "none", "portlife", noAccounting, baselineTracer, summaryTracer, metricsTracer, "tcplife":
 		default:
 			return nil, fmt.Errorf("unknown tracer %q (have %s)", name, knownTracerList)
 		}
@@ -352,6 +359,20 @@ func selectTracers(o *options) ([]string, []*tracer, error) {
 				continue
 			}
 			tr = newPortlife(name, bin, strings.Fields(o.portlifeArgs))
+		case noAccounting, summaryTracer, metricsTracer:
+			bin, err := findBinary(o.portlife)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "runner: skipping %s: %v (build it with: make)\n", name, err)
+				continue
+			}
+			extra := []string{"--no-port-accounting"}
+			switch name {
+			case summaryTracer:
+				extra = []string{"--summary", "10s"}
+			case metricsTracer:
+				extra = []string{"--metrics-addr", "127.0.0.1:0"}
+			}
+			tr = newPortlife(name, bin, append(extra, strings.Fields(o.portlifeArgs)...))
 		case baselineTracer:
 			bin, err := findBinary(o.baseline)
 			if err != nil {

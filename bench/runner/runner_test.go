@@ -318,15 +318,16 @@ func TestTracerNames(t *testing.T) {
 		args []string
 		want string // comma-joined names, or the error
 	}{
-		{"default", nil, "none,portlife,tcplife"},
-		{"baseline after portlife by default", []string{"--portlife-baseline", "old"}, "none,portlife,portlife-baseline,tcplife"},
+		{"default", nil, "none,portlife,portlife-summary,portlife-metrics,tcplife"},
+		{"baseline after portlife by default", []string{"--portlife-baseline", "old"}, "none,portlife,portlife-baseline,portlife-summary,portlife-metrics,tcplife"},
 		{"explicit list without baseline", []string{"--portlife-baseline", "old", "--tracers", "none,portlife"}, "none,portlife"},
 		{"explicit default list is explicit", []string{"--portlife-baseline", "old", "--tracers", "none,portlife,tcplife"}, "none,portlife,tcplife"},
 		{"explicit order kept", []string{"--portlife-baseline", "old", "--tracers", "portlife-baseline, none,portlife"}, "portlife-baseline,none,portlife"},
 		{"baseline alone", []string{"--portlife-baseline", "old", "--tracers", "portlife-baseline"}, "portlife-baseline"},
+		{"without accounting", []string{"--tracers", "none,portlife,portlife-no-accounting"}, "none,portlife,portlife-no-accounting"},
 		{"baseline without binary", []string{"--tracers", "none,portlife,portlife-baseline"}, "error: tracer portlife-baseline needs --portlife-baseline"},
 		{"empty baseline path", []string{"--portlife-baseline=", "--tracers", "portlife-baseline"}, "error: tracer portlife-baseline needs --portlife-baseline"},
-		{"unknown", []string{"--tracers", "none,bcc"}, `error: unknown tracer "bcc" (have none, portlife, portlife-baseline, tcplife)`},
+		{"unknown", []string{"--tracers", "none,bcc"}, `error: unknown tracer "bcc" (have none, portlife, portlife-no-accounting, portlife-baseline, portlife-summary, portlife-metrics, tcplife)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -362,7 +363,7 @@ func TestSelectTracersBaseline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(names, ","); got != "none,portlife,portlife-baseline,tcplife" {
+	if got := strings.Join(names, ","); got != "none,portlife,portlife-baseline,portlife-summary,portlife-metrics,tcplife" {
 		t.Fatalf("names = %s", got)
 	}
 	for i, tr := range trs[1:] {
@@ -371,6 +372,12 @@ func TestSelectTracersBaseline(t *testing.T) {
 		}
 	}
 	cur, base := trs[1], trs[2]
+	for _, tr := range trs[3:5] {
+		want := map[string]string{"portlife-summary": "--summary", "portlife-metrics": "--metrics-addr"}[tr.name]
+		if tr.bin != o.portlife || !slices.Contains(tr.args, want) || !slices.Contains(tr.args, "--proto") {
+			t.Errorf("%s runs %s %v; want portlife with %s and the portlife args", tr.name, tr.bin, tr.args, want)
+		}
+	}
 	if cur.bin != o.portlife || base.bin != o.baseline {
 		t.Errorf("binaries = %s, %s; want %s, %s", cur.bin, base.bin, o.portlife, o.baseline)
 	}

@@ -30,6 +30,9 @@ func addFilterFlags(fs *pflag.FlagSet, f *event.Filter) {
 	fs.Var(event.DirectionValue{P: &f.Direction}, "direction", "only outbound (we connected) or inbound (we accepted)")
 	fs.BoolVar(&f.EphemeralOnly, "ephemeral-only", false, "only connections whose ephemeral-side port is in their network namespace's ip_local_port_range")
 	fs.Var(event.MinDurationValue{P: &f.MinDuration}, "min-duration", "only close events of lifetimes at least this long, e.g. 10ms")
+	fs.Var(event.UnitsValue(&f.Units), "unit", "only processes in this systemd unit, e.g. nginx.service (nginx means nginx.service; repeatable)")
+	fs.Var(event.ContainersValue(&f.Containers), "container", "only processes in this container: its id, or its first 12 or more hex digits (repeatable)")
+	fs.Var(event.NetNSValue{P: &f.NetNS}, "netns", "only sockets in this network namespace: its inode (the netns field) or a path such as /run/netns/NAME or /proc/PID/ns/net (repeatable)")
 }
 
 // logOptions are the diagnostics flags every subcommand takes.
@@ -94,6 +97,24 @@ func (v niceValue) Set(s string) error {
 
 func (v niceValue) String() string { return strconv.Itoa(*v.p) }
 func (v niceValue) Type() string   { return "nice" }
+
+// countValue is a count of things from 1 to max.
+type countValue struct {
+	p   *int
+	max int
+}
+
+func (v countValue) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > v.max {
+		return fmt.Errorf("%q: want a count from 1 to %d", s, v.max)
+	}
+	*v.p = n
+	return nil
+}
+
+func (v countValue) String() string { return strconv.Itoa(*v.p) }
+func (v countValue) Type() string   { return "count" }
 
 // ringSizeValue is the ring buffer's size in bytes, written like 4MiB.
 type ringSizeValue struct{ p *int }

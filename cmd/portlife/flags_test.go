@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/portlife/portlife/internal/event"
+	"github.com/portlife/portlife/internal/timewait"
 	"github.com/portlife/portlife/tracer"
 )
 
@@ -46,6 +47,9 @@ func TestParseFlagsDefaults(t *testing.T) {
 			if o.log.debug {
 				t.Error("debug is on by default")
 			}
+			if o.timewait.off || o.timewait.cfg != timewait.DefaultConfig() {
+				t.Errorf("timewait = %+v, want on, with DefaultConfig() %+v", o.timewait, timewait.DefaultConfig())
+			}
 			// No flags means the tracer's defaults, with no filter at all.
 			if want := tracer.DefaultConfig(); !reflect.DeepEqual(o.cfg, want) {
 				t.Errorf("cfg = %+v, want DefaultConfig() %+v", o.cfg, want)
@@ -74,6 +78,16 @@ func TestParseFlagsGood(t *testing.T) {
 				t.Errorf("output = %q", o.output)
 			}
 		}},
+		{"released events on by default, tuned", []string{"--released-interval", "250ms", "--released-max", "1000"}, func(t *testing.T, o options) {
+			if o.timewait.off || o.timewait.cfg.Interval != 250*time.Millisecond || o.timewait.cfg.Max != 1000 {
+				t.Errorf("timewait = %+v", o.timewait)
+			}
+		}},
+		{"no-released", []string{"--no-released"}, func(t *testing.T, o options) {
+			if !o.timewait.off {
+				t.Errorf("timewait = %+v", o.timewait)
+			}
+		}},
 		{"log-format json", []string{"--log-format=json"}, func(t *testing.T, o options) {
 			if o.log.format != "json" {
 				t.Errorf("logFormat = %q", o.log.format)
@@ -97,6 +111,32 @@ func TestParseFlagsGood(t *testing.T) {
 		{"proto udp,tcp", []string{"--proto", "udp,tcp"}, func(t *testing.T, o options) {
 			if want := []event.Proto{event.ProtoUDP, event.ProtoTCP}; !reflect.DeepEqual(o.cfg.Filter.Protos, want) {
 				t.Errorf("Protos = %v, want %v", o.cfg.Filter.Protos, want)
+			}
+		}},
+		{"summary-only alone summarizes every 10s", []string{"--summary-only"}, func(t *testing.T, o options) {
+			if !o.summary.only || o.summary.interval != 10*time.Second || o.summary.top != 20 {
+				t.Errorf("summary %+v", o.summary)
+			}
+		}},
+		{"summary and its top", []string{"--summary", "2s", "--summary-top", "5"}, func(t *testing.T, o options) {
+			if o.summary.only || o.summary.interval != 2*time.Second || o.summary.top != 5 {
+				t.Errorf("summary %+v", o.summary)
+			}
+		}},
+		{"metrics-addr: a port alone is localhost", []string{"--metrics-addr", "9608"}, func(t *testing.T, o options) {
+			if o.metrics.addr != "127.0.0.1:9608" {
+				t.Errorf("metrics addr %q", o.metrics.addr)
+			}
+		}},
+		{"metrics-addr: every interface when asked", []string{"--metrics-addr", "0.0.0.0:9608"}, func(t *testing.T, o options) {
+			if o.metrics.addr != "0.0.0.0:9608" {
+				t.Errorf("metrics addr %q", o.metrics.addr)
+			}
+		}},
+		{"workload filters", []string{"--unit", "nginx", "--container", "0123456789ab", "--netns", "4026531840"}, func(t *testing.T, o options) {
+			f := o.cfg.Filter
+			if !reflect.DeepEqual(f.Units, []string{"nginx.service"}) || !reflect.DeepEqual(f.Containers, []string{"0123456789ab"}) || !reflect.DeepEqual(f.NetNS, []uint32{4026531840}) {
+				t.Errorf("Units %q, Containers %q, NetNS %v", f.Units, f.Containers, f.NetNS)
 			}
 		}},
 		{"pid", []string{"--pid", "4242"}, func(t *testing.T, o options) {
@@ -212,6 +252,26 @@ func TestParseFlagsBad(t *testing.T) {
 		{"min-duration negative", []string{"--min-duration", "-1s"}, "--min-duration"},
 		{"flush-interval negative", []string{"--flush-interval", "-1s"}, "--flush-interval"},
 		{"stats-interval negative", []string{"--stats-interval", "-1s"}, "--stats-interval"},
+		{"released-interval too short", []string{"--released-interval", "10ms"}, "--released-interval"},
+		{"released-interval too long", []string{"--released-interval", "1m"}, "--released-interval"},
+		{"released-interval not a duration", []string{"--released-interval", "1"}, "--released-interval"},
+		{"released-max zero", []string{"--released-max", "0"}, "--released-max"},
+		{"released-max not a number", []string{"--released-max", "many"}, "--released-max"},
+		{"no-released with a value", []string{"--no-released=maybe"}, "--no-released"},
+		{"pressure-thresholds above 100", []string{"--pressure-thresholds", "50,120"}, "--pressure-thresholds"},
+		{"pressure-thresholds descending", []string{"--pressure-thresholds", "80,50"}, "--pressure-thresholds"},
+		{"pressure-thresholds not numbers", []string{"--pressure-thresholds", "high"}, "--pressure-thresholds"},
+		{"pressure-thresholds empty", []string{"--pressure-thresholds", ""}, "--pressure-thresholds"},
+		{"port-keys zero", []string{"--port-keys", "0"}, "--port-keys"},
+		{"max-sockets zero", []string{"--max-sockets", "0"}, "--max-sockets"},
+		{"max-sockets too many", []string{"--max-sockets", "99999999"}, "--max-sockets"},
+		{"summary too short", []string{"--summary", "10ms"}, "--summary"},
+		{"summary-top 0", []string{"--summary-top", "0"}, "--summary-top"},
+		{"metrics-addr not an address", []string{"--metrics-addr", "localhost"}, "--metrics-addr"},
+		{"unit with a path", []string{"--unit", "system.slice/web.service"}, "--unit"},
+		{"container name", []string{"--container", "my-app"}, "--container"},
+		{"netns not a namespace", []string{"--netns", "/etc/hostname"}, "--netns"},
+		{"netns a name", []string{"--netns", "blue"}, "--netns"},
 		{"unknown flag", []string{"--nope"}, "--nope"},
 		{"extra positional argument", []string{"--debug", "extra"}, `"extra"`},
 	}
@@ -415,6 +475,8 @@ func TestSubcommandUsageErrors(t *testing.T) {
 		{[]string{"tarce"}, `unknown command "tarce"`},
 		{[]string{"version", "--short"}, "version takes no arguments"},
 		{[]string{"trace", "extra"}, `"extra"`},
+		{[]string{"ports", "extra"}, `"extra"`},
+		{[]string{"ports", "--output", "yaml"}, "--output"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/portlife/portlife/internal/stream"
+	"github.com/portlife/portlife/internal/timewait"
 	"github.com/portlife/portlife/tracer"
 )
 
@@ -16,9 +17,18 @@ import (
 // warns while they grow and sums them up at exit. Both sources are safe to
 // read while tracing runs.
 type losses struct {
-	tracer *tracer.Tracer
-	stream *stream.Stream
-	sinks  *sinks // nil: none queued
+	tracer   *tracer.Tracer
+	stream   *stream.Stream
+	timewait *timewait.Tracker // nil when released events are off
+	sinks    *sinks            // nil: none queued
+}
+
+// timeWaitLost is the releases the TIME_WAIT tracker will not report.
+func (l losses) timeWaitLost() uint64 {
+	if l.timewait == nil {
+		return 0
+	}
+	return l.timewait.Stats().Lost()
 }
 
 // watch warns every interval in which anything was lost, until ctx is done.
@@ -40,7 +50,7 @@ func (l losses) watch(ctx context.Context, log *zap.Logger, interval time.Durati
 			log.Warn("reading drop counters", zap.Error(err))
 			continue
 		}
-		total := s.Lost() + l.stream.Dropped() + l.sinkStats().lost()
+		total := s.Lost() + l.stream.Dropped() + l.timeWaitLost() + l.sinkStats().lost()
 		if total > last || s.SkippedRuns > lastSkipped {
 			log.Warn("events lost", append(l.fields(s, total),
 				zap.Uint64("lost_since_last", total-last))...)
@@ -54,7 +64,7 @@ func (l losses) watch(ctx context.Context, log *zap.Logger, interval time.Durati
 func (l losses) summary(log *zap.Logger) error {
 	s, err := l.tracer.Stats()
 	ss := l.sinkStats()
-	total := s.Lost() + l.stream.Dropped() + ss.lost()
+	total := s.Lost() + l.stream.Dropped() + l.timeWaitLost() + ss.lost()
 	log.Info("tracing stopped", append([]zap.Field{zap.Uint64("events", s.Events)}, l.fields(s, total)...)...)
 	if s.Lost() > 0 {
 		log.Warn("the kernel side could not deliver every event: raise --ring-buffer, or narrow the filters",
@@ -66,6 +76,10 @@ func (l losses) summary(log *zap.Logger) error {
 	}
 	if d := l.stream.Dropped(); d > 0 {
 		log.Warn("a consumer fell behind and lost events from its queue", zap.Uint64("dropped", d))
+	}
+	if n := l.timeWaitLost(); n > 0 {
+		log.Warn("some TIME_WAITs' releases were not reported: raise --released-max if untracked, see the warnings if unobservable",
+			zap.Uint64("released_lost", n))
 	}
 	if n := ss.lost(); n > 0 {
 		log.Warn("a sink could not deliver every event: see sinks[].dropped for why, and the README's Sinks section", zap.Uint64("dropped", n))
@@ -84,6 +98,9 @@ func (l losses) fields(s tracer.Stats, total uint64) []zap.Field {
 		zap.Uint64("table_full", s.TableFull),
 		zap.Uint64("not_adopted", s.NotAdopted),
 		zap.Uint64("skipped_runs", s.SkippedRuns),
+	}
+	if l.timewait != nil {
+		f = append(f, zap.Object("released", timeWaitStats(l.timewait.Stats())))
 	}
 	if cs := l.stream.Stats(); len(cs) > 0 {
 		f = append(f, zap.Array("consumers", consumerStats(cs)))

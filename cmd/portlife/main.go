@@ -30,6 +30,8 @@ const (
 )
 
 const usageHead = `Usage: portlife [trace] [flags]    trace every port's lifetime (needs root)
+       portlife ports [flags]      which keys are running out of ports, now
+       portlife top [flags]        a live view of the churn, per process or destination
        portlife version            print the version and exit
 
 `
@@ -53,12 +55,16 @@ func run(ctx context.Context, args []string, stdout, stderr *os.File) int {
 	switch cmd {
 	case "trace":
 		return runTrace(ctx, rest, stdout, stderr)
+	case "top":
+		return runTop(ctx, rest, os.Stdin, stdout, stderr)
 	case "version":
 		return runVersion(rest, stdout, stderr)
+	case "ports":
+		return runPorts(ctx, rest, stdout, stderr)
 	case "help":
 		return runTrace(ctx, []string{"--help"}, stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "portlife: unknown command %q: want trace or version (see portlife --help)\n", cmd)
+	fmt.Fprintf(stderr, "portlife: unknown command %q: want trace, ports, top or version (see portlife --help)\n", cmd)
 	return exitUsage
 }
 

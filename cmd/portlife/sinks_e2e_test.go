@@ -61,8 +61,8 @@ func TestSinkUsageErrorsExit2(t *testing.T) {
 	}
 }
 
-// churn makes n loopback connections, four events each.
-func churn(t *testing.T, n int) {
+// roundTrips makes n loopback connections, four events each.
+func roundTrips(t *testing.T, n int) {
 	t.Helper()
 	for range n {
 		roundTrip(t)
@@ -142,8 +142,8 @@ func subsequence(sub, all []string) bool {
 	return i == len(sub)
 }
 
-// jsonLines splits NDJSON, failing on a line that is not whole JSON.
-func jsonLines(t *testing.T, what string, b []byte) []string {
+// ndjsonLines splits NDJSON, failing on a line that is not whole JSON.
+func ndjsonLines(t *testing.T, what string, b []byte) []string {
 	t.Helper()
 	var out []string
 	sc := bufio.NewScanner(bytes.NewReader(b))
@@ -179,15 +179,15 @@ func TestSinkIsolation(t *testing.T) {
 	// largest, the receiver's (which does not grow, as it is never read)
 	// and the sink's queue. A connection's events take 2KB at least.
 	need := 2 * (sysctlField(t, "net/ipv4/tcp_wmem", 2) + sysctlField(t, "net/ipv4/tcp_rmem", 1) + 64<<10)
-	churn(t, need/2000)
-	churn(t, 100) // and more after
+	roundTrips(t, need/2000)
+	roundTrips(t, 100) // and more after
 	time.Sleep(200 * time.Millisecond)
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
 	}
 	st := p.stoppedLine(t)
 
-	want := jsonLines(t, "stdout", p.stdout.Bytes())
+	want := ndjsonLines(t, "stdout", p.stdout.Bytes())
 	if uint64(len(want)) != st.Events {
 		t.Errorf("stdout has %d events, the tracer read %d", len(want), st.Events)
 	}
@@ -196,8 +196,8 @@ func TestSinkIsolation(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, got := range map[string][]string{
-		"file":         jsonLines(t, "file", fileBytes),
-		"tcp receiver": jsonLines(t, "tcp receiver", good.Bytes()),
+		"file":         ndjsonLines(t, "file", fileBytes),
+		"tcp receiver": ndjsonLines(t, "tcp receiver", good.Bytes()),
 	} {
 		if !slices.Equal(got, want) {
 			t.Errorf("%s got %d events, stdout %d: want the same, in order", name, len(got), len(want))
@@ -210,7 +210,7 @@ func TestSinkIsolation(t *testing.T) {
 	// holds may end within a record, which is not counted sent.
 	rb := stalled.Bytes()
 	rb = rb[:bytes.LastIndexByte(rb, '\n')+1]
-	received := jsonLines(t, "stalled receiver", rb)
+	received := ndjsonLines(t, "stalled receiver", rb)
 	if lost == 0 {
 		t.Fatal("the stalled sink lost nothing: the test proves nothing")
 	}
@@ -252,12 +252,12 @@ func TestFileSink(t *testing.T) {
 		file := filepath.Join(dir, "events.json")
 		p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
 			"--sink", "stdout", "--sink", "file:"+file+"?max_size=64KiB&keep=1000")
-		churn(t, 300)
+		roundTrips(t, 300)
 		time.Sleep(200 * time.Millisecond)
 		if code := p.stop(t, os.Interrupt); code != 0 {
 			t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
 		}
-		want := jsonLines(t, "stdout", p.stdout.Bytes())
+		want := ndjsonLines(t, "stdout", p.stdout.Bytes())
 		var got []string
 		rotated, _ := filepath.Glob(file + ".*")
 		if len(rotated) < 3 {
@@ -272,10 +272,10 @@ func TestFileSink(t *testing.T) {
 			if len(b) > 64<<10 {
 				t.Errorf("%s has %d bytes, above max_size", name, len(b))
 			}
-			got = append(got, jsonLines(t, name, b)...)
+			got = append(got, ndjsonLines(t, name, b)...)
 		}
 		b, _ := os.ReadFile(file)
-		got = append(got, jsonLines(t, file, b)...)
+		got = append(got, ndjsonLines(t, file, b)...)
 		if !slices.Equal(got, want) {
 			t.Errorf("the files hold %d events, stdout %d: want the same, in order", len(got), len(want))
 		}
@@ -285,25 +285,25 @@ func TestFileSink(t *testing.T) {
 		file := filepath.Join(dir, "events.json")
 		p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
 			"--sink", "stdout", "--sink", "file:"+file)
-		churn(t, 20)
+		roundTrips(t, 20)
 		time.Sleep(200 * time.Millisecond)
 		if err := os.Rename(file, file+".moved"); err != nil {
 			t.Fatal(err)
 		}
 		p.cmd.Process.Signal(syscall.SIGHUP)
 		time.Sleep(200 * time.Millisecond)
-		churn(t, 20)
+		roundTrips(t, 20)
 		time.Sleep(200 * time.Millisecond)
 		if code := p.stop(t, os.Interrupt); code != 0 {
 			t.Fatalf("exit code %d after SIGHUP; stderr:\n%s", code, p.stderr.String())
 		}
-		want := jsonLines(t, "stdout", p.stdout.Bytes())
+		want := ndjsonLines(t, "stdout", p.stdout.Bytes())
 		moved, _ := os.ReadFile(file + ".moved")
 		cur, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatalf("no new file after SIGHUP: %v", err)
 		}
-		m, c := jsonLines(t, "moved", moved), jsonLines(t, "reopened", cur)
+		m, c := ndjsonLines(t, "moved", moved), ndjsonLines(t, "reopened", cur)
 		if len(m) == 0 || len(c) == 0 || !slices.Equal(append(m, c...), want) {
 			t.Errorf("moved file %d events, reopened %d, stdout %d: want both parts, together what stdout has", len(m), len(c), len(want))
 		}
@@ -323,18 +323,18 @@ func TestFileSinkDiskFull(t *testing.T) {
 	file := filepath.Join(dir, "events.json")
 	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
 		"--sink", "stdout", "--sink", "file:"+file+"?max_size=0")
-	churn(t, 200) // about 500KB of events
+	roundTrips(t, 200) // about 500KB of events
 	time.Sleep(200 * time.Millisecond)
 	if code := p.stop(t, os.Interrupt); code != 0 {
 		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
 	}
 	st := p.stoppedLine(t)
-	want := jsonLines(t, "stdout", p.stdout.Bytes())
+	want := ndjsonLines(t, "stdout", p.stdout.Bytes())
 	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := jsonLines(t, "file", b)
+	got := ndjsonLines(t, "file", b)
 	sent, lost, delivered, dropped := st.sink(t, "file:")
 	if dropped["disk_full"] == 0 || lost != dropped["disk_full"] {
 		t.Fatalf("dropped %v: want disk_full alone", dropped)
@@ -361,13 +361,13 @@ func TestTLSSinks(t *testing.T) {
 	q := "?ca=" + url.QueryEscape(ca.File)
 	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
 		"--sink", "stdout", "--sink", "tls://"+plain.Addr()+q, "--sink", "syslog+tls://"+sl.Addr()+q)
-	churn(t, 50)
+	roundTrips(t, 50)
 	time.Sleep(200 * time.Millisecond)
 	if code := p.stop(t, os.Interrupt); code != 0 {
 		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
 	}
-	want := jsonLines(t, "stdout", p.stdout.Bytes())
-	if got := jsonLines(t, "tls", plain.Bytes()); !slices.Equal(got, want) {
+	want := ndjsonLines(t, "stdout", p.stdout.Bytes())
+	if got := ndjsonLines(t, "tls", plain.Bytes()); !slices.Equal(got, want) {
 		t.Errorf("tls receiver got %d events, stdout %d: want the same, in order", len(got), len(want))
 	}
 	if got := syslogMessages(t, sl.Bytes(), true); !slices.Equal(got, want) {
@@ -410,8 +410,9 @@ func syslogMessages(t *testing.T, b []byte, octetCounted bool) []string {
 	return out
 }
 
-// freePort is a loopback port nothing listens on just now.
-func freePort(t *testing.T, network string) int {
+// freeLoopbackPort is a loopback port, TCP or UDP, nothing listens on
+// just now.
+func freeLoopbackPort(t *testing.T, network string) int {
 	t.Helper()
 	if network == "udp" {
 		c, err := net.ListenPacket("udp4", "127.0.0.1:0")
@@ -443,8 +444,8 @@ func startRsyslog(t *testing.T) *rsyslog {
 		bin = "/usr/sbin/rsyslogd"
 	}
 	r := &rsyslog{dir: t.TempDir()}
-	r.udp = fmt.Sprintf("127.0.0.1:%d", freePort(t, "udp"))
-	r.tcp = fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))
+	r.udp = fmt.Sprintf("127.0.0.1:%d", freeLoopbackPort(t, "udp"))
+	r.tcp = fmt.Sprintf("127.0.0.1:%d", freeLoopbackPort(t, "tcp"))
 	r.sock = filepath.Join(r.dir, "log.sock")
 	// UDP loses what the receiver's buffer cannot hold, uncounted (README,
 	// Delivery): imudp's buffer is made to hold a test's burst, so that the
@@ -537,12 +538,12 @@ func TestSyslogToRsyslog(t *testing.T) {
 	r := startRsyslog(t)
 	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
 		"--sink", "stdout", "--sink", "syslog+udp://"+r.udp+"?facility=local0", "--sink", "syslog+tcp://"+r.tcp, "--sink", "syslog+unix:"+r.sock)
-	churn(t, 50)
+	roundTrips(t, 50)
 	time.Sleep(200 * time.Millisecond)
 	if code := p.stop(t, os.Interrupt); code != 0 {
 		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
 	}
-	want := jsonLines(t, "stdout", p.stdout.Bytes())
+	want := ndjsonLines(t, "stdout", p.stdout.Bytes())
 	if len(want) < 200 {
 		t.Fatalf("stdout has %d events, want at least 200", len(want))
 	}
@@ -567,7 +568,7 @@ func TestSinkDiskBuffer(t *testing.T) {
 	dir := t.TempDir()
 	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
 		"--sink", "stdout", "--sink", "tcp://"+addr+"?queue=64KiB&backoff_max=100ms&drain=30s&buffer_dir="+url.QueryEscape(dir))
-	churn(t, 300) // about 700KB of events: ten times the memory queue
+	roundTrips(t, 300) // about 700KB of events: ten times the memory queue
 	time.Sleep(200 * time.Millisecond)
 	if m, _ := filepath.Glob(filepath.Join(dir, "seg-*")); len(m) == 0 {
 		t.Fatal("nothing went to the disk buffer: the test proves nothing")
@@ -577,14 +578,14 @@ func TestSinkDiskBuffer(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := sinktest.Serve(t, ln, nil, false)
-	churn(t, 20)
+	roundTrips(t, 20)
 	time.Sleep(200 * time.Millisecond)
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
 	}
 	st := p.stoppedLine(t)
-	want := jsonLines(t, "stdout", p.stdout.Bytes())
-	got := jsonLines(t, "receiver", r.Bytes())
+	want := ndjsonLines(t, "stdout", p.stdout.Bytes())
+	got := ndjsonLines(t, "receiver", r.Bytes())
 	if !slices.Equal(got, want) {
 		t.Errorf("the receiver got %d events, stdout %d: want the same, in order", len(got), len(want))
 	}
@@ -608,7 +609,7 @@ func TestSyslogRsyslogRestart(t *testing.T) {
 	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
 		"--sink", "stdout", "--sink", "syslog+tcp://"+r.tcp+"?backoff_max=100ms&drain=20s")
 	done := make(chan struct{})
-	go func() { defer close(done); churn(t, 2500) }() // 10,000 events
+	go func() { defer close(done); roundTrips(t, 2500) }() // 10,000 events
 	time.Sleep(300 * time.Millisecond)
 	r.cmd.Process.Kill()
 	r.cmd.Wait()
@@ -620,7 +621,7 @@ func TestSyslogRsyslogRestart(t *testing.T) {
 		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
 	}
 	st := p.stoppedLine(t)
-	want := jsonLines(t, "stdout", p.stdout.Bytes())
+	want := ndjsonLines(t, "stdout", p.stdout.Bytes())
 	got := r.received(t, "tcp", len(want))
 	sent, lost, delivered, dropped := st.sink(t, "syslog+tcp://")
 	if !subsequence(got, want) {
@@ -688,7 +689,7 @@ func startCollector(t *testing.T) (addr, out string) {
 	t.Helper()
 	bin := otelcolBinary(t)
 	dir := t.TempDir()
-	addr = fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))
+	addr = fmt.Sprintf("127.0.0.1:%d", freeLoopbackPort(t, "tcp"))
 	out = filepath.Join(dir, "logs.json")
 	conf := fmt.Sprintf(`receivers:
   otlp:
@@ -807,12 +808,12 @@ func TestOTLPSink(t *testing.T) {
 	addr, out := startCollector(t)
 	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
 		"--sink", "stdout", "--sink", "otlp+http://"+addr)
-	churn(t, 50)
+	roundTrips(t, 50)
 	time.Sleep(200 * time.Millisecond)
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
 	}
-	want := jsonLines(t, "stdout", p.stdout.Bytes())
+	want := ndjsonLines(t, "stdout", p.stdout.Bytes())
 	var recs []otlpRecord
 	for i := 0; i < 100; i++ { // the file exporter flushes every 100ms
 		b, _ := os.ReadFile(out)

@@ -25,6 +25,10 @@ type options struct {
 	statsInterval time.Duration // how often to warn while events are lost
 	version       bool
 	cfg           tracer.Config
+	timewait      timeWaitOptions
+	ports         portsOptions
+	summary       summaryOptions
+	metrics       metricsOptions
 	sinks         []sink.Spec // --sink; none means stdout
 }
 
@@ -36,13 +40,18 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	fs.SortFlags = false
 	fs.Usage = func() { usage(fs) }
 
-	o := options{cfg: tracer.DefaultConfig(), statsInterval: 10 * time.Second}
+	o := options{cfg: tracer.DefaultConfig(), statsInterval: 10 * time.Second, ports: defaultPortsOptions()}
 	fs.Var(&choiceValue{p: &o.output, choices: []string{"text", "json"}}, "output", "event format: text or json (default text on a terminal, json otherwise)")
 	addFilterFlags(fs, &o.cfg.Filter)
 	fs.Var(ringSizeValue{&o.cfg.RingBufferSize}, "ring-buffer", "kernel-to-user buffer: a power of two from 4KiB to 1GiB; it costs twice this in RSS")
 	fs.Var(durationValue{&o.cfg.FlushInterval}, "flush-interval", "longest an event waits before it is written; 0 wakes the reader for each event, at more CPU")
 	fs.Var(durationValue{&o.statsInterval}, "stats-interval", "how often to warn while events are being lost; 0 only at exit")
 	fs.Var(niceValue{&o.cfg.ReaderNice}, "reader-nice", "nice value of the thread that reads and writes events, so a CPU-saturated host cannot starve it; 0 leaves it unchanged")
+	fs.Var(countValue{&o.cfg.MaxSockets, 1 << 24}, "max-sockets", "before Linux 5.11 only: most sockets tracked at once, in a table that stands in for socket storage; beyond it, sockets are not traced, and counted")
+	addTimeWaitFlags(fs, &o.timewait)
+	addPortsFlags(fs, &o.ports)
+	addSummaryFlags(fs, &o.summary)
+	addMetricsFlags(fs, &o.metrics)
 	addSinkFlags(fs, &o.sinks)
 	addLogFlags(fs, &o.log)
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
@@ -55,6 +64,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	}
 	o.output = defaultTo(o.output, "text", "json", stdoutIsTerminal)
 	o.log.format = defaultTo(o.log.format, "console", "json", stderrIsTerminal)
+	o.summary.check()
 	// The flag values applied each rule as they parsed; this catches a rule
 	// the filter adds that no flag knows of yet.
 	return o, o.cfg.Filter.Validate()
@@ -95,23 +105,37 @@ func runTrace(ctx context.Context, args []string, stdout, stderr *os.File) int {
 // store, accounting, metrics) subscribes to the stream with a queue of its
 // own, between New and Run.
 func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger) error {
+	ms, err := opts.metrics.listen()
+	if err != nil {
+		return err
+	}
 	sinks, err := openSinks(opts.sinks, opts.output, stdout)
 	if err != nil {
 		return err
 	}
 	t, err := tracer.New(opts.cfg, log)
 	if err != nil {
+		ms.stop()
 		sinks.close(log)
 		return err
 	}
 	defer t.Close()
 
-	s := stream.New(sinks.primary)
+	var primary stream.Consumer // nil without stdout among the sinks
+	if sinks.primary != nil {
+		primary = opts.summary.primary(sinks.primary)
+	}
+	s := stream.New(primary)
 	sinks.subscribe(s)
-	l := losses{tracer: t, stream: s, sinks: sinks}
+	sums := opts.summary.start(s)
+	ms.serve(t, s, log)
+	acct, stopAccounting := startAccounting(s, opts.ports, &opts.cfg.Filter, log)
 
 	watchCtx, stopWatching := context.WithCancel(ctx)
 	var wg sync.WaitGroup
+	l := losses{tracer: t, stream: s, sinks: sinks}
+	l.timewait = startTimeWait(watchCtx, opts.timewait, &opts.cfg.Filter, s, log, &wg)
+
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -121,10 +145,14 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	sinks.reopenOnHangup(watchCtx, log)
 	log.Info("tracing started", zap.String("output", opts.output), zap.Strings("sinks", sinks.names()))
 	runErr := t.Run(ctx, s)
-	closeErr := errors.Join(s.Close(), sinks.close(log))
+	stopAccounting()
+	sums.finish(s, log)
+	closeErr := errors.Join(s.Close(), sinks.close(log), ms.stop())
 	stopWatching()
 	wg.Wait()
 
+	accountingSummary(acct, log)
 	statsErr := l.summary(log)
+	sums.report(log)
 	return errors.Join(runErr, closeErr, statsErr)
 }

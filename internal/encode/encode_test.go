@@ -196,6 +196,16 @@ func TestJSON(t *testing.T) {
 			want:     map[string]any{"proto": "udp", "event": "open", "raddr": "224.0.0.251", "rport": num("5353")},
 		},
 		{
+			name: "the workload's unit and container are named when known",
+			ev: func() event.Event {
+				e := tcpClose()
+				e.Unit, e.ContainerID = `web "blue".service`, strings.Repeat("ab", 32)
+				return e
+			},
+			wantKeys: keys("start", "duration_ms", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "retransmits", "closed_by", "reset", "time_wait", "unit", "container_id"),
+			want:     map[string]any{"unit": `web "blue".service`, "container_id": strings.Repeat("ab", 32)},
+		},
+		{
 			name: "a thread named apart from its process is named too",
 			ev: func() event.Event {
 				e := tcpClose()
@@ -648,6 +658,11 @@ func TestTextNotes(t *testing.T) {
 			e.Kind, e.PIDSource = event.KindOpen, event.PIDSourceUnknown
 			return e
 		}, "pid_unknown"},
+		{"unit and the container's short id", func() event.Event {
+			e := tcpClose()
+			e.Kind, e.Unit, e.ContainerID = event.KindOpen, "web\x1b.service", strings.Repeat("ab", 32)
+			return e
+		}, "unit=web?.service container=abababababab"},
 		{"an open has no notes", func() event.Event {
 			e := tcpClose()
 			e.Kind = event.KindOpen
@@ -792,5 +807,80 @@ func TestTextColumnsGrowForLongAddresses(t *testing.T) {
 				t.Errorf("line %d: %s column reads %q, want %q\n%s\n%s", i, col, got, want, header, lines[i])
 			}
 		}
+	}
+}
+
+// Naming the workload costs no allocation per event: the names are the
+// resolver's strings, appended in place.
+func TestEncodeWorkloadNoAllocs(t *testing.T) {
+	e := tcpClose()
+	e.Unit = "a-rather-long-unit-name-beyond-32-bytes@instance.service"
+	e.ContainerID = strings.Repeat("ab", 32)
+	var (
+		j   JSON
+		x   Text
+		buf = make([]byte, 0, 4096)
+	)
+	if n := testing.AllocsPerRun(100, func() { buf = j.Append(buf[:0], &e) }); n != 0 {
+		t.Errorf("JSON allocates %v times per event", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { buf = x.Append(buf[:0], &e) }); n != 0 {
+		t.Errorf("Text allocates %v times per event", n)
+	}
+}
+
+func TestSummary(t *testing.T) {
+	sum := event.Event{
+		Kind: event.KindSummary, Start: t0, Time: t0.Add(10 * time.Second),
+		Proto: event.ProtoTCP, Comm: comm("curl"), Unit: "web.service", Direction: event.DirectionOutbound, Family: 4,
+		Remote: netip.MustParseAddrPort("10.0.0.1:443"),
+		Summary: &event.Summary{Keys: 1, Opened: 10, Closed: 9, Failed: 3,
+			Failures:  []event.ReasonCount{{Reason: "refused", Count: 2}, {Reason: "timeout", Count: 1}},
+			Lifetimes: 8, P50: 1500 * time.Microsecond, P90: 20 * time.Millisecond, P99: 2 * time.Second, UnderOneSecond: 6,
+			TxBytes: 2048, RxBytes: 4096, TimeWait: 9},
+	}
+	in := sum
+	in.Direction, in.Local, in.Remote = event.DirectionInbound, netip.MustParseAddrPort("0.0.0.0:8080"), netip.AddrPort{}
+	other := event.Event{Kind: event.KindSummary, Start: t0, Time: t0.Add(10 * time.Second), Comm: comm("other"),
+		Summary: &event.Summary{Other: true, Keys: 40, Opened: 100, Closed: 100, TimeWait: 5}}
+	for _, tt := range []struct {
+		name      string
+		ev        event.Event
+		json      string
+		textParts []string
+	}{
+		{"outbound", sum,
+			`{"ts":"2024-03-05T11:00:11.123456789Z","event":"summary","start":"2024-03-05T11:00:01.123456789Z","proto":"tcp","comm":"curl","unit":"web.service","direction":"outbound","raddr":"10.0.0.1","rport":443,` +
+				`"opened":10,"closed":9,"failed":3,"failures":{"refused":2,"timeout":1},"lifetimes":8,"lifetime_p50_ms":1.5,"lifetime_p90_ms":20,"lifetime_p99_ms":2000,"under_1s_share":0.75,"tx_bytes":2048,"rx_bytes":4096,"time_wait":9}`,
+			[]string{" summary tcp curl outbound to 10.0.0.1:443 unit=web.service opened=10 closed=9 failed=3 refused=2 timeout=1 p50=1.5ms p90=20.0ms p99=2.00s under_1s=75% tx=2.0K rx=4.0K time_wait=9"}},
+		{"inbound is keyed by the port served", in,
+			`{"ts":"2024-03-05T11:00:11.123456789Z","event":"summary","start":"2024-03-05T11:00:01.123456789Z","proto":"tcp","comm":"curl","unit":"web.service","direction":"inbound","lport":8080,` +
+				`"opened":10,"closed":9,"failed":3,"failures":{"refused":2,"timeout":1},"lifetimes":8,"lifetime_p50_ms":1.5,"lifetime_p90_ms":20,"lifetime_p99_ms":2000,"under_1s_share":0.75,"tx_bytes":2048,"rx_bytes":4096,"time_wait":9}`,
+			[]string{" summary tcp curl inbound port 8080 unit=web.service opened=10"}},
+		{"other", other,
+			`{"ts":"2024-03-05T11:00:11.123456789Z","event":"summary","start":"2024-03-05T11:00:01.123456789Z","other":true,"keys":40,"opened":100,"closed":100,"failed":0,"failures":{},"lifetimes":0,"tx_bytes":0,"rx_bytes":0,"time_wait":5}`,
+			[]string{" summary other keys=40 opened=100 closed=100 failed=0 tx=0B rx=0B time_wait=5"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var j JSON
+			got := string(j.Append(nil, &tt.ev))
+			if got != tt.json+"\n" {
+				t.Errorf("JSON\n got %s\nwant %s", got, tt.json)
+			}
+			var m map[string]any
+			if err := json.Unmarshal([]byte(got), &m); err != nil {
+				t.Errorf("not JSON: %v", err)
+			}
+			var x Text
+			line := string(x.Append(nil, &tt.ev))
+			for _, p := range tt.textParts {
+				if !strings.Contains(line, p) {
+					t.Errorf("text %q lacks %q", line, p)
+				}
+			}
+			if strings.Count(line, "\n") != 1 {
+				t.Errorf("text is not one line: %q", line)
+			}
+		})
 	}
 }

@@ -24,6 +24,9 @@ type JSON struct {
 
 // Append appends e and a newline to b.
 func (j *JSON) Append(b []byte, e *event.Event) []byte {
+	if e.Kind == event.KindSummary {
+		return j.appendSummary(b, e)
+	}
 	b = append(b, `{"ts":"`...)
 	b = j.ts.append(b, e.Time)
 	b = appendString(b, `","event":"`, e.Kind.String())
@@ -43,6 +46,14 @@ func (j *JSON) Append(b []byte, e *event.Event) []byte {
 	}
 	b = appendUint(b, `,"uid":`, uint64(e.UID))
 	b = appendUint(b, `,"cgroup_id":`, e.CgroupID)
+	if e.Unit != "" {
+		b = append(b, `,"unit":`...)
+		b = appendJSONString(b, e.Unit)
+	}
+	if e.ContainerID != "" {
+		b = appendString(b, `,"container_id":"`, e.ContainerID)
+		b = append(b, '"')
+	}
 	b = appendUint(b, `,"netns":`, uint64(e.NetNS))
 	b = appendString(b, `,"pid_source":"`, e.PIDSource.String())
 	b = append(b, '"')
@@ -74,10 +85,12 @@ func (j *JSON) Append(b []byte, e *event.Event) []byte {
 		if !e.Start.IsZero() {
 			b = appendMillis(b, `,"duration_ms":`, e.Duration())
 		}
-		b = appendUint(b, `,"tx_bytes":`, e.TxBytes)
-		b = appendUint(b, `,"rx_bytes":`, e.RxBytes)
-		b = appendUint(b, `,"tx_packets":`, uint64(e.TxPackets))
-		b = appendUint(b, `,"rx_packets":`, uint64(e.RxPackets))
+		if !e.Uncounted {
+			b = appendUint(b, `,"tx_bytes":`, e.TxBytes)
+			b = appendUint(b, `,"rx_bytes":`, e.RxBytes)
+			b = appendUint(b, `,"tx_packets":`, uint64(e.TxPackets))
+			b = appendUint(b, `,"rx_packets":`, uint64(e.RxPackets))
+		}
 		if e.Proto == event.ProtoTCP {
 			b = appendUint(b, `,"retransmits":`, uint64(e.Retransmits))
 			b = appendString(b, `,"closed_by":"`, e.ClosedBy.String())
@@ -93,6 +106,15 @@ func (j *JSON) Append(b []byte, e *event.Event) []byte {
 		}
 		b = appendString(b, `,"reason":"`, e.Reason())
 		b = appendUint(b, `","errno":`, uint64(e.Errno))
+	case event.KindReleased:
+		b = appendReleasedJSON(b, e)
+	case event.KindPressure:
+		if e.Pressure != nil {
+			b = appendPressure(b, e.Pressure)
+		}
+	}
+	if e.BindBeforeConnect {
+		b = append(b, `,"bind_before_connect":true`...)
 	}
 	return append(b, "}\n"...)
 }
@@ -169,9 +191,11 @@ func (c *timestamps) append(b []byte, t time.Time) []byte {
 	return append(b, 'Z')
 }
 
-// appendJSONString quotes s. A comm is set by the process itself, so it may
-// hold quotes, control bytes or invalid UTF-8.
-func appendJSONString(b, s []byte) []byte {
+// appendJSONString quotes s. A comm is set by the process itself, and a
+// cgroup's name by whoever made it, so either may hold quotes, control
+// bytes or invalid UTF-8. It takes a string or bytes alike, without
+// converting (a conversion would copy).
+func appendJSONString[T string | []byte](b []byte, s T) []byte {
 	const hex = "0123456789abcdef"
 	b = append(b, '"')
 	for i := 0; i < len(s); {
@@ -188,7 +212,8 @@ func appendJSONString(b, s []byte) []byte {
 			i++
 			continue
 		}
-		r, size := utf8.DecodeRune(s[i:])
+		var r4 [utf8.UTFMax]byte
+		r, size := utf8.DecodeRune(r4[:copy(r4[:], s[i:])])
 		if r == utf8.RuneError && size == 1 {
 			b = append(b, `\ufffd`...)
 		} else {

@@ -47,6 +47,9 @@ func (t *Text) fit(col, n int) {
 
 // Append appends e as one line to b, after a header if the layout is new.
 func (t *Text) Append(b []byte, e *event.Event) []byte {
+	if e.Kind == event.KindSummary {
+		return t.appendSummary(b, e)
+	}
 	if t.widths[0] == 0 {
 		t.widths = defaultWidths
 	}
@@ -77,7 +80,7 @@ func (t *Text) Append(b []byte, e *event.Event) []byte {
 	b = append(b, e.Proto.String()...)
 	pad(s)
 	s = len(b)
-	if e.PIDSource == event.PIDSourceUnknown {
+	if e.PIDSource == event.PIDSourceUnknown && (e.Kind != event.KindPressure || e.PID == 0) {
 		b = append(b, '?')
 	} else {
 		b = strconv.AppendUint(b, uint64(e.PID), 10)
@@ -104,12 +107,12 @@ func (t *Text) Append(b []byte, e *event.Event) []byte {
 	}
 	pad(s)
 	s = len(b)
-	if e.Kind == event.KindClose {
+	if e.Kind == event.KindClose && !e.Uncounted {
 		b = appendHumanBytes(b, e.TxBytes)
 	}
 	pad(s)
 	s = len(b)
-	if e.Kind == event.KindClose {
+	if e.Kind == event.KindClose && !e.Uncounted {
 		b = appendHumanBytes(b, e.RxBytes)
 	}
 	pad(s)
@@ -122,6 +125,12 @@ func appendNotes(b []byte, e *event.Event) []byte {
 	switch e.Kind {
 	case event.KindConnectFailed, event.KindBindFailed:
 		b = append(b, e.Reason()...)
+	case event.KindReleased:
+		b = appendReleasedNotes(b, e)
+	case event.KindPressure:
+		if e.Pressure != nil {
+			b = appendPressureNotes(b, e.Pressure)
+		}
 	case event.KindClose:
 		if e.Proto == event.ProtoTCP {
 			b = append(b, "closed_by="...)
@@ -142,13 +151,23 @@ func appendNotes(b []byte, e *event.Event) []byte {
 			b = strconv.AppendUint(b, uint64(e.Destinations), 10)
 		}
 	}
+	if e.BindBeforeConnect {
+		b = append(separate(b, start), "bind_before_connect"...)
+	}
+	if e.Unit != "" {
+		b = appendPrintable(append(separate(b, start), "unit="...), e.Unit)
+	}
+	if e.ContainerID != "" {
+		// docker ps's short form: enough on a terminal; JSON has it all.
+		b = append(append(separate(b, start), "container="...), e.ContainerID[:min(12, len(e.ContainerID))]...)
+	}
 	if e.PreExisting {
 		b = append(separate(b, start), "pre_existing"...)
 	}
 	if t := e.ThreadName(); t != nil {
 		b = appendPrintable(append(separate(b, start), "thread="...), t)
 	}
-	if e.PIDSource == event.PIDSourceUnknown {
+	if e.PIDSource == event.PIDSourceUnknown && e.Kind != event.KindPressure {
 		b = append(separate(b, start), "pid_unknown"...)
 	}
 	return b
@@ -162,10 +181,11 @@ func separate(b []byte, start int) []byte {
 	return b
 }
 
-// appendPrintable writes a comm for a terminal: a process names itself, so
+// appendPrintable writes a comm or a unit for a terminal: a process names itself, so
 // control bytes (an escape sequence, a newline) become '?'.
-func appendPrintable(b, s []byte) []byte {
-	for _, c := range s {
+func appendPrintable[T string | []byte](b []byte, s T) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
 		if c < 0x20 || c == 0x7f {
 			c = '?'
 		}

@@ -23,18 +23,54 @@ const (
 	KindClose         Kind = 2
 	KindConnectFailed Kind = 3
 	KindBindFailed    Kind = 4
+	// KindReleased: a TIME_WAIT that a close left behind is gone and its
+	// port is free. User space derives it (internal/timewait); no kernel
+	// record has this kind.
+	KindReleased Kind = 5
+	// KindPressure is made in user space (internal/ports), never by the
+	// kernel: a key's port pressure crossed a threshold. It carries Pressure.
+	KindPressure Kind = 6
+	// KindSummary is derived in user space (internal/summary), never sent
+	// by the kernel: one per (process, destination) and interval. It
+	// carries its figures in Event.Summary.
+	KindSummary Kind = 7
 )
 
-var kindNames = [...]string{KindOpen: "open", KindClose: "close", KindConnectFailed: "connect_failed", KindBindFailed: "bind_failed"}
+var kindNames = [...]string{KindOpen: "open", KindClose: "close", KindConnectFailed: "connect_failed", KindBindFailed: "bind_failed", KindReleased: "released", KindPressure: "pressure", KindSummary: "summary"}
 
 func (k Kind) String() string { return name(kindNames[:], int(k)) }
 
-// Kinds lists every event kind, in the order of the README.
+// Kinds lists every event kind the kernel sends, in the order of the
+// README. Derived kinds (released) are not in it: they follow the kinds
+// they come from.
 var Kinds = []Kind{KindOpen, KindClose, KindConnectFailed, KindBindFailed}
 
 // Failed reports whether the kind is a failed call (connect_failed,
 // bind_failed), which carries a reason and an errno.
 func (k Kind) Failed() bool { return k == KindConnectFailed || k == KindBindFailed }
+
+// Release says how a TIME_WAIT ended (a released event).
+type Release uint8
+
+const (
+	ReleaseUnknown Release = 0
+	// ReleaseExpired: its timer fired (60 s; tcp_fin_timeout while it
+	// still waited for the peer's FIN).
+	ReleaseExpired Release = 1
+	// ReleaseReused: a new connect took the same 4-tuple before then
+	// (an open, or a connect_failed after its SYN).
+	ReleaseReused Release = 2
+	// ReleaseKilled: it went early, with no new connection on its 4-tuple
+	// (an RST or a SYN that killed it, its namespace destroyed).
+	ReleaseKilled Release = 3
+	// ReleaseOverflow: tcp_max_tw_buckets was full, so the kernel made no
+	// TIME_WAIT and freed the port at the close.
+	ReleaseOverflow Release = 4
+)
+
+var releaseNames = [...]string{ReleaseUnknown: "unknown", ReleaseExpired: "expired", ReleaseReused: "reused", ReleaseKilled: "killed", ReleaseOverflow: "overflow"}
+
+func (r Release) String() string { return name(releaseNames[:], int(r)) }
 
 // Proto is the transport protocol, by its IP protocol number.
 type Proto uint8
@@ -154,18 +190,23 @@ type Event struct {
 	Kind        Kind
 	Proto       Proto
 	Family      int       // 4 or 6: the address family on the wire (v4-mapped IPv6 is 4)
-	Time        time.Time // when it happened; for close, when the port was released
-	Start       time.Time // when the lifetime began; zero if before tracing
+	Time        time.Time // when it happened; for close, when the port was released; for released, when the TIME_WAIT left the kernel's table
+	Start       time.Time // when the lifetime began; zero if before tracing; for released, the close
 	Established time.Time // when the handshake completed; zero if never
 
-	PID       uint32
-	TID       uint32
-	UID       uint32
-	Comm      Comm // the process's name (its main thread's), as /proc/PID/comm shows it
-	Thread    Comm // the name of thread TID; empty when unknown
-	CgroupID  uint64
-	NetNS     uint32
-	PIDSource PIDSource
+	PID      uint32
+	TID      uint32
+	UID      uint32
+	Comm     Comm // the process's name (its main thread's), as /proc/PID/comm shows it
+	Thread   Comm // the name of thread TID; empty when unknown
+	CgroupID uint64
+	// Unit and ContainerID name the workload of the cgroup (internal/workload):
+	// its systemd unit, or its container's full id. Empty when the cgroup
+	// names neither, or could not be resolved.
+	Unit        string
+	ContainerID string
+	NetNS       uint32
+	PIDSource   PIDSource
 	// ListenerPID is, for an accepted TCP connection, the process that
 	// called listen(): the owner of its open, and kept when the process that
 	// first read from it becomes the owner (PIDSourceReader). 0 if unknown.
@@ -188,12 +229,28 @@ type Event struct {
 	TimeWait     bool
 	PreExisting  bool
 	Connected    bool // UDP: the peer was fixed by connect()
+	// Uncounted: the kernel has no hooks to count this socket's datagrams
+	// (UDP before Linux 6.3); TxBytes, RxBytes, TxPackets and RxPackets
+	// are unknown, not 0.
+	Uncounted bool
+	// BindBeforeConnect: a TCP socket that took its port with bind() to
+	// port 0 and then connected, so its port came from the bind pool, which
+	// every destination shares.
+	BindBeforeConnect bool
 
 	Errno unix.Errno // connect_failed, bind_failed: the error the call reported, 0 if none
 	// InCall: a connect_failed or bind_failed seen at the call's return,
 	// before the protocol sent anything (routing, policy, no port for a UDP
 	// connect, every bind). The others are TCP's state machine's.
 	InCall bool
+
+	Release Release // released: how the TIME_WAIT ended
+	// Pressure is set on KindPressure events alone. It is never changed once
+	// published, so the copies the stream makes may share it.
+	Pressure *Pressure
+	// Summary holds a summary event's figures (KindSummary); nil on every
+	// other kind. What it points to is never changed once published.
+	Summary *Summary
 }
 
 // Duration is how long the port lived (close), or the call tried

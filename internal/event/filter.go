@@ -3,6 +3,7 @@ package event
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -84,6 +85,37 @@ type Filter struct {
 	EphemeralOnly bool
 	MinDuration   time.Duration // close events of shorter lifetimes are dropped
 	Kinds         []Kind        // nil: all
+
+	// The workload filters. The kernel knows a cgroup by its id alone, so
+	// the tracer applies these to each event it reads, once the event's
+	// names are resolved (Keeps).
+	Units      []string // systemd units, exact: nginx.service
+	Containers []string // container ids, or prefixes of 12 digits or more
+	NetNS      []uint32 // network namespace inodes
+}
+
+// Keeps reports whether e passes the filters the tracer applies in user
+// space: unit, container, network namespace. It allocates nothing.
+func (f *Filter) Keeps(e *Event) bool {
+	if len(f.Units) > 0 && !slices.Contains(f.Units, e.Unit) {
+		return false
+	}
+	if len(f.Containers) > 0 {
+		ok := false
+		for _, c := range f.Containers {
+			if e.ContainerID != "" && strings.HasPrefix(e.ContainerID, c) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	if len(f.NetNS) > 0 && !slices.Contains(f.NetNS, e.NetNS) {
+		return false
+	}
+	return true
 }
 
 // Validate reports the first part of f that the kernel cannot express. The
@@ -108,6 +140,16 @@ func (f *Filter) Validate() error {
 	} {
 		if err != nil {
 			return err // one line: the first mistake
+		}
+	}
+	for _, u := range f.Units {
+		if err := checkUnit(u); err != nil {
+			return err
+		}
+	}
+	for _, c := range f.Containers {
+		if err := checkContainer(c); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -158,6 +200,26 @@ func checkFamily(n int) error {
 func checkCount(what string, n, max int) error {
 	if n > max {
 		return fmt.Errorf("%d %s: at most %d", n, what, max)
+	}
+	return nil
+}
+
+// checkUnit takes a unit's full name: systemd's units all have a type
+// suffix, and the unit flag adds .service to a bare name, as systemctl does.
+func checkUnit(u string) error {
+	if u == "" || strings.ContainsAny(u, "/ ") || !strings.Contains(u, ".") {
+		return fmt.Errorf("unit %q: want a systemd unit name such as nginx.service", u)
+	}
+	return nil
+}
+
+// MinContainerPrefix is the shortest container id prefix a filter takes:
+// docker's short ids are 12 digits.
+const MinContainerPrefix = 12
+
+func checkContainer(c string) error {
+	if len(c) < MinContainerPrefix || len(c) > 64 || strings.Trim(c, "0123456789abcdef") != "" {
+		return fmt.Errorf("container %q: want its id, or the first %d or more of its hex digits", c, MinContainerPrefix)
 	}
 	return nil
 }

@@ -165,3 +165,30 @@ func TestFilterWantsKind(t *testing.T) {
 		})
 	}
 }
+
+func TestFilterKeeps(t *testing.T) {
+	const id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	web := Event{Unit: "web.service", NetNS: 7}
+	box := Event{ContainerID: id, NetNS: 8}
+	none := Event{NetNS: 7}
+	for _, tt := range []struct {
+		name string
+		f    Filter
+		keep []bool // web, box, none
+	}{
+		{"no filter", Filter{}, []bool{true, true, true}},
+		{"unit", Filter{Units: []string{"web.service"}}, []bool{true, false, false}},
+		{"container prefix", Filter{Containers: []string{id[:12]}}, []bool{false, true, false}},
+		{"container full", Filter{Containers: []string{"ffffffffffff", id}}, []bool{false, true, false}},
+		{"netns", Filter{NetNS: []uint32{7}}, []bool{true, false, true}},
+		{"unit and netns", Filter{Units: []string{"web.service"}, NetNS: []uint32{8}}, []bool{false, false, false}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			for i, e := range []*Event{&web, &box, &none} {
+				if got := tt.f.Keeps(e); got != tt.keep[i] {
+					t.Errorf("Keeps(%+v) = %v, want %v", *e, got, tt.keep[i])
+				}
+			}
+		})
+	}
+}

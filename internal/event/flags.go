@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Flag values: each parses one Filter field from the command line as a
@@ -204,3 +206,94 @@ func (v MinDurationValue) String() string {
 }
 
 func (v MinDurationValue) Type() string { return "duration" }
+
+// UnitsValue parses --unit: systemd unit names; a name without a type
+// suffix is a service, as systemctl reads it (nginx is nginx.service).
+func UnitsValue(p *[]string) *StringsValue {
+	return &StringsValue{p: p, typ: "units", parse: func(s string) (string, error) {
+		if s != "" && !strings.Contains(s, ".") {
+			s += ".service"
+		}
+		return s, checkUnit(s)
+	}}
+}
+
+// ContainersValue parses --container: container ids, or their first 12
+// or more hex digits (docker ps shows 12).
+func ContainersValue(p *[]string) *StringsValue {
+	return &StringsValue{p: p, typ: "ids", parse: func(s string) (string, error) {
+		s = strings.ToLower(s)
+		return s, checkContainer(s)
+	}}
+}
+
+// StringsValue is a repeatable, comma-separated list of strings.
+type StringsValue struct {
+	p     *[]string
+	parse func(string) (string, error)
+	typ   string
+}
+
+func (v *StringsValue) Set(s string) error {
+	if strings.TrimSpace(s) == "" {
+		return errEmpty
+	}
+	for _, item := range strings.Split(s, ",") {
+		x, err := v.parse(strings.TrimSpace(item))
+		if err != nil {
+			return err
+		}
+		*v.p = append(*v.p, x)
+	}
+	return nil
+}
+
+func (v *StringsValue) String() string { return strings.Join(*v.p, ",") }
+func (v *StringsValue) Type() string   { return v.typ }
+
+// NetNSValue parses --netns: a network namespace by its inode number (the
+// netns field, `ls -Li /proc/PID/ns/net`) or by a file that is one
+// (/proc/PID/ns/net, /run/netns/NAME), read as the flag is parsed.
+type NetNSValue struct{ P *[]uint32 }
+
+func (v NetNSValue) Set(s string) error {
+	if strings.TrimSpace(s) == "" {
+		return errEmpty
+	}
+	for _, item := range strings.Split(s, ",") {
+		n, err := parseNetNS(strings.TrimSpace(item))
+		if err != nil {
+			return err
+		}
+		*v.P = append(*v.P, n)
+	}
+	return nil
+}
+
+func parseNetNS(s string) (uint32, error) {
+	if n, err := strconv.ParseUint(s, 10, 32); err == nil && n != 0 {
+		return uint32(n), nil
+	}
+	if !strings.Contains(s, "/") {
+		return 0, fmt.Errorf("netns %q: want an inode number (ls -Li /proc/PID/ns/net) or a path such as /run/netns/NAME", s)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(s, &st); err != nil {
+		return 0, fmt.Errorf("netns %s: %w", s, err)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(s, &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
+		return 0, fmt.Errorf("netns %s is not a namespace file: want /proc/PID/ns/net or /run/netns/NAME", s)
+	}
+	return uint32(st.Ino), nil
+}
+
+func (v NetNSValue) String() string {
+	items := make([]string, len(*v.P))
+	for i, n := range *v.P {
+		items[i] = strconv.FormatUint(uint64(n), 10)
+	}
+	return strings.Join(items, ",")
+}
+
+func (v NetNSValue) Type() string { return "netns" }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseNet(t *testing.T) {
@@ -39,6 +41,14 @@ func TestParseNet(t *testing.T) {
 			}
 		})
 	}
+}
+
+func selfNetNS() uint32 {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+		panic(err)
+	}
+	return uint32(st.Ino)
 }
 
 // value is what every flag value implements (pflag.Value).
@@ -89,6 +99,19 @@ func TestFlagValues(t *testing.T) {
 		{"min-duration", []string{"10ms"}, func(f *Filter) value { return MinDurationValue{&f.MinDuration} }, Filter{MinDuration: 10 * time.Millisecond}, ""},
 		{"min-duration negative", []string{"-1s"}, func(f *Filter) value { return MinDurationValue{&f.MinDuration} }, Filter{}, "negative"},
 		{"min-duration without a unit", []string{"10"}, func(f *Filter) value { return MinDurationValue{&f.MinDuration} }, Filter{}, "duration"},
+		{"unit bare name is a service", []string{"nginx,session-3.scope", "web.service"}, func(f *Filter) value { return UnitsValue(&f.Units) },
+			Filter{Units: []string{"nginx.service", "session-3.scope", "web.service"}}, ""},
+		{"unit with a slash", []string{"system.slice/nginx.service"}, func(f *Filter) value { return UnitsValue(&f.Units) }, Filter{}, "systemd unit"},
+		{"unit empty", []string{""}, func(f *Filter) value { return UnitsValue(&f.Units) }, Filter{}, "empty"},
+		{"container short id, upper case", []string{"0123456789AB"}, func(f *Filter) value { return ContainersValue(&f.Containers) },
+			Filter{Containers: []string{"0123456789ab"}}, ""},
+		{"container too short", []string{"0123456"}, func(f *Filter) value { return ContainersValue(&f.Containers) }, Filter{}, "12"},
+		{"container not hex", []string{"my-container-name"}, func(f *Filter) value { return ContainersValue(&f.Containers) }, Filter{}, "hex"},
+		{"netns inode", []string{"4026531840"}, func(f *Filter) value { return NetNSValue{&f.NetNS} }, Filter{NetNS: []uint32{4026531840}}, ""},
+		{"netns path", []string{"/proc/self/ns/net"}, func(f *Filter) value { return NetNSValue{&f.NetNS} }, Filter{NetNS: []uint32{selfNetNS()}}, ""},
+		{"netns not a namespace", []string{"/etc/hostname"}, func(f *Filter) value { return NetNSValue{&f.NetNS} }, Filter{}, "not a namespace"},
+		{"netns name", []string{"blue"}, func(f *Filter) value { return NetNSValue{&f.NetNS} }, Filter{}, "/run/netns/NAME"},
+		{"netns empty", []string{""}, func(f *Filter) value { return NetNSValue{&f.NetNS} }, Filter{}, "empty"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

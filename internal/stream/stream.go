@@ -8,6 +8,7 @@
 package stream
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 
@@ -23,14 +24,23 @@ type Consumer interface {
 }
 
 // Stream delivers each event to the primary consumer inline and to every
-// subscriber through its queue. Write, Flush and Close are for the reader
-// alone; Stats may be called from anywhere, at any time.
+// subscriber through its queue. Write, Flush and Close are for the reader;
+// Publish and Stats may be called from anywhere, at any time.
 type Stream struct {
 	primary Consumer
 	subs    []*subscriber
 	wg      sync.WaitGroup
-	closed  bool
+
+	// mu orders the reader's writes with events that consumers publish.
+	// It is uncontended but for a publish, which is rare (a pressure
+	// crossing, a summary per interval).
+	mu     sync.Mutex
+	closed bool
 }
+
+// ErrClosed is what Publish returns once the stream is closed: the event
+// was not delivered, and the publisher counts it as lost.
+var ErrClosed = errors.New("stream closed")
 
 // New returns a stream whose primary consumer is primary (nil for none).
 func New(primary Consumer) *Stream { return &Stream{primary: primary} }
@@ -109,6 +119,25 @@ func (sub *subscriber) check(err error) {
 // subscriber; a full queue drops it for that subscriber alone, and counts it.
 // An error is the primary consumer's: the output is gone.
 func (s *Stream) Write(e *event.Event) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.write(e)
+}
+
+// Publish is Write for an event a consumer derived from the stream, such as
+// a pressure report or a summary, from the consumer's own goroutine. Every
+// subscriber gets it, the publisher included, which ignores its own kinds.
+// After Close it returns ErrClosed.
+func (s *Stream) Publish(e *event.Event) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return s.write(e)
+}
+
+func (s *Stream) write(e *event.Event) error {
 	for _, sub := range s.subs {
 		select {
 		case sub.queue <- *e:
@@ -125,6 +154,8 @@ func (s *Stream) Write(e *event.Event) error {
 // Flush flushes the primary consumer, and asks each subscriber to flush
 // once it has written what is queued before this call.
 func (s *Stream) Flush() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, sub := range s.subs {
 		select {
 		case sub.flush <- struct{}{}:
@@ -141,7 +172,9 @@ func (s *Stream) Flush() error {
 // flushes, and its goroutine ends before Close returns. Nothing is
 // delivered after that. The primary consumer is flushed first.
 func (s *Stream) Close() error {
+	s.mu.Lock()
 	if s.closed {
+		s.mu.Unlock()
 		return nil
 	}
 	s.closed = true
@@ -149,6 +182,9 @@ func (s *Stream) Close() error {
 	if s.primary != nil {
 		err = s.primary.Flush()
 	}
+	// Unlocked while the queues drain: a subscriber that publishes as it
+	// drains gets ErrClosed rather than waiting for the lock forever.
+	s.mu.Unlock()
 	for _, sub := range s.subs {
 		close(sub.queue)
 	}

@@ -331,3 +331,82 @@ type discard struct{}
 
 func (discard) Write(*event.Event) error { return nil }
 func (discard) Flush() error             { return nil }
+
+// deriver publishes one derived event for every tenth event it receives,
+// from its own goroutine, as the port accounting does with pressure reports.
+type deriver struct {
+	s         *Stream
+	published []uint64
+	refused   int
+}
+
+func (d *deriver) Write(e *event.Event) error {
+	if e.Kind != event.KindOpen || e.Cookie%10 != 0 {
+		return nil // its own derived events come back, and are ignored
+	}
+	derived := event.Event{Kind: event.KindClose, Cookie: 1_000_000 + e.Cookie}
+	switch err := d.s.Publish(&derived); {
+	case errors.Is(err, ErrClosed):
+		d.refused++
+	case err == nil:
+		d.published = append(d.published, derived.Cookie)
+	default:
+		return err
+	}
+	return nil
+}
+
+func (d *deriver) Flush() error { return nil }
+
+func TestPublishFromAConsumer(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	primary := &recorder{}
+	s := New(primary)
+	d := &deriver{s: s}
+	s.Subscribe("accounting", d, 4096)
+	other := &recorder{}
+	s.Subscribe("store", other, 4096)
+
+	const n = 1000
+	for i := uint64(1); i <= n; i++ {
+		e := event.Event{Kind: event.KindOpen, Cookie: i}
+		if err := s.Write(&e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Whatever the deriver published reached the primary output and the
+	// other subscriber, once each; what it could not publish because the
+	// stream had closed was refused, not lost without a word.
+	if got, want := len(d.published)+d.refused, n/10; got != want {
+		t.Fatalf("published %d + refused %d, want %d derived events", len(d.published), d.refused, want)
+	}
+	for _, got := range [][]uint64{primary.got(), other.got()} {
+		derived := map[uint64]int{}
+		originals := 0
+		for _, c := range got {
+			if c > 1_000_000 {
+				derived[c]++
+			} else {
+				originals++
+			}
+		}
+		if originals != n {
+			t.Errorf("%d original events, want %d", originals, n)
+		}
+		for _, c := range d.published {
+			if derived[c] != 1 {
+				t.Errorf("derived event %d delivered %d times, want once", c, derived[c])
+			}
+		}
+		if len(derived) != len(d.published) {
+			t.Errorf("%d derived events delivered, %d published", len(derived), len(d.published))
+		}
+	}
+	after := event.Event{Kind: event.KindOpen}
+	if err := s.Publish(&after); !errors.Is(err, ErrClosed) {
+		t.Errorf("Publish after Close = %v, want ErrClosed", err)
+	}
+}

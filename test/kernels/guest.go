@@ -74,8 +74,8 @@ type machine struct {
 }
 
 var machines = map[string]machine{
-	"amd64": {qemu: "qemu-system-x86_64", pkg: "qemu-system-x86", args: []string{"-machine", "pc"}, console: "ttyS0", timeout: 5 * time.Minute},
-	"arm64": {qemu: "qemu-system-aarch64", pkg: "qemu-system-arm", args: []string{"-machine", "virt"}, console: "ttyAMA0", timeout: 15 * time.Minute},
+	"amd64": {qemu: "qemu-system-x86_64", pkg: "qemu-system-x86", args: []string{"-machine", "pc"}, console: "ttyS0", timeout: 12 * time.Minute},
+	"arm64": {qemu: "qemu-system-aarch64", pkg: "qemu-system-arm", args: []string{"-machine", "virt"}, console: "ttyAMA0", timeout: 30 * time.Minute},
 }
 
 // A guestRun is what every kernel of a run boots with.
@@ -87,6 +87,7 @@ type guestRun struct {
 	machine    machine
 	timeout    time.Duration // per kernel
 	testRun    string        // -test.run, if set
+	bench      string        // -test.bench, if set
 	memory     string
 	cpu        string
 	appendArgs string   // more kernel command line
@@ -232,9 +233,9 @@ func (g *guestRun) initramfs(file string, k *kernel) error {
 	}
 	// The tests' own timeout comes before the kernel's, so that a hung
 	// test shows where it hung.
-	conf := fmt.Sprintf("MODULES=%s\nSHARE=%s\nTESTS=%s\nTIMEOUT=%s\nRUN=%s\n",
+	conf := fmt.Sprintf("MODULES=%s\nSHARE=%s\nTESTS=%s\nTIMEOUT=%s\nRUN=%s\nBENCH=%s\n",
 		shellQuote(strings.Join(k.Modules, " ")), share, shellQuote(strings.Join(tests, " ")),
-		(g.timeout * 8 / 10).Round(time.Second), shellQuote(g.testRun))
+		(g.timeout * 8 / 10).Round(time.Second), shellQuote(g.testRun), shellQuote(g.bench))
 	if err := c.file("etc/portlife-kernels.conf", 0o644, []byte(conf)); err != nil {
 		return err
 	}

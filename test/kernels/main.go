@@ -46,6 +46,7 @@ type options struct {
 	logs           string
 	timeout        time.Duration
 	run            string
+	bench          string
 	memory         string
 	cpu            string
 	appendArgs     string
@@ -63,8 +64,9 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	fs.StringVar(&packages, "packages", "./tracer,./cmd/portlife", "packages whose tests run in each kernel")
 	fs.StringVar(&o.cache, "cache", defaultCache(), "where kernels and package lists are kept between runs")
 	fs.StringVar(&o.logs, "logs", "bin/kernels", "where each kernel's console log and the summary are written")
-	fs.DurationVar(&o.timeout, "timeout", 0, "the longest one kernel may take, boot and every package (default 5m for amd64, 15m for arm64, which qemu emulates 3-4 times slower)")
+	fs.DurationVar(&o.timeout, "timeout", 0, "the longest one kernel may take, boot and every package (default 12m for amd64, 30m for arm64, which qemu emulates 3-4 times slower)")
 	fs.StringVar(&o.run, "run", "", "run only the tests matching this regular expression (go test -run)")
+	fs.StringVar(&o.bench, "bench", "", "also run the benchmarks matching this regular expression (go test -bench), such as Churn with --run '^$'")
 	fs.StringVar(&o.memory, "memory", "1G", "each guest's memory")
 	fs.StringVar(&o.cpu, "cpu", "max", "the CPU qemu emulates (qemu -cpu)")
 	fs.StringVar(&o.appendArgs, "append", "", "more kernel command line, such as a debugging option")
@@ -245,7 +247,7 @@ func prepare(ctx context.Context, o *options, tmp string) (*guestRun, []*kernel,
 		return nil, nil, err
 	}
 	g := &guestRun{tmp: tmp, share: share, busybox: busybox, tests: tests, machine: machines[o.arch],
-		timeout: o.timeout, testRun: o.run, memory: o.memory, cpu: o.cpu, appendArgs: o.appendArgs,
+		timeout: o.timeout, testRun: o.run, bench: o.bench, memory: o.memory, cpu: o.cpu, appendArgs: o.appendArgs,
 		qemuArgs: o.qemuArgs, logs: o.logs, progress: logf}
 	if o.verbose {
 		g.verbose = os.Stdout

@@ -1,0 +1,187 @@
+package tracer
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
+)
+
+// kernelFeatures is what this kernel lets portlife use, found by probing the
+// kernel at start, never by reading its version: distributions backport.
+// Each missing feature has a fallback, and a cost that the start-up line
+// names.
+type kernelFeatures struct {
+	// gaps are the kernel side's fallbacks (enum kernel_gap), which the
+	// verifier prunes to the path this kernel takes.
+	gaps portlifeKernelGap
+}
+
+// datagramHooks: sock:sock_send_length and sock:sock_recv_length (Linux
+// 6.3), which count UDP datagrams, show a connected UDP socket's peer as it
+// sends, and show who reads an accepted TCP connection.
+func (f kernelFeatures) datagramHooks() bool { return f.gaps&portlifeKernelGapGAP_DATAGRAM_HOOKS == 0 }
+
+// fallback is one feature a kernel may lack, what portlife does without it,
+// and what that costs the user.
+type fallback struct {
+	name string // the missing feature, as the start-up line names it
+	cost string // what the fallback gives up
+}
+
+// missing lists the fallbacks this kernel needs, for the start-up line.
+func (f kernelFeatures) missing() []fallback {
+	var out []fallback
+	if f.gaps&portlifeKernelGapGAP_SK_STORAGE != 0 {
+		out = append(out, fallback{"socket storage in tracing programs (Linux 5.11)",
+			"sockets are tracked in a table of --max-sockets entries, and the children of two listeners on one port are named after the newer one"})
+	}
+	if f.gaps&portlifeKernelGapGAP_SOCKET_COOKIE != 0 {
+		out = append(out, fallback{"socket cookies in tracing programs (Linux 5.12)",
+			"a TCP socket's cookie is its kernel address when the kernel gave it no cookie: unique among the sockets alive, not forever"})
+	}
+	if f.gaps&portlifeKernelGapGAP_TASK_STORAGE != 0 {
+		out = append(out, fallback{"task storage in tracepoint programs (Linux 5.11)",
+			"connect() and bind() calls in flight are tracked in a table by thread id"})
+	}
+	if f.gaps&portlifeKernelGapGAP_SOCK_FROM_FILE != 0 {
+		out = append(out, fallback{"bpf_sock_from_file (Linux 5.11)",
+			"none: sockets that existed at start are found by their inode type"})
+	}
+	if !f.datagramHooks() {
+		out = append(out, fallback{"the sock_send_length and sock_recv_length tracepoints (Linux 6.3)",
+			"UDP events carry no datagram or byte counts; a connected UDP socket that sends without an address is reported at its close, with no open; " +
+				"an accepted TCP connection is named after the process that first read data from it, not one that only wrote"})
+	}
+	return out
+}
+
+// everyGap is a kernel that lacks every feature portlife can do without,
+// as Linux 5.10 does: tests take the fallbacks on any kernel with it.
+var everyGap = kernelFeatures{
+	gaps: portlifeKernelGapGAP_SK_STORAGE | portlifeKernelGapGAP_SOCKET_COOKIE |
+		portlifeKernelGapGAP_TASK_STORAGE | portlifeKernelGapGAP_SOCK_FROM_FILE |
+		portlifeKernelGapGAP_DATAGRAM_HOOKS,
+}
+
+// probeFeatures asks the running kernel what it has.
+func probeFeatures(kernel *btf.Spec) (kernelFeatures, error) {
+	var f kernelFeatures
+	for _, tp := range []string{"sock_send_length", "sock_recv_length"} {
+		if _, err := kernel.AnyTypeByName("btf_trace_" + tp); err != nil {
+			f.gaps |= portlifeKernelGapGAP_DATAGRAM_HOOKS
+		}
+	}
+	for _, p := range []struct {
+		gap portlifeKernelGap
+		fn  asm.BuiltinFunc
+	}{
+		{portlifeKernelGapGAP_SK_STORAGE, asm.FnSkStorageGet},
+		{portlifeKernelGapGAP_SOCKET_COOKIE, asm.FnGetSocketCookie},
+		{portlifeKernelGapGAP_SOCK_FROM_FILE, asm.FnSockFromFile},
+	} {
+		ok, err := tracingHelper(p.fn)
+		if err != nil {
+			return f, err
+		}
+		if !ok {
+			f.gaps |= p.gap
+		}
+	}
+	// The syscall hooks are tracepoint programs; the storage is keyed by
+	// the task from bpf_get_current_task_btf().
+	for _, fn := range []asm.BuiltinFunc{asm.FnTaskStorageGet, asm.FnGetCurrentTaskBtf} {
+		switch err := features.HaveProgramHelper(ebpf.TracePoint, fn); {
+		case errors.Is(err, ebpf.ErrNotSupported):
+			f.gaps |= portlifeKernelGapGAP_TASK_STORAGE
+		case err != nil:
+			return f, fmt.Errorf("probing %v in tracepoint programs: %w", fn, err)
+		}
+	}
+	return f, nil
+}
+
+// tracingHelper reports whether tracing programs may call fn: it loads one
+// on sock:inet_sock_set_state that passes the socket to fn. A kernel that
+// lacks fn, or keeps it from tracing programs, says "unknown func" or
+// "invalid func"; any other verdict (the socket is the wrong argument for
+// fn, say) means the kernel knows fn there.
+func tracingHelper(fn asm.BuiltinFunc) (bool, error) {
+	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
+		Type:       ebpf.Tracing,
+		AttachType: ebpf.AttachTraceRawTp,
+		AttachTo:   "inet_sock_set_state",
+		License:    "GPL",
+		Instructions: asm.Instructions{
+			asm.LoadMem(asm.R1, asm.R1, 0, asm.DWord), // the struct sock
+			asm.Mov.Imm(asm.R2, 0),
+			asm.Mov.Imm(asm.R3, 0),
+			asm.Mov.Imm(asm.R4, 0),
+			fn.Call(),
+			asm.Mov.Imm(asm.R0, 0),
+			asm.Return(),
+		},
+	}, ebpf.ProgramOptions{LogLevel: ebpf.LogLevelInstruction})
+	if err == nil {
+		prog.Close()
+		return true, nil
+	}
+	var verr *ebpf.VerifierError
+	switch {
+	case !errors.As(err, &verr):
+		return false, fmt.Errorf("probing %v in tracing programs: %w", fn, err)
+	case errors.Is(err, unix.EINVAL) && logSays(verr.Log, "unknown func", "invalid func"):
+		return false, nil
+	}
+	return true, nil
+}
+
+func logSays(log []string, needles ...string) bool {
+	for _, line := range log[max(len(log)-5, 0):] {
+		for _, n := range needles {
+			if strings.Contains(line, n) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Sizes of the tables that stand in for storage this kernel lacks.
+const (
+	// maxCallsInFlight: connect() and bind() calls at once, one per thread;
+	// preallocated (about 100 bytes each).
+	maxCallsInFlight = 1 << 14
+	// maxListenerPorts: a network namespace has at most 65,535 ports, and
+	// few hosts listen on more than a few hundred, in all namespaces.
+	maxListenerPorts = 1 << 16
+)
+
+// adapt fits the program to this kernel before it is loaded: the tables
+// that stand in for missing storage are sized, the storage they replace
+// becomes a map type every kernel has, and a program whose hook the kernel
+// lacks is left as a placeholder that is never attached.
+func (f kernelFeatures) adapt(spec *ebpf.CollectionSpec, maxSockets uint32) {
+	if f.gaps&portlifeKernelGapGAP_SK_STORAGE != 0 {
+		spec.Maps["conns_by_sk"].MaxEntries = maxSockets
+		spec.Maps["listeners"].MaxEntries = maxListenerPorts
+	}
+	if f.gaps&portlifeKernelGapGAP_TASK_STORAGE != 0 {
+		// Only the pruned path names it, but it must exist to be loaded.
+		calls := spec.Maps["calls"]
+		calls.Type, calls.MaxEntries = ebpf.Hash, 1
+		spec.Maps["calls_by_tid"].MaxEntries = maxCallsInFlight
+	}
+	if !f.datagramHooks() {
+		for _, name := range []string{"udp_sent", "udp_recvd", "tcp_read"} {
+			p := spec.Programs[name]
+			p.Type, p.AttachType, p.AttachTo = ebpf.SocketFilter, ebpf.AttachNone, ""
+			p.Instructions = asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
+		}
+	}
+}
