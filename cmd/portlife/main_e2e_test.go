@@ -545,16 +545,18 @@ func TestWithoutOptionalCapabilities(t *testing.T) {
 	}
 	// Kernels before 5.11 charge eBPF memory to RLIMIT_MEMLOCK, which
 	// only CAP_SYS_RESOURCE may raise: the limit a service manager would
-	// set (LimitMEMLOCK=infinity), inherited.
+	// set (LimitMEMLOCK=infinity), inherited. Later kernels ignore it, and
+	// a root without CAP_SYS_RESOURCE (some containers) cannot raise it.
 	var memlock unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &memlock); err != nil {
 		t.Fatal(err)
 	}
 	infinite := unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY}
-	if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &infinite); err != nil {
-		t.Fatal(err)
+	if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &infinite); err == nil {
+		defer unix.Setrlimit(unix.RLIMIT_MEMLOCK, &memlock)
+	} else {
+		t.Logf("memlock limit left at %d: %v", memlock.Cur, err)
 	}
-	defer unix.Setrlimit(unix.RLIMIT_MEMLOCK, &memlock)
 	p.begin(t)
 	c.Close()
 	s.Read(make([]byte, 1)) // EOF

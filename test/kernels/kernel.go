@@ -26,6 +26,11 @@ import (
 // initramfs instead.
 var shareModules = []string{"virtio_pci", "9pnet_virtio", "9p"}
 
+// diagModules answer sock_diag requests, which portlife ports and the
+// TIME_WAIT sweeps make. A host's kernel loads them at the first request;
+// a guest has no modprobe, so it loads them at boot, where they exist.
+var diagModules = []string{"inet_diag", "tcp_diag", "udp_diag"}
+
 // A kernel is a bootable kernel's files in the cache: the image and the
 // modules the guest loads, uncompressed, in load order.
 type kernel struct {
@@ -37,6 +42,8 @@ type kernel struct {
 	// in); NoShare says why not.
 	Share9p bool
 	NoShare string `json:",omitempty"`
+	// NoDiag says why the sock_diag modules are missing, if they are.
+	NoDiag string `json:",omitempty"`
 }
 
 func (k *kernel) vmlinuz() string { return filepath.Join(k.Dir, "vmlinuz") }
@@ -45,7 +52,7 @@ func (k *kernel) vmlinuz() string { return filepath.Join(k.Dir, "vmlinuz") }
 // the packages are part of it, so that a change to either extracts the
 // kernel again.
 func cacheKey(c kernelChoice) string {
-	h := sha256.Sum256([]byte(strings.Join(shareModules, ",") + ";" + debNames(c.debs)))
+	h := sha256.Sum256([]byte(strings.Join(shareModules, ",") + ";" + strings.Join(diagModules, ",") + ";" + debNames(c.debs)))
 	return fmt.Sprintf("%s_%s_%x", c.image.name, c.image.version, h[:4])
 }
 
@@ -92,6 +99,9 @@ func fetchKernel(ctx context.Context, d *debian, cache string, c kernelChoice, l
 	}
 	if c.noModules {
 		k.NoShare = "the archive has no modules package for it"
+	}
+	if k.NoDiag != "" {
+		log("%s: no sock_diag modules (%s): its tests that use sock_diag will fail", k.Release, k.NoDiag)
 	}
 	if err := writeJSON(filepath.Join(out, "kernel.json"), k); err != nil {
 		return nil, err
@@ -216,6 +226,13 @@ func extractKernel(ctx context.Context, root, out string) (*kernel, error) {
 		}
 	}
 	k.Share9p = true
+	for _, m := range diagModules {
+		// A kernel without them (one whose modules package is gone) runs
+		// the tests all the same; those that need sock_diag fail there.
+		if err := load(m); err != nil {
+			k.NoDiag = err.Error()
+		}
+	}
 	return k, nil
 }
 
