@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/portlife/portlife/internal/encode"
+	"github.com/portlife/portlife/internal/metrics"
 	"github.com/portlife/portlife/internal/sink"
 	"github.com/portlife/portlife/internal/stream"
 )
@@ -165,6 +166,18 @@ func (ss *sinks) stats() sinkStats {
 	out := make(sinkStats, len(ss.queued))
 	for i, sk := range ss.queued {
 		out[i] = sk.Stats()
+	}
+	return out
+}
+
+// metrics is every queued sink's counters for /metrics.
+func (ss *sinks) metrics() []metrics.SinkStats {
+	out := make([]metrics.SinkStats, len(ss.queued))
+	for i, st := range ss.stats() {
+		out[i] = metrics.SinkStats{Name: st.Name, Sent: st.Sent, Queued: st.Queued, Reconnects: st.Reconnects, Dropped: map[string]uint64{}}
+		for _, r := range sink.DropReasons() {
+			out[i].Dropped[r.String()] = st.Dropped[r]
+		}
 	}
 	return out
 }

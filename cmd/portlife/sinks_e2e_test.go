@@ -321,9 +321,20 @@ func TestFileSinkDiskFull(t *testing.T) {
 	}
 	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
 	file := filepath.Join(dir, "events.json")
+	port := freePort(t)
 	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
-		"--sink", "stdout", "--sink", "file:"+file+"?max_size=0")
+		"--sink", "stdout", "--sink", "file:"+file+"?max_size=0", "--metrics-addr", strconv.Itoa(port))
 	roundTrips(t, 200) // about 500KB of events
+	// /metrics shows the sink's counters while it runs (the scrapes are
+	// connections of this process too: the totals are checked at exit).
+	name := `sink="file:` + file + `"`
+	body, samples := scrapeUntil(t, port, "the sink's disk_full", func(s []sample) bool {
+		return sum(s, "portlife_sink_dropped_total", name, `reason="disk_full"`) > 0
+	})
+	promtoolCheck(t, body)
+	if lost, dropped := sum(samples, "portlife_events_lost_total", `source="sink_file:`+file+`"`), sum(samples, "portlife_sink_dropped_total", name); lost != dropped || sum(samples, "portlife_sink_sent_total", name) == 0 {
+		t.Errorf("/metrics: events_lost %v, sink_dropped %v, sink_sent %v: want lost = dropped, and some sent", lost, dropped, sum(samples, "portlife_sink_sent_total", name))
+	}
 	time.Sleep(200 * time.Millisecond)
 	if code := p.stop(t, os.Interrupt); code != 0 {
 		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())

@@ -128,7 +128,7 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	s := stream.New(primary)
 	sinks.subscribe(s)
 	sums := opts.summary.start(s)
-	ms.serve(t, s, log)
+	ms.serve(t, s, sinks, log)
 	acct, stopAccounting := startAccounting(s, opts.ports, &opts.cfg.Filter, log)
 
 	watchCtx, stopWatching := context.WithCancel(ctx)
