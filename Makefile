@@ -9,7 +9,7 @@ TCPLIFE  ?= /usr/sbin/tcplife
 BPF_DEPS := clang llvm-strip
 BPF_PKGS := clang llvm libbpf-dev
 
-.PHONY: build run test deps cross test-kernels generate check-generated bench bench-go baseline clean
+.PHONY: build run test deps cross test-kernels generate check-generated bench bench-go bench-store soak baseline clean
 
 # -buildvcs=auto stamps the commit into `portlife version`, even where
 # GOFLAGS turns VCS stamping off.
@@ -104,6 +104,24 @@ bench: build $(if $(BASELINE),baseline)
 	$(BENCH) --bpf-stats=false --json bin/bench-rates.json $(BENCH_ARGS)
 	$(BENCH) --json bin/bench-bpf.json $(BENCH_BPF_ARGS)
 	$(MAKE) bench-go
+	$(MAKE) bench-store
+
+# The store: rows per second through the writer, bytes per lifetime on disk,
+# and `query --port P --at T` over 10 million rows (built once, kept in
+# bin/bench-10m.db for the next run: a few minutes the first time).
+bench-store:
+	@mkdir -p bin
+	PORTLIFE_BENCH_DB=$(CURDIR)/bin/bench-10m.db $(GO) test -run '^$$' -bench . -benchtime 3s -count 3 ./internal/store
+
+# Not in CI: SOAK_MINUTES (60) at a paced SOAK_RATE (5,000) connections/s
+# with the store and a file output on; prints RSS, heap, threads, fds, the
+# store's size and lost events each minute, and fails if RSS, threads or
+# fds grow after the warm-up. Needs root and a quiet machine.
+SOAK_MINUTES ?= 60
+SOAK_RATE    ?= 5000
+soak: build
+	$(GO) build -o bin/churn ./bench/churn
+	$(GO) run ./test/soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) --portlife ./$(BIN) --churn ./bin/churn
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/encode ./internal/stream ./internal/summary ./internal/metrics ./internal/sink ./tracer

@@ -21,6 +21,9 @@ type losses struct {
 	stream   *stream.Stream
 	timewait *timewait.Tracker // nil when released events are off
 	sinks    *sinks            // nil: none queued
+	// counters are what consumers report of their own in `tracing
+	// stopped`, besides their losses (the store's rows); nil for none.
+	counters func() []zap.Field
 }
 
 // timeWaitLost is the releases the TIME_WAIT tracker will not report.
@@ -65,7 +68,11 @@ func (l losses) summary(log *zap.Logger) error {
 	s, err := l.tracer.Stats()
 	ss := l.sinkStats()
 	total := s.Lost() + l.stream.Dropped() + l.timeWaitLost() + ss.lost()
-	log.Info("tracing stopped", append([]zap.Field{zap.Uint64("events", s.Events)}, l.fields(s, total)...)...)
+	fields := append([]zap.Field{zap.Uint64("events", s.Events)}, l.fields(s, total)...)
+	if l.counters != nil {
+		fields = append(fields, l.counters()...)
+	}
+	log.Info("tracing stopped", fields...)
 	if s.Lost() > 0 {
 		log.Warn("the kernel side could not deliver every event: raise --ring-buffer, or narrow the filters",
 			zap.Uint64("lost", s.Lost()))

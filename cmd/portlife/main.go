@@ -1,6 +1,6 @@
 // Command portlife traces the lifetime of every TCP and UDP port on the host
 // and writes one event per open, close and failed connect. main only picks
-// the subcommand; each lives in a file of its own (trace.go, version.go),
+// the subcommand; each lives in a file of its own (trace.go, query.go, version.go),
 // and the flags they share are in flags.go.
 package main
 
@@ -32,6 +32,7 @@ const (
 const usageHead = `Usage: portlife [trace] [flags]    trace every port's lifetime (needs root)
        portlife ports [flags]      which keys are running out of ports, now
        portlife top [flags]        a live view of the churn, per process or destination
+       portlife query [flags]      ask the history trace --store keeps: who held a port when
        portlife version            print the version and exit
 
 `
@@ -57,6 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr *os.File) int {
 		return runTrace(ctx, rest, stdout, stderr)
 	case "top":
 		return runTop(ctx, rest, os.Stdin, stdout, stderr)
+	case "query":
+		return runQuery(ctx, rest, stdout, stderr)
 	case "version":
 		return runVersion(rest, stdout, stderr)
 	case "ports":
@@ -64,7 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr *os.File) int {
 	case "help":
 		return runTrace(ctx, []string{"--help"}, stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "portlife: unknown command %q: want trace, ports, top or version (see portlife --help)\n", cmd)
+	fmt.Fprintf(stderr, "portlife: unknown command %q: want trace, ports, top, query or version (see portlife --help)\n", cmd)
 	return exitUsage
 }
 

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -69,10 +70,29 @@ var requireRoot = kerneltest.RequireRoot
 
 // process is a running portlife.
 type process struct {
-	cmd            *exec.Cmd
-	stdout, stderr bytes.Buffer
-	stderrDone     chan struct{} // closed once stderr was read to its end: read p.stderr after it
-	started        chan struct{}
+	cmd        *exec.Cmd
+	stdout     bytes.Buffer
+	stderr     stderrText  // written as stderr is read; a test may look at it meanwhile
+	stderrDone chan struct{} // closed once stderr was read to its end
+	started    chan struct{}
+}
+
+// stderrText is text one goroutine writes while another reads it.
+type stderrText struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *stderrText) WriteString(s string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf.WriteString(s)
+}
+
+func (b *stderrText) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // start runs portlife with args and waits for "tracing started".

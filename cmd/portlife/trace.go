@@ -29,6 +29,7 @@ type options struct {
 	ports         portsOptions
 	summary       summaryOptions
 	metrics       metricsOptions
+	store         storeOptions
 	sinks         []sink.Spec // --sink; none means stdout
 }
 
@@ -52,6 +53,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	addPortsFlags(fs, &o.ports)
 	addSummaryFlags(fs, &o.summary)
 	addMetricsFlags(fs, &o.metrics)
+	addStoreFlags(fs, &o.store)
 	addSinkFlags(fs, &o.sinks)
 	addLogFlags(fs, &o.log)
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
@@ -67,7 +69,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	o.summary.check()
 	// The flag values applied each rule as they parsed; this catches a rule
 	// the filter adds that no flag knows of yet.
-	return o, o.cfg.Filter.Validate()
+	return o, errors.Join(o.cfg.Filter.Validate(), o.store.check())
 }
 
 func runTrace(ctx context.Context, args []string, stdout, stderr *os.File) int {
@@ -105,19 +107,24 @@ func runTrace(ctx context.Context, args []string, stdout, stderr *os.File) int {
 // store, accounting, metrics) subscribes to the stream with a queue of its
 // own, between New and Run.
 func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger) error {
-	ms, err := opts.metrics.listen()
+	st, err := openStore(ctx, opts.store, log)
 	if err != nil {
 		return err
 	}
+	ms, err := opts.metrics.listen()
+	if err != nil {
+		return errors.Join(err, closeStore(st))
+	}
 	sinks, err := openSinks(opts.sinks, opts.output, stdout)
 	if err != nil {
-		return err
+		ms.stop()
+		return errors.Join(err, closeStore(st))
 	}
 	t, err := tracer.New(opts.cfg, log)
 	if err != nil {
 		ms.stop()
 		sinks.close(log)
-		return err
+		return errors.Join(err, closeStore(st))
 	}
 	defer t.Close()
 
@@ -130,10 +137,11 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	sums := opts.summary.start(s)
 	ms.serve(t, s, sinks, log)
 	acct, stopAccounting := startAccounting(s, opts.ports, &opts.cfg.Filter, log)
+	subscribeStore(s, st)
 
 	watchCtx, stopWatching := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	l := losses{tracer: t, stream: s, sinks: sinks}
+	l := losses{tracer: t, stream: s, sinks: sinks, counters: func() []zap.Field { return storeFields(st) }}
 	l.timewait = startTimeWait(watchCtx, opts.timewait, &opts.cfg.Filter, s, log, &wg)
 
 	wg.Add(1)
@@ -147,7 +155,7 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	runErr := t.Run(ctx, s)
 	stopAccounting()
 	sums.finish(s, log)
-	closeErr := errors.Join(s.Close(), sinks.close(log), ms.stop())
+	closeErr := errors.Join(s.Close(), sinks.close(log), closeStore(st), ms.stop())
 	stopWatching()
 	wg.Wait()
 

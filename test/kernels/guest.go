@@ -88,6 +88,7 @@ type guestRun struct {
 	timeout    time.Duration // per kernel
 	testRun    string        // -test.run, if set
 	bench      string        // -test.bench, if set
+	skip       string        // -test.skip, if set
 	memory     string
 	cpu        string
 	appendArgs string   // more kernel command line
@@ -233,9 +234,9 @@ func (g *guestRun) initramfs(file string, k *kernel) error {
 	}
 	// The tests' own timeout comes before the kernel's, so that a hung
 	// test shows where it hung.
-	conf := fmt.Sprintf("MODULES=%s\nSHARE=%s\nTESTS=%s\nTIMEOUT=%s\nRUN=%s\nBENCH=%s\n",
+	conf := fmt.Sprintf("MODULES=%s\nSHARE=%s\nTESTS=%s\nTIMEOUT=%s\nRUN=%s\nSKIP=%s\nBENCH=%s\n",
 		shellQuote(strings.Join(k.Modules, " ")), share, shellQuote(strings.Join(tests, " ")),
-		(g.timeout * 8 / 10).Round(time.Second), shellQuote(g.testRun), shellQuote(g.bench))
+		(g.timeout * 8 / 10).Round(time.Second), shellQuote(g.testRun), shellQuote(g.skip), shellQuote(g.bench))
 	if err := c.file("etc/portlife-kernels.conf", 0o644, []byte(conf)); err != nil {
 		return err
 	}

@@ -51,7 +51,8 @@ for t in $TESTS; do
 	[ "$t" = tracer.test ] && EXTRA=-adopt-conns=4000
 	echo "$M start $t"
 	CI=true PORTLIFE_BINARY=/share/portlife "/share/$t" -test.v -test.count=1 \
-		-test.timeout="$TIMEOUT" ${RUN:+"-test.run=$RUN"} ${BENCH:+"-test.bench=$BENCH"} $EXTRA </dev/null 2>&1
+		-test.timeout="$TIMEOUT" ${RUN:+"-test.run=$RUN"} ${SKIP:+"-test.skip=$SKIP"} \
+		${BENCH:+"-test.bench=$BENCH"} $EXTRA </dev/null 2>&1
 	echo "$M end $t $?"
 done
 

@@ -38,6 +38,12 @@ import (
 // (bullseye), the current long-term 6.18, and the newest 7.x.
 const defaultKernels = "5.10,6.1,6.12,6.18,7"
 
+// hostToolTests drive a program of the host's (tmux, promtool, rsyslogd,
+// an OpenTelemetry Collector) that a busybox guest has not. What they test
+// is portlife's user space, the same on every kernel: make test runs them
+// on the host.
+const hostToolTests = "^(TestTopInTmux|TestMetricsMatchEvents|TestMetricsCardinalityBounded)$"
+
 type options struct {
 	kernels        []string
 	arch           string
@@ -47,6 +53,7 @@ type options struct {
 	timeout        time.Duration
 	run            string
 	bench          string
+	skip           string
 	memory         string
 	cpu            string
 	appendArgs     string
@@ -66,6 +73,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	fs.StringVar(&o.logs, "logs", "bin/kernels", "where each kernel's console log and the summary are written")
 	fs.DurationVar(&o.timeout, "timeout", 0, "the longest one kernel may take, boot and every package (default 12m for amd64, 30m for arm64, which qemu emulates 3-4 times slower)")
 	fs.StringVar(&o.run, "run", "", "run only the tests matching this regular expression (go test -run)")
+	fs.StringVar(&o.skip, "skip", hostToolTests, "tests not to run in a guest (go test -skip): by default those that drive a tool of the host's (see hostToolTests)")
 	fs.StringVar(&o.bench, "bench", "", "also run the benchmarks matching this regular expression (go test -bench), such as Churn with --run '^$'")
 	fs.StringVar(&o.memory, "memory", "1G", "each guest's memory")
 	fs.StringVar(&o.cpu, "cpu", "max", "the CPU qemu emulates (qemu -cpu)")
@@ -247,7 +255,7 @@ func prepare(ctx context.Context, o *options, tmp string) (*guestRun, []*kernel,
 		return nil, nil, err
 	}
 	g := &guestRun{tmp: tmp, share: share, busybox: busybox, tests: tests, machine: machines[o.arch],
-		timeout: o.timeout, testRun: o.run, bench: o.bench, memory: o.memory, cpu: o.cpu, appendArgs: o.appendArgs,
+		timeout: o.timeout, testRun: o.run, bench: o.bench, skip: o.skip, memory: o.memory, cpu: o.cpu, appendArgs: o.appendArgs,
 		qemuArgs: o.qemuArgs, logs: o.logs, progress: logf}
 	if o.verbose {
 		g.verbose = os.Stdout
