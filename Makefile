@@ -31,16 +31,25 @@ test: deps
 	PORTLIFE_TEST_FALLBACKS=all $(GO) test -race -count=1 ./tracer
 
 # What the tests run besides Go: promtool lints /metrics (Debian's
-# prometheus package), and portlife top is driven in a real terminal in
-# tmux. Quick when they are installed already.
-TEST_DEPS := promtool tmux
-TEST_PKGS := prometheus tmux
+# prometheus package), portlife top is driven in a real terminal in tmux,
+# rsyslogd receives the syslog sinks (cmd/portlife/sinks_e2e_test.go), and
+# ss aborts a sink's connection (internal/sink). Quick when they are
+# installed already.
+TEST_DEPS := promtool tmux rsyslogd ss
+TEST_PKGS := prometheus tmux rsyslog iproute2
+# The OTLP sink's test runs an OpenTelemetry Collector built from the
+# official modules in test/otelcol (a module of its own). It is built once
+# per version of its sources, into the cache the test looks in (the first
+# build takes minutes; CI should keep ~/.cache and Go's build cache).
+OTELCOL := $${XDG_CACHE_HOME:-$$HOME/.cache}/portlife/otelcol-$$(cat test/otelcol/go.mod test/otelcol/go.sum test/otelcol/main.go | sha256sum | cut -c1-16)
 deps:
-	@for t in $(TEST_DEPS); do command -v $$t >/dev/null || missing=1; done; \
+	@for t in $(TEST_DEPS); do command -v $$t >/dev/null || [ -x /usr/sbin/$$t ] || missing=1; done; \
 	 if [ -n "$$missing" ]; then \
 	   echo "installing $(TEST_PKGS)"; \
 	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_PKGS) >/dev/null; \
 	 fi
+	@bin=$(OTELCOL); [ -x "$$bin" ] || { echo "building the test collector into $$bin"; \
+	   cd test/otelcol && $(GO) build -mod=mod -o "$$bin.tmp" . && mv "$$bin.tmp" "$$bin"; }
 
 # The same committed eBPF objects (bpf2go's bpfel) serve arm64: the binary
 # and every test must build for it.
@@ -115,7 +124,7 @@ soak: build
 	$(GO) run ./test/soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) --portlife ./$(BIN) --churn ./bin/churn
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/encode ./internal/stream ./internal/summary ./internal/metrics ./tracer
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/encode ./internal/stream ./internal/summary ./internal/metrics ./internal/sink ./tracer
 
 # BASELINE's committed tree, built outside the work tree, which stays as it is.
 baseline:

@@ -20,6 +20,7 @@ type losses struct {
 	tracer   *tracer.Tracer
 	stream   *stream.Stream
 	timewait *timewait.Tracker // nil when released events are off
+	sinks    *sinks            // nil: none queued
 	// counters are what consumers report of their own in `tracing
 	// stopped`, besides their losses (the store's rows); nil for none.
 	counters func() []zap.Field
@@ -52,7 +53,7 @@ func (l losses) watch(ctx context.Context, log *zap.Logger, interval time.Durati
 			log.Warn("reading drop counters", zap.Error(err))
 			continue
 		}
-		total := s.Lost() + l.stream.Dropped() + l.timeWaitLost()
+		total := s.Lost() + l.stream.Dropped() + l.timeWaitLost() + l.sinkStats().lost()
 		if total > last || s.SkippedRuns > lastSkipped {
 			log.Warn("events lost", append(l.fields(s, total),
 				zap.Uint64("lost_since_last", total-last))...)
@@ -65,7 +66,8 @@ func (l losses) watch(ctx context.Context, log *zap.Logger, interval time.Durati
 // if anything was lost.
 func (l losses) summary(log *zap.Logger) error {
 	s, err := l.tracer.Stats()
-	total := s.Lost() + l.stream.Dropped() + l.timeWaitLost()
+	ss := l.sinkStats()
+	total := s.Lost() + l.stream.Dropped() + l.timeWaitLost() + ss.lost()
 	fields := append([]zap.Field{zap.Uint64("events", s.Events)}, l.fields(s, total)...)
 	if l.counters != nil {
 		fields = append(fields, l.counters()...)
@@ -85,6 +87,9 @@ func (l losses) summary(log *zap.Logger) error {
 	if n := l.timeWaitLost(); n > 0 {
 		log.Warn("some TIME_WAITs' releases were not reported: raise --released-max if untracked, see the warnings if unobservable",
 			zap.Uint64("released_lost", n))
+	}
+	if n := ss.lost(); n > 0 {
+		log.Warn("a sink could not deliver every event: see sinks[].dropped for why, and the README's Sinks section", zap.Uint64("dropped", n))
 	}
 	return err
 }
@@ -107,7 +112,17 @@ func (l losses) fields(s tracer.Stats, total uint64) []zap.Field {
 	if cs := l.stream.Stats(); len(cs) > 0 {
 		f = append(f, zap.Array("consumers", consumerStats(cs)))
 	}
+	if ss := l.sinkStats(); len(ss) > 0 {
+		f = append(f, zap.Array("sinks", ss))
+	}
 	return f
+}
+
+func (l losses) sinkStats() sinkStats {
+	if l.sinks == nil {
+		return nil
+	}
+	return l.sinks.stats()
 }
 
 // consumerStats logs each queued consumer as {name, delivered, dropped, failed, error}.

@@ -76,7 +76,7 @@ func (o *metricsOptions) listen() (*metricsServer, error) {
 }
 
 // serve subscribes the event counts to s and serves the registry.
-func (m *metricsServer) serve(t *tracer.Tracer, s *stream.Stream, log *zap.Logger) {
+func (m *metricsServer) serve(t *tracer.Tracer, s *stream.Stream, sks *sinks, log *zap.Logger) {
 	if m == nil {
 		return
 	}
@@ -97,6 +97,7 @@ func (m *metricsServer) serve(t *tracer.Tracer, s *stream.Stream, log *zap.Logge
 			}
 			return out
 		},
+		Sinks: sks.metrics,
 	}, buildInfo())
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(log), MaxRequestsInFlight: 4}))

@@ -13,7 +13,6 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
-	"github.com/portlife/portlife/internal/encode"
 	"github.com/portlife/portlife/internal/sink"
 	"github.com/portlife/portlife/internal/stream"
 	"github.com/portlife/portlife/tracer"
@@ -31,6 +30,7 @@ type options struct {
 	summary       summaryOptions
 	metrics       metricsOptions
 	store         storeOptions
+	sinks         []sink.Spec // --sink; none means stdout
 }
 
 // parseFlags reads the arguments of `portlife trace` into options. Every
@@ -54,6 +54,7 @@ func parseFlags(args []string, stdoutIsTerminal, stderrIsTerminal bool, usage fu
 	addSummaryFlags(fs, &o.summary)
 	addMetricsFlags(fs, &o.metrics)
 	addStoreFlags(fs, &o.store)
+	addSinkFlags(fs, &o.sinks)
 	addLogFlags(fs, &o.log)
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 
@@ -114,28 +115,33 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	if err != nil {
 		return errors.Join(err, closeStore(st))
 	}
-	t, err := tracer.New(opts.cfg, log)
+	sinks, err := openSinks(opts.sinks, opts.output, stdout)
 	if err != nil {
 		ms.stop()
 		return errors.Join(err, closeStore(st))
 	}
+	t, err := tracer.New(opts.cfg, log)
+	if err != nil {
+		ms.stop()
+		sinks.close(log)
+		return errors.Join(err, closeStore(st))
+	}
 	defer t.Close()
 
-	var out *sink.Writer
-	if opts.output == "text" {
-		out = sink.NewWriter(stdout, &encode.Text{}, 64<<10)
-	} else {
-		out = sink.NewWriter(stdout, &encode.JSON{}, 256<<10)
+	var primary stream.Consumer // nil without stdout among the sinks
+	if sinks.primary != nil {
+		primary = opts.summary.primary(sinks.primary)
 	}
-	s := stream.New(opts.summary.primary(out))
+	s := stream.New(primary)
+	sinks.subscribe(s)
 	sums := opts.summary.start(s)
-	ms.serve(t, s, log)
+	ms.serve(t, s, sinks, log)
 	acct, stopAccounting := startAccounting(s, opts.ports, &opts.cfg.Filter, log)
 	subscribeStore(s, st)
 
 	watchCtx, stopWatching := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	l := losses{tracer: t, stream: s, counters: func() []zap.Field { return storeFields(st) }}
+	l := losses{tracer: t, stream: s, sinks: sinks, counters: func() []zap.Field { return storeFields(st) }}
 	l.timewait = startTimeWait(watchCtx, opts.timewait, &opts.cfg.Filter, s, log, &wg)
 
 	wg.Add(1)
@@ -144,11 +150,12 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 		l.watch(watchCtx, log, opts.statsInterval)
 	}()
 
-	log.Info("tracing started", zap.String("output", opts.output))
+	sinks.reopenOnHangup(watchCtx, log)
+	log.Info("tracing started", zap.String("output", opts.output), zap.Strings("sinks", sinks.names()))
 	runErr := t.Run(ctx, s)
 	stopAccounting()
 	sums.finish(s, log)
-	closeErr := errors.Join(s.Close(), closeStore(st), ms.stop())
+	closeErr := errors.Join(s.Close(), sinks.close(log), closeStore(st), ms.stop())
 	stopWatching()
 	wg.Wait()
 

@@ -21,10 +21,18 @@ type ConsumerStats struct {
 	Dropped, Failed uint64
 }
 
+// SinkStats are one --sink's counters (sink.Stats).
+type SinkStats struct {
+	Name                     string
+	Sent, Queued, Reconnects uint64
+	Dropped                  map[string]uint64 // by reason
+}
+
 // Sources are read at each scrape; each may be nil.
 type Sources struct {
 	Kernel    func() (KernelStats, error)
 	Consumers func() []ConsumerStats
+	Sinks     func() []SinkStats
 }
 
 // BuildInfo labels portlife_build_info.
@@ -49,6 +57,14 @@ var (
 		"Events lost, by source: the kernel side's reasons (ringbuf_full, storage_full, table_full, not_adopted), or queue_NAME for a consumer whose queue was full.", []string{"source"}, nil)
 	descConsumerFailed = prometheus.NewDesc("portlife_consumer_write_failures_total",
 		"Writes and flushes of a stream consumer that returned an error.", []string{"consumer"}, nil)
+	descSinkSent = prometheus.NewDesc("portlife_sink_sent_total",
+		"Events a sink delivered: its receiver acknowledged them, or they were written to its file.", []string{"sink"}, nil)
+	descSinkQueued = prometheus.NewDesc("portlife_sink_queued",
+		"Events waiting in a sink's queue (and disk buffer) now.", []string{"sink"}, nil)
+	descSinkDropped = prometheus.NewDesc("portlife_sink_dropped_total",
+		"Events a sink lost, by reason: queue_full, send_failed, disk_full, write_failed, shutdown.", []string{"sink", "reason"}, nil)
+	descSinkReconnects = prometheus.NewDesc("portlife_sink_reconnects_total",
+		"Connections a network sink made again after one was lost or refused.", []string{"sink"}, nil)
 	descSkipped = prometheus.NewDesc("portlife_skipped_runs_total",
 		"Runs of portlife's kernel hooks the kernel skipped (recursion misses).", nil, nil)
 	descUnnamed = prometheus.NewDesc("portlife_cgroups_unnamed_total",
@@ -80,7 +96,7 @@ func NewRegistry(c *Counts, src Sources, build BuildInfo) *prometheus.Registry {
 }
 
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descOpened, descClosed, descFailed, descLifetime, descTimeWait, descEvents, descLost, descConsumerFailed, descSkipped, descUnnamed, descScrapeErrors} {
+	for _, d := range []*prometheus.Desc{descOpened, descClosed, descFailed, descLifetime, descTimeWait, descEvents, descLost, descConsumerFailed, descSinkSent, descSinkQueued, descSinkDropped, descSinkReconnects, descSkipped, descUnnamed, descScrapeErrors} {
 		ch <- d
 	}
 }
@@ -128,6 +144,19 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for _, cs := range c.src.Consumers() {
 			ch <- prometheus.MustNewConstMetric(descLost, prometheus.CounterValue, float64(cs.Dropped), "queue_"+cs.Name)
 			ch <- prometheus.MustNewConstMetric(descConsumerFailed, prometheus.CounterValue, float64(cs.Failed), cs.Name)
+		}
+	}
+	if c.src.Sinks != nil {
+		for _, ss := range c.src.Sinks() {
+			var lost uint64
+			for reason, n := range ss.Dropped {
+				lost += n
+				ch <- prometheus.MustNewConstMetric(descSinkDropped, prometheus.CounterValue, float64(n), ss.Name, reason)
+			}
+			ch <- prometheus.MustNewConstMetric(descLost, prometheus.CounterValue, float64(lost), "sink_"+ss.Name)
+			ch <- prometheus.MustNewConstMetric(descSinkSent, prometheus.CounterValue, float64(ss.Sent), ss.Name)
+			ch <- prometheus.MustNewConstMetric(descSinkQueued, prometheus.GaugeValue, float64(ss.Queued), ss.Name)
+			ch <- prometheus.MustNewConstMetric(descSinkReconnects, prometheus.CounterValue, float64(ss.Reconnects), ss.Name)
 		}
 	}
 }
