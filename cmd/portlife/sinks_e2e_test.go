@@ -545,7 +545,6 @@ func (r *rsyslog) received(t *testing.T, input string, n int) []string {
 // JSON event intact.
 func TestSyslogToRsyslog(t *testing.T) {
 	requireRoot(t)
-	hostOnly(t)
 	r := startRsyslog(t)
 	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
 		"--sink", "stdout", "--sink", "syslog+udp://"+r.udp+"?facility=local0", "--sink", "syslog+tcp://"+r.tcp, "--sink", "syslog+unix:"+r.sock)
@@ -615,7 +614,6 @@ func TestSinkDiskBuffer(t *testing.T) {
 // know it.
 func TestSyslogRsyslogRestart(t *testing.T) {
 	requireRoot(t)
-	hostOnly(t)
 	r := startRsyslog(t)
 	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
 		"--sink", "stdout", "--sink", "syslog+tcp://"+r.tcp+"?backoff_max=100ms&drain=20s")
@@ -644,17 +642,6 @@ func TestSyslogRsyslogRestart(t *testing.T) {
 	}
 	t.Logf("stdout %d events, rsyslog wrote %d; sent %d, dropped %d: %d acknowledged by rsyslog's kernel and lost in rsyslog",
 		len(want), len(got), sent, lost, int(sent)-len(got))
-}
-
-// hostOnly skips a test that needs programs of the host (rsyslogd, the Go
-// toolchain for the collector) where the kernel matrix runs these tests:
-// its guests hold only the test binaries. Nothing in them depends on the
-// kernel version.
-func hostOnly(t *testing.T) {
-	t.Helper()
-	if os.Getenv("PORTLIFE_BINARY") != "" {
-		t.Skip("needs the host's programs; the kernel matrix's guest has only the test binaries")
-	}
 }
 
 // otelcolBinary builds the test collector (test/otelcol, a module of its
@@ -815,7 +802,6 @@ func otlpRecords(t *testing.T, b []byte) []otlpRecord {
 // order, with the resource and the attributes the README documents.
 func TestOTLPSink(t *testing.T) {
 	requireRoot(t)
-	hostOnly(t)
 	addr, out := startCollector(t)
 	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
 		"--sink", "stdout", "--sink", "otlp+http://"+addr)
