@@ -191,3 +191,8 @@ func (f kernelFeatures) adapt(spec *ebpf.CollectionSpec, maxSockets uint32) {
 		}
 	}
 }
+
+// KernelCookies reports whether events carry the kernel's socket cookies,
+// the ones sock_diag and SO_COOKIE show. Before Linux 5.12 a TCP socket's
+// may be its address instead (GAP_SOCKET_COOKIE).
+func (t *Tracer) KernelCookies() bool { return t.features.gaps&portlifeKernelGapGAP_SOCKET_COOKIE == 0 }

@@ -55,7 +55,9 @@ const accountingQueue = 8192
 // o.reconcile until stop is called. Call it after the tracer is attached (so
 // a socket that ends after the dump is seen ending) and before Run; call
 // stop before the stream is closed.
-func startAccounting(s *stream.Stream, o portsOptions, f *event.Filter, log *zap.Logger) (a *ports.Accountant, stop func()) {
+// kernelCookies says whether the tracer's events carry the kernel's socket
+// cookies, which reconciliation matches sock_diag's by.
+func startAccounting(s *stream.Stream, o portsOptions, f *event.Filter, kernelCookies bool, log *zap.Logger) (a *ports.Accountant, stop func()) {
 	stop = func() {}
 	if o.off {
 		return nil, stop
@@ -72,6 +74,13 @@ func startAccounting(s *stream.Stream, o portsOptions, f *event.Filter, log *zap
 	}
 	a.Prime(socks)
 	s.Subscribe("ports", a, accountingQueue)
+	if o.reconcile > 0 && !kernelCookies {
+		// Before Linux 5.12 a TCP socket's cookie in events may be its
+		// address, which no sock_diag listing has: every tracked socket
+		// would look gone.
+		log.Info("port accounting does not reconcile with sock_diag: this kernel's tracing programs cannot ask for socket cookies (Linux 5.12)")
+		return a, stop
+	}
 	if o.reconcile <= 0 {
 		return a, stop
 	}

@@ -136,7 +136,7 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	sinks.subscribe(s)
 	sums := opts.summary.start(s)
 	ms.serve(t, s, sinks, log)
-	acct, stopAccounting := startAccounting(s, opts.ports, &opts.cfg.Filter, log)
+	acct, stopAccounting := startAccounting(s, opts.ports, &opts.cfg.Filter, t.KernelCookies(), log)
 	subscribeStore(s, st)
 
 	watchCtx, stopWatching := context.WithCancel(ctx)
