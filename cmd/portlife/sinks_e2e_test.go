@@ -324,6 +324,11 @@ func TestFileSinkDiskFull(t *testing.T) {
 	port := freePort(t)
 	p := start(t, "--output", "json", "--log-format", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms",
 		"--sink", "stdout", "--sink", "file:"+file+"?max_size=0", "--metrics-addr", strconv.Itoa(port))
+	// A few that fit, and reach the file before the burst that does not:
+	// the sink writes what it holds at each flush, and one write that
+	// finds the disk full is cut back whole.
+	roundTrips(t, 10)
+	time.Sleep(200 * time.Millisecond)
 	roundTrips(t, 200) // about 500KB of events
 	// /metrics shows the sink's counters while it runs (the scrapes are
 	// connections of this process too: the totals are checked at exit).
