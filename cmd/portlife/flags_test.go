@@ -47,8 +47,8 @@ func TestParseFlagsDefaults(t *testing.T) {
 			if o.log.debug {
 				t.Error("debug is on by default")
 			}
-			if o.timewait.off || o.timewait.cfg != timewait.DefaultConfig() {
-				t.Errorf("timewait = %+v, want on, with DefaultConfig() %+v", o.timewait, timewait.DefaultConfig())
+			if o.timewait.on || o.timewait.cfg != timewait.DefaultConfig() {
+				t.Errorf("timewait = %+v, want off, with DefaultConfig() %+v", o.timewait, timewait.DefaultConfig())
 			}
 			// No flags means the tracer's defaults, with no filter at all.
 			if want := tracer.DefaultConfig(); !reflect.DeepEqual(o.cfg, want) {
@@ -78,13 +78,8 @@ func TestParseFlagsGood(t *testing.T) {
 				t.Errorf("output = %q", o.output)
 			}
 		}},
-		{"released events on by default, tuned", []string{"--released-interval", "250ms", "--released-max", "1000"}, func(t *testing.T, o options) {
-			if o.timewait.off || o.timewait.cfg.Interval != 250*time.Millisecond || o.timewait.cfg.Max != 1000 {
-				t.Errorf("timewait = %+v", o.timewait)
-			}
-		}},
-		{"no-released", []string{"--no-released"}, func(t *testing.T, o options) {
-			if !o.timewait.off {
+		{"released events on, tuned", []string{"--released", "--released-interval", "250ms", "--released-max", "1000"}, func(t *testing.T, o options) {
+			if !o.timewait.on || o.timewait.cfg.Interval != 250*time.Millisecond || o.timewait.cfg.Max != 1000 {
 				t.Errorf("timewait = %+v", o.timewait)
 			}
 		}},
@@ -257,7 +252,7 @@ func TestParseFlagsBad(t *testing.T) {
 		{"released-interval not a duration", []string{"--released-interval", "1"}, "--released-interval"},
 		{"released-max zero", []string{"--released-max", "0"}, "--released-max"},
 		{"released-max not a number", []string{"--released-max", "many"}, "--released-max"},
-		{"no-released with a value", []string{"--no-released=maybe"}, "--no-released"},
+		{"released with a value", []string{"--released=maybe"}, "--released"},
 		{"pressure-thresholds above 100", []string{"--pressure-thresholds", "50,120"}, "--pressure-thresholds"},
 		{"pressure-thresholds descending", []string{"--pressure-thresholds", "80,50"}, "--pressure-thresholds"},
 		{"pressure-thresholds not numbers", []string{"--pressure-thresholds", "high"}, "--pressure-thresholds"},

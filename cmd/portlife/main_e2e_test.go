@@ -72,7 +72,7 @@ var requireRoot = kerneltest.RequireRoot
 type process struct {
 	cmd        *exec.Cmd
 	stdout     bytes.Buffer
-	stderr     stderrText  // written as stderr is read; a test may look at it meanwhile
+	stderr     stderrText    // written as stderr is read; a test may look at it meanwhile
 	stderrDone chan struct{} // closed once stderr was read to its end
 	started    chan struct{}
 }

@@ -19,7 +19,7 @@ import (
 // test's own, with no TIME_WAIT allowed.
 func TestReleasedOverflow(t *testing.T) {
 	requireRoot(t)
-	p := start(t, "--output", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms", "--released-interval", "200ms")
+	p := start(t, "--output", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms", "--released", "--released-interval", "200ms")
 	leave := make(chan struct{})
 	defer close(leave)
 	lport, err := inOwnNetns(map[string]string{"tcp_max_tw_buckets": "0"}, closeFirstOnLoopback, leave)

@@ -16,16 +16,19 @@ import (
 	"github.com/portlife/portlife/internal/timewait"
 )
 
-// timeWaitOptions turn the released events on or off, and tune their
-// tracker.
+// timeWaitOptions turn the released events on, and tune their tracker.
+// They are off by default: each one is a second line for every TCP close
+// that left a TIME_WAIT, and watching TIME_WAITs costs CPU in proportion
+// to how many there are, while port accounting and the store already end
+// a TIME_WAIT at its fixed 60 s without them.
 type timeWaitOptions struct {
-	off bool
+	on  bool
 	cfg timewait.Config
 }
 
 func addTimeWaitFlags(fs *pflag.FlagSet, o *timeWaitOptions) {
 	o.cfg = timewait.DefaultConfig()
-	fs.BoolVar(&o.off, "no-released", false, "do not report when a closed TCP connection's TIME_WAIT ends and its port is free (released events)")
+	fs.BoolVar(&o.on, "released", false, "report when a closed TCP connection's TIME_WAIT ends and its port is free (released events)")
 	fs.Var(twIntervalValue{&o.cfg.Interval}, "released-interval", "how often TIME_WAIT sockets are swept for released events; a release's time is off by at most about half of this")
 	fs.Var(countValue{&o.cfg.Max, 1 << 24}, "released-max", "most TIME_WAITs watched at once for released events; closes beyond it are counted as untracked")
 }
@@ -53,7 +56,7 @@ func (v twIntervalValue) Type() string   { return "duration" }
 // ctx is done, if the trace can see closes into TIME_WAIT; nil otherwise.
 func startTimeWait(ctx context.Context, o timeWaitOptions, f *event.Filter, s *stream.Stream, log *zap.Logger, wg *sync.WaitGroup) *timewait.Tracker {
 	switch {
-	case o.off:
+	case !o.on:
 		return nil
 	case !f.WantsProto(event.ProtoTCP), len(f.Kinds) > 0 && !slices.Contains(f.Kinds, event.KindClose):
 		log.Debug("no released events: the trace has no TCP close events")
@@ -89,6 +92,7 @@ func (s timeWaitStats) MarshalLogObject(o zapcore.ObjectEncoder) error {
 	o.AddUint64("unpublished", s.Unpublished)
 	o.AddUint64("sweeps", s.Sweeps)
 	o.AddUint64("sweep_errors", s.SweepErrors)
+	o.AddUint64("sweeps_stretched", s.Stretched)
 	o.AddDuration("sweep_time", s.SweepTime)
 	return nil
 }

@@ -76,6 +76,7 @@ type Stats struct {
 	// between the close and the sweep. They are among Killed.
 	NetnsGone   uint64
 	Sweeps      uint64        // namespace sweeps done
+	Stretched   uint64        // rounds whose next one waited past Interval, so that sweeping stays under 1/50 of a CPU
 	SweepErrors uint64        // namespace sweeps that failed; their TIME_WAITs wait for the next
 	SweepTime   time.Duration // spent in sweeps, in total
 	Namespaces  uint64        // namespaces with a sock_diag handle open now
@@ -191,6 +192,7 @@ type Tracker struct {
 	tracked, untracked, unobservable, unpublished atomic.Uint64
 	byRelease                                     [5]atomic.Uint64
 	sweeps, sweepErrors, namespaces, netnsGone    atomic.Uint64
+	stretched                                     atomic.Uint64
 	sweepTime                                     atomic.Int64
 	pending                                       atomic.Int64
 }
@@ -288,19 +290,42 @@ func (t *Tracker) opened(e *event.Event) {
 	}
 }
 
-// Run sweeps every Interval until ctx is done, then closes every handle.
+// sweepShare bounds what sweeping costs: the wait after a sweep is at least
+// this many times as long as the sweep took, so the sweeper takes at most
+// about 1/sweepShare of a CPU however many TIME_WAITs there are. Past that
+// point releases are placed less precisely (half the stretched interval),
+// and Stats.Stretched counts the sweeps it delayed.
+const sweepShare = 50
+
+// Run sweeps every Interval (or less often, see sweepShare) until ctx is
+// done, then closes every handle.
 func (t *Tracker) Run(ctx context.Context) error {
-	tick := time.NewTicker(t.cfg.Interval)
-	defer tick.Stop()
+	timer := time.NewTimer(t.cfg.Interval)
+	defer timer.Stop()
 	defer t.closeHandles()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
+		case <-timer.C:
 		}
+		t0 := time.Now()
 		t.sweep()
+		wait, stretched := nextSweep(t.cfg.Interval, time.Since(t0))
+		if stretched {
+			t.stretched.Add(1)
+		}
+		timer.Reset(wait)
 	}
+}
+
+// nextSweep is the wait after a sweep that took took: Interval, or longer
+// to keep sweeping under 1/sweepShare of the time.
+func nextSweep(interval, took time.Duration) (wait time.Duration, stretched bool) {
+	if took*sweepShare > interval {
+		return took * sweepShare, true
+	}
+	return interval, false
 }
 
 func (t *Tracker) closeHandles() {
@@ -642,6 +667,7 @@ func (t *Tracker) Stats() Stats {
 		Sweeps:       t.sweeps.Load(),
 		SweepErrors:  t.sweepErrors.Load(),
 		SweepTime:    time.Duration(t.sweepTime.Load()),
+		Stretched:    t.stretched.Load(),
 		Namespaces:   t.namespaces.Load(),
 	}
 }

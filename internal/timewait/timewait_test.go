@@ -181,3 +181,28 @@ func TestReadyWaitsForTheStream(t *testing.T) {
 		})
 	}
 }
+
+// A sweep that takes long pushes the next one back, so that sweeping stays
+// under 1/sweepShare of a CPU however many TIME_WAITs there are.
+func TestNextSweep(t *testing.T) {
+	tests := []struct {
+		name          string
+		interval      time.Duration
+		took          time.Duration
+		want          time.Duration
+		wantStretched bool
+	}{
+		{"quick sweep keeps the interval", time.Second, 5 * time.Millisecond, time.Second, false},
+		{"at the share exactly", time.Second, 20 * time.Millisecond, time.Second, false},
+		{"100k TIME_WAITs at 40ms", time.Second, 40 * time.Millisecond, 2 * time.Second, true},
+		{"short interval stretched sooner", 200 * time.Millisecond, 10 * time.Millisecond, 500 * time.Millisecond, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, stretched := nextSweep(tt.interval, tt.took)
+			if got != tt.want || stretched != tt.wantStretched {
+				t.Errorf("nextSweep(%v, %v) = %v, %v; want %v, %v", tt.interval, tt.took, got, stretched, tt.want, tt.wantStretched)
+			}
+		})
+	}
+}
