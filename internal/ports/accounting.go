@@ -23,6 +23,7 @@ import (
 	"math"
 	"net/netip"
 	"slices"
+	"sort"
 	"sync"
 	"time"
 
@@ -77,7 +78,7 @@ type Accountant struct {
 	sockets map[uint64]sock
 	// Deadlines of TIME_WAITs, in the order they were queued: when one stops
 	// counting in U (reusable), and when it ends (60 s).
-	reuseQ, expireQ []deadline
+	reuseQ, expireQ deadlineQueue
 	stats           Stats
 	priming         bool   // Prime is adding sockets: levels are checked once at its end
 	rekeyed         uint64 // TIME_WAITs whose cookie a new socket took (rekey)
@@ -221,6 +222,16 @@ func (a *Accountant) Write(e *event.Event) error {
 		a.failed(e)
 	}
 	return nil
+}
+
+// Wants turns down, on the reader thread, the events of accepted TCP
+// connections: half of a server's events, and they hold their listener's
+// port, none of the range. (Listeners and bound sockets are inbound too, but
+// reach accounting only from the start-up dump, and the tracer sends no
+// event for them.)
+func (a *Accountant) Wants(e *event.Event) bool {
+	return e.Proto != event.ProtoTCP || e.Direction != event.DirectionInbound ||
+		e.Kind != event.KindOpen && e.Kind != event.KindClose
 }
 
 // Flush ages TIME_WAITs (the stream calls it at least every flush interval)
@@ -502,10 +513,10 @@ func (a *Accountant) close(e *event.Event) {
 
 // queueTimeWait queues when the TIME_WAIT stops counting (reusable) and ends.
 func (a *Accountant) queueTimeWait(cookie uint64, s *sock, n *netnsState) {
-	a.expireQ = enqueue(a.expireQ, deadline{cookie, s.expires})
+	a.expireQ.push(deadline{cookie, s.expires})
 	if s.dest != nil && s.dest.id.mech == event.MechanismPerDestination && reusable(&n.sys, s.dest.id) {
 		closed := s.expires.Add(-timeWaitLen)
-		a.reuseQ = enqueue(a.reuseQ, deadline{cookie, closed.Add(max(n.sys.TWReuseDelay, time.Second))})
+		a.reuseQ.push(deadline{cookie, closed.Add(max(n.sys.TWReuseDelay, time.Second))})
 	}
 }
 
@@ -585,9 +596,8 @@ func (a *Accountant) release(cookie uint64, at time.Time) {
 // age ends TIME_WAITs that no released event ended by their 60 s, and
 // stops counting those connect() may reuse.
 func (a *Accountant) age(now time.Time) {
-	i := 0
-	for ; i < len(a.reuseQ) && !a.reuseQ[i].at.After(now); i++ {
-		d := a.reuseQ[i]
+	for d, ok := a.reuseQ.due(now); ok; d, ok = a.reuseQ.due(now) {
+		a.reuseQ.pop()
 		s, ok := a.sockets[d.cookie]
 		if !ok || !s.timeWait || !s.countsInU {
 			continue
@@ -600,15 +610,12 @@ func (a *Accountant) age(now time.Time) {
 		}
 		a.check(s.dest, now, nil)
 	}
-	a.reuseQ = compact(a.reuseQ, i)
-	i = 0
-	for ; i < len(a.expireQ) && !a.expireQ[i].at.After(now); i++ {
-		d := a.expireQ[i]
+	for d, ok := a.expireQ.due(now); ok; d, ok = a.expireQ.due(now) {
+		a.expireQ.pop()
 		if s, ok := a.sockets[d.cookie]; ok && s.timeWait && !s.expires.After(now) {
 			a.drop(d.cookie, s, s.expires, nil)
 		}
 	}
-	a.expireQ = compact(a.expireQ, i)
 	a.recheckBound(now)
 }
 
@@ -632,24 +639,53 @@ func (a *Accountant) recheckBound(now time.Time) {
 	}
 }
 
-// enqueue keeps q in time order: deadlines mostly come in order (closes
-// do), so this is an append but for the odd one (a TIME_WAIT from a dump).
-func enqueue(q []deadline, d deadline) []deadline {
-	if len(q) == 0 || !d.at.Before(q[len(q)-1].at) {
-		return append(q, d)
-	}
-	i, _ := slices.BinarySearchFunc(q, d.at, func(x deadline, t time.Time) int { return x.at.Compare(t) })
-	return slices.Insert(q, i, d)
+// deadlineQueue holds deadlines in time order, in a ring that doubles when
+// full and never moves what it holds otherwise. They mostly come in order
+// (closes do), so a push is an append at the tail; the odd one (a TIME_WAIT
+// whose timer was pushed back, a close that lost the race to the ring by
+// microseconds) moves the later ones up a slot each. At 10,000 closes a
+// second, a slice whose window only slid forward was reallocated every few
+// seconds, 14 MB to fault in each time: a quarter of the accountant's CPU.
+type deadlineQueue struct {
+	buf     []deadline // a power of two long, or nil
+	head, n int
 }
 
-// compact drops the first n deadlines, reusing the array once it is half
-// spent.
-func compact(q []deadline, n int) []deadline {
-	q = q[n:]
-	if cap(q) > 64 && len(q) < cap(q)/2 {
-		q = append([]deadline(nil), q...)
+func (q *deadlineQueue) len() int { return q.n }
+
+func (q *deadlineQueue) at(i int) *deadline { return &q.buf[(q.head+i)&(len(q.buf)-1)] }
+
+// due returns the first deadline if it is due at now.
+func (q *deadlineQueue) due(now time.Time) (deadline, bool) {
+	if q.n == 0 || q.at(0).at.After(now) {
+		return deadline{}, false
 	}
-	return q
+	return *q.at(0), true
+}
+
+func (q *deadlineQueue) pop() {
+	q.head = (q.head + 1) & (len(q.buf) - 1)
+	q.n--
+}
+
+func (q *deadlineQueue) push(d deadline) {
+	if q.n == len(q.buf) {
+		grown := make([]deadline, max(64, 2*len(q.buf)))
+		for i := range q.n {
+			grown[i] = *q.at(i)
+		}
+		q.buf, q.head = grown, 0
+	}
+	// Find its place from the tail: it is nearly always there already.
+	i := q.n
+	if i > 0 && q.at(i-1).at.After(d.at) {
+		i = sort.Search(q.n, func(j int) bool { return q.at(j).at.After(d.at) })
+		for j := q.n; j > i; j-- {
+			*q.at(j) = *q.at(j - 1)
+		}
+	}
+	*q.at(i) = d
+	q.n++
 }
 
 func (a *Accountant) failed(e *event.Event) {

@@ -2,6 +2,7 @@ package ports
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 	"unsafe"
@@ -376,15 +377,93 @@ func TestReconcile(t *testing.T) {
 	}
 }
 
-func TestEnqueueKeepsOrder(t *testing.T) {
-	var q []deadline
-	for _, s := range []int{1, 3, 5, 2, 4, 0, 6} {
-		q = enqueue(q, deadline{uint64(s), t0.Add(time.Duration(s) * time.Second)})
+func TestDeadlineQueueKeepsOrder(t *testing.T) {
+	tests := []struct {
+		name string
+		at   []time.Duration // of each deadline, cookie i for the i-th
+		want []uint64        // cookies in the order they come due
+	}{
+		{"in order", []time.Duration{1 * time.Second, 2 * time.Second, 2 * time.Second, 3 * time.Second}, []uint64{0, 1, 2, 3}},
+		{"out of order", []time.Duration{1 * time.Second, 3 * time.Second, 5 * time.Second, 2 * time.Second, 4 * time.Second, 0, 6 * time.Second}, []uint64{5, 0, 3, 1, 4, 2, 6}},
 	}
-	for i, d := range q {
-		if d.cookie != uint64(i) {
-			t.Fatalf("queue out of order: %v", q)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var q deadlineQueue
+			for i, at := range tt.at {
+				q.push(deadline{uint64(i), t0.Add(at)})
+			}
+			var got []uint64
+			for d, ok := q.due(t0.Add(time.Hour)); ok; d, ok = q.due(t0.Add(time.Hour)) {
+				q.pop()
+				got = append(got, d.cookie)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("came due %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// An early deadline finds its place even where the ring wraps around.
+func TestDeadlineQueueInsertsAcrossTheRingsEnd(t *testing.T) {
+	var q deadlineQueue
+	sec := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Second) }
+	for i := range 60 {
+		q.push(deadline{uint64(i), sec(i)})
+	}
+	for range 50 {
+		q.pop()
+	}
+	for i := 60; i < 80; i++ { // 30 held, in a ring of 64 that wraps after 63
+		q.push(deadline{uint64(i), sec(i)})
+	}
+	q.push(deadline{1000, sec(55).Add(time.Millisecond)})
+	var got []uint64
+	for d, ok := q.due(sec(100)); ok; d, ok = q.due(sec(100)) {
+		q.pop()
+		got = append(got, d.cookie)
+	}
+	var want []uint64
+	for i := 50; i < 80; i++ {
+		want = append(want, uint64(i))
+		if i == 55 {
+			want = append(want, 1000)
 		}
+	}
+	if len(q.buf) != 64 || !slices.Equal(got, want) {
+		t.Errorf("ring of %d came due %v, want %v", len(q.buf), got, want)
+	}
+}
+
+// A steady churn, as many deadlines pushed as come due, reuses the queue's
+// array: it neither grows nor allocates once it holds a window's worth.
+func TestDeadlineQueueSteadyStateReusesItsArray(t *testing.T) {
+	var q deadlineQueue
+	const window = 1000
+	next := 0
+	push := func() {
+		q.push(deadline{uint64(next), t0.Add(time.Duration(next) * time.Millisecond)})
+		next++
+	}
+	for range window {
+		push()
+	}
+	drain := func() {
+		now := t0.Add(time.Duration(next-window) * time.Millisecond)
+		for _, ok := q.due(now); ok; _, ok = q.due(now) {
+			q.pop()
+		}
+	}
+	for range 10 * window { // warm up to the array's steady size
+		drain()
+		push()
+	}
+	c := len(q.buf)
+	if allocs := testing.AllocsPerRun(10*window, func() { drain(); push() }); allocs != 0 {
+		t.Errorf("%v allocations per deadline, want 0", allocs)
+	}
+	if len(q.buf) != c || q.len() > window+1 {
+		t.Errorf("ring grew from %d to %d, holding %d", c, len(q.buf), q.len())
 	}
 }
 
@@ -462,5 +541,32 @@ func TestCookieReusedAfterTimeWait(t *testing.T) {
 	h.now = h.now.Add(timeWaitLen)
 	if k := h.key(event.MechanismPerDestination, dstA); k != nil {
 		t.Errorf("60 s after the last close: %+v; want every TIME_WAIT ended", k)
+	}
+}
+
+// The reader queues for accounting only what it uses: accepted TCP
+// connections hold their listener's port, none of the range.
+func TestWants(t *testing.T) {
+	a := New(Config{})
+	tests := []struct {
+		name string
+		e    event.Event
+		want bool
+	}{
+		{"outbound TCP open", event.Event{Kind: event.KindOpen, Proto: event.ProtoTCP, Direction: event.DirectionOutbound}, true},
+		{"outbound TCP close", event.Event{Kind: event.KindClose, Proto: event.ProtoTCP, Direction: event.DirectionOutbound}, true},
+		{"accepted TCP open", event.Event{Kind: event.KindOpen, Proto: event.ProtoTCP, Direction: event.DirectionInbound}, false},
+		{"accepted TCP close", event.Event{Kind: event.KindClose, Proto: event.ProtoTCP, Direction: event.DirectionInbound}, false},
+		{"TCP of unknown direction", event.Event{Kind: event.KindClose, Proto: event.ProtoTCP}, true},
+		{"UDP server close", event.Event{Kind: event.KindClose, Proto: event.ProtoUDP, Direction: event.DirectionInbound}, true},
+		{"failed bind", event.Event{Kind: event.KindBindFailed, Proto: event.ProtoTCP, Direction: event.DirectionInbound}, true},
+		{"released", event.Event{Kind: event.KindReleased, Proto: event.ProtoTCP, Direction: event.DirectionInbound}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := a.Wants(&tt.e); got != tt.want {
+				t.Errorf("Wants = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

@@ -414,7 +414,7 @@ func (a *Accountant) Reconcile() error {
 			if exp := began.Add(x.Expires); exp.Sub(s.expires) > time.Second {
 				s.expires = exp
 				a.sockets[cookie] = s
-				a.expireQ = enqueue(a.expireQ, deadline{cookie, exp})
+				a.expireQ.push(deadline{cookie, exp})
 			}
 		}
 	}

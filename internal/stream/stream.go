@@ -23,6 +23,14 @@ type Consumer interface {
 	Flush() error
 }
 
+// Selector is a Consumer that takes only some events. Wants runs on the
+// reader thread before an event is copied into the consumer's queue, so it
+// must be a few comparisons; an event it turns down is neither queued nor
+// counted for that consumer.
+type Selector interface {
+	Wants(*event.Event) bool
+}
+
 // Stream delivers each event to the primary consumer inline and to every
 // subscriber through its queue. Write, Flush and Close are for the reader;
 // Publish and Stats may be called from anywhere, at any time.
@@ -49,6 +57,7 @@ func New(primary Consumer) *Stream { return &Stream{primary: primary} }
 type subscriber struct {
 	name  string
 	c     Consumer
+	sel   Selector // nil: every event
 	queue chan event.Event // bounded: events are copied in, never allocated
 	flush chan struct{}    // a flush request, coalesced
 	// ev holds the event being written. A local would escape to the heap
@@ -64,9 +73,11 @@ type subscriber struct {
 // Subscribe adds a consumer behind a queue of capacity events and starts its
 // goroutine, which Close joins. Subscribe before the first Write.
 func (s *Stream) Subscribe(name string, c Consumer, capacity int) {
+	sel, _ := c.(Selector)
 	sub := &subscriber{
 		name:  name,
 		c:     c,
+		sel:   sel,
 		queue: make(chan event.Event, max(capacity, 1)),
 		flush: make(chan struct{}, 1),
 	}
@@ -139,6 +150,9 @@ func (s *Stream) Publish(e *event.Event) error {
 
 func (s *Stream) write(e *event.Event) error {
 	for _, sub := range s.subs {
+		if sub.sel != nil && !sub.sel.Wants(e) {
+			continue
+		}
 		select {
 		case sub.queue <- *e:
 		default:

@@ -410,3 +410,33 @@ func TestPublishFromAConsumer(t *testing.T) {
 		t.Errorf("Publish after Close = %v, want ErrClosed", err)
 	}
 }
+
+// evens is a recorder that wants only even cookies.
+type evens struct{ recorder }
+
+func (*evens) Wants(e *event.Event) bool { return e.Cookie%2 == 0 }
+
+// A Selector's queue takes only what it wants: what it turns down is
+// neither delivered nor counted, and the other subscribers get everything.
+func TestSelectorGetsOnlyWhatItWants(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	sel, all := &evens{}, &recorder{}
+	s := New(nil)
+	s.Subscribe("evens", sel, 4) // 4 holds the 4 evens of 0..8, not all 8
+	s.Subscribe("all", all, 8)
+	publish(t, s, 0, 8)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := sel.got(), []uint64{0, 2, 4, 6}; !equal(got, want) {
+		t.Errorf("selector got %v, want %v", got, want)
+	}
+	if got := all.got(); !equal(got, sequence(0, 8)) {
+		t.Errorf("the other subscriber got %v, want 0..7", got)
+	}
+	for _, st := range s.Stats() {
+		if st.Name == "evens" && (st.Delivered != 4 || st.Dropped != 0) {
+			t.Errorf("selector's stats %+v, want 4 delivered, 0 dropped", st)
+		}
+	}
+}
