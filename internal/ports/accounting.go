@@ -75,7 +75,7 @@ type Accountant struct {
 	mu      sync.Mutex
 	netns   map[uint32]*netnsState
 	keys    map[keyID]*key
-	sockets map[uint64]sock
+	sockets sockTable
 	// Deadlines of TIME_WAITs, in the order they were queued: when one stops
 	// counting in U (reusable), and when it ends (60 s).
 	reuseQ, expireQ deadlineQueue
@@ -196,7 +196,6 @@ func New(cfg Config) *Accountant {
 		cfg:     cfg,
 		netns:   map[uint32]*netnsState{},
 		keys:    map[keyID]*key{},
-		sockets: map[uint64]sock{},
 	}
 }
 
@@ -275,7 +274,7 @@ func (a *Accountant) open(e *event.Event) {
 	if e.Local.Port() == 0 || e.Proto == event.ProtoTCP && e.Direction != event.DirectionOutbound {
 		return
 	}
-	if s, ok := a.sockets[e.Cookie]; ok {
+	if s, ok := a.sockets.get(e.Cookie); ok {
 		if !s.timeWait {
 			return // counted already, from the start-up dump
 		}
@@ -294,8 +293,8 @@ func (a *Accountant) open(e *event.Event) {
 func (a *Accountant) rekey(cookie uint64, s sock) {
 	a.rekeyed++
 	c := 1<<63 | a.rekeyed
-	delete(a.sockets, cookie)
-	a.sockets[c] = s
+	a.sockets.delete(cookie)
+	a.sockets.put(c, s)
 	if n := a.netns[s.netns]; n != nil {
 		a.queueTimeWait(c, &s, n)
 	}
@@ -310,7 +309,7 @@ func (a *Accountant) add(e *event.Event, timeWait bool, closed time.Time, bound 
 	if !n.sys.InRange(port) {
 		return
 	}
-	if len(a.sockets) >= a.cfg.MaxSockets {
+	if a.sockets.len() >= a.cfg.MaxSockets {
 		a.stats.SocketsLeftOut++
 		return
 	}
@@ -344,7 +343,7 @@ func (a *Accountant) add(e *event.Event, timeWait bool, closed time.Time, bound 
 	if s.pool = a.key(pool, e.Time); s.pool != nil {
 		a.hold(s.pool, &s, e, +1)
 	}
-	a.sockets[e.Cookie] = s
+	a.sockets.put(e.Cookie, s)
 	if timeWait {
 		a.queueTimeWait(e.Cookie, &s, n)
 	}
@@ -397,7 +396,7 @@ func (a *Accountant) evict(now time.Time) bool {
 	if victim == nil {
 		return false
 	}
-	for c, s := range a.sockets {
+	for c, s := range a.sockets.all() {
 		switch victim {
 		case s.dest:
 			s.dest = nil
@@ -407,9 +406,9 @@ func (a *Accountant) evict(now time.Time) bool {
 			continue
 		}
 		if s.dest == nil && s.pool == nil {
-			delete(a.sockets, c)
+			a.sockets.delete(c)
 		} else {
-			a.sockets[c] = s
+			a.sockets.put(c, s)
 		}
 	}
 	delete(a.keys, victim.id)
@@ -489,7 +488,7 @@ func (a *Accountant) hold(k *key, s *sock, e *event.Event, d int) {
 }
 
 func (a *Accountant) close(e *event.Event) {
-	s, ok := a.sockets[e.Cookie]
+	s, ok := a.sockets.get(e.Cookie)
 	if !ok {
 		// Not seen opening (filtered, or opened between the start-up dump
 		// and the hooks): a TIME_WAIT still holds its port from now.
@@ -552,13 +551,13 @@ func (a *Accountant) rehold(cookie uint64, s sock, e *event.Event) {
 	if s.pool != nil {
 		a.hold(s.pool, &s, nil, +1)
 	}
-	a.sockets[cookie] = s
+	a.sockets.put(cookie, s)
 }
 
 // drop forgets a socket whose port is free since at.
 func (a *Accountant) drop(cookie uint64, s sock, at time.Time, e *event.Event) {
 	a.unhold(cookie, s, e)
-	delete(a.sockets, cookie)
+	a.sockets.delete(cookie)
 	if s.bound {
 		if n := a.netns[s.netns]; n != nil {
 			if n.bound[s.port]--; n.bound[s.port] <= 0 {
@@ -588,7 +587,7 @@ func ewma(avg, d time.Duration) time.Duration {
 // release ends a TIME_WAIT the kernel says is over (reused, killed,
 // expired, overflowed).
 func (a *Accountant) release(cookie uint64, at time.Time) {
-	if s, ok := a.sockets[cookie]; ok && s.timeWait {
+	if s, ok := a.sockets.get(cookie); ok && s.timeWait {
 		a.drop(cookie, s, at, nil)
 	}
 }
@@ -598,7 +597,7 @@ func (a *Accountant) release(cookie uint64, at time.Time) {
 func (a *Accountant) age(now time.Time) {
 	for d, ok := a.reuseQ.due(now); ok; d, ok = a.reuseQ.due(now) {
 		a.reuseQ.pop()
-		s, ok := a.sockets[d.cookie]
+		s, ok := a.sockets.get(d.cookie)
 		if !ok || !s.timeWait || !s.countsInU {
 			continue
 		}
@@ -612,7 +611,7 @@ func (a *Accountant) age(now time.Time) {
 	}
 	for d, ok := a.expireQ.due(now); ok; d, ok = a.expireQ.due(now) {
 		a.expireQ.pop()
-		if s, ok := a.sockets[d.cookie]; ok && s.timeWait && !s.expires.After(now) {
+		if s, ok := a.sockets.get(d.cookie); ok && s.timeWait && !s.expires.After(now) {
 			a.drop(d.cookie, s, s.expires, nil)
 		}
 	}
@@ -905,7 +904,7 @@ func (a *Accountant) releases(k *key) []time.Time {
 	if k.timeWait == 0 {
 		return nil
 	}
-	for _, s := range a.sockets {
+	for _, s := range a.sockets.all() {
 		if !s.timeWait || s.dest != k && s.pool != k {
 			continue
 		}

@@ -362,7 +362,7 @@ func TestReconcile(t *testing.T) {
 	if st.ReconciledGone != 1 || st.ReconciledFound != 1 {
 		t.Errorf("reconciled: %d gone, %d found; want 1 and 1", st.ReconciledGone, st.ReconciledFound)
 	}
-	if _, ok := h.a.sockets[gone]; ok {
+	if h.a.sockets.has(gone) {
 		t.Error("the socket the kernel no longer has is still counted")
 	}
 	for _, c := range []struct {

@@ -296,7 +296,7 @@ func (a *Accountant) Prime(socks []Existing) {
 // many it counted.
 func (a *Accountant) adopt(socks []Existing, now time.Time) int {
 	keep := a.cfg.Keep
-	n := len(a.sockets)
+	n := a.sockets.len()
 	// TIME_WAITs by when they end, so their deadlines queue in order.
 	slices.SortFunc(socks, func(x, y Existing) int { return cmp.Compare(x.Expires, y.Expires) })
 	type port struct {
@@ -317,7 +317,7 @@ func (a *Accountant) adopt(socks []Existing, now time.Time) int {
 		if x.Proto == event.ProtoTCP && x.State != tcpListen && listening[port{x.NetNS, x.Local.Port()}] {
 			continue // accepted: it shares its listener's port
 		}
-		if _, ok := a.sockets[x.Cookie]; ok {
+		if a.sockets.has(x.Cookie) {
 			continue
 		}
 		e = event.Event{
@@ -340,7 +340,7 @@ func (a *Accountant) adopt(socks []Existing, now time.Time) int {
 			a.add(&e, false, time.Time{}, false)
 		}
 	}
-	return len(a.sockets) - n
+	return a.sockets.len() - n
 }
 
 // Reconcile compares what is tracked with the sockets the kernel lists now,
@@ -354,7 +354,7 @@ func (a *Accountant) Reconcile() error {
 	a.mu.Lock()
 	paths := map[uint32]string{}
 	var errs []error
-	for _, s := range a.sockets {
+	for _, s := range a.sockets.all() {
 		paths[s.netns] = ""
 	}
 	for inode := range paths {
@@ -383,7 +383,7 @@ func (a *Accountant) Reconcile() error {
 	for i := range socks {
 		x := &socks[i]
 		byCookie[x.Cookie] = x
-		if _, ok := a.sockets[x.Cookie]; ok || x.Inode == 0 {
+		if a.sockets.has(x.Cookie) || x.Inode == 0 {
 			continue
 		}
 		// Only those it would count need an owner: the /proc walk is the
@@ -400,7 +400,7 @@ func (a *Accountant) Reconcile() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.cfg.Now()
-	for cookie, s := range a.sockets {
+	for cookie, s := range a.sockets.all() {
 		if !listed[s.netns] || !s.added.Before(began.Add(-time.Second)) {
 			continue
 		}
@@ -413,7 +413,7 @@ func (a *Accountant) Reconcile() error {
 			// The kernel's timer: later if a FIN retransmitted rescheduled it.
 			if exp := began.Add(x.Expires); exp.Sub(s.expires) > time.Second {
 				s.expires = exp
-				a.sockets[cookie] = s
+				a.sockets.put(cookie, s)
 				a.expireQ.push(deadline{cookie, exp})
 			}
 		}
@@ -425,7 +425,7 @@ func (a *Accountant) Reconcile() error {
 	}
 	var fresh []Existing
 	for i := range socks {
-		if _, ok := a.sockets[socks[i].Cookie]; !ok && listed[socks[i].NetNS] {
+		if !a.sockets.has(socks[i].Cookie) && listed[socks[i].NetNS] {
 			fresh = append(fresh, socks[i])
 		}
 	}
