@@ -85,7 +85,12 @@ check-generated: generate
 
 # Needs root; installs libbpf-tools for tcplife. Two passes: rates, CPU,
 # memory and completeness with bpf_stats off (it slows every program run),
-# then in-kernel BPF time with it on. For a quick look:
+# then in-kernel BPF time with it on. Both interleave no tracer, portlife,
+# portlife with --summary, with --metrics-addr, with a file sink, a syslog
+# and a TCP sink (to receivers the runner runs on loopback), with --store,
+# and tcplife; then bench-go (0 allocations per event in the encoders and
+# sinks) and bench-store (rows/s, bytes per lifetime, --port over 10M rows).
+# About an hour. For a quick look:
 #   make bench BENCH_ARGS='--runs 1 --duration 5s --configs tcp-w4' BENCH_BPF_ARGS='--runs 1 --duration 5s --configs tcp-w4'
 # To compare a change with an older portlife, in one interleaved run:
 #   make bench BASELINE=main

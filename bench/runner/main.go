@@ -4,6 +4,11 @@
 // connection rate, tracer CPU and memory, in-kernel BPF time per connection,
 // completeness against the churn client's ground truth, and lost events.
 //
+// portlife also runs with one more output each: a file sink, a syslog and a
+// TCP sink to receivers the runner runs on loopback, and the store. A
+// second table says what reached each output, how fast, and what portlife
+// counted sent and dropped.
+//
 // With --portlife-baseline, a second portlife binary (an older build, say)
 // runs as the tracer "portlife-baseline", interleaved with the others, so
 // before and after are compared within one run.
@@ -56,9 +61,11 @@ type options struct {
 // Tracer names for --tracers. portlife-baseline is portlife run from the
 // --portlife-baseline binary.
 const (
-	defaultTracers  = "none,portlife," + summaryTracer + "," + metricsTracer + ",tcplife"
+	defaultTracers = "none,portlife," + summaryTracer + "," + metricsTracer + "," +
+		fileSinkTracer + "," + syslogSinkTracer + "," + tcpSinkTracer + "," + storeTracer + ",tcplife"
 	baselineTracer  = "portlife-baseline"
-	knownTracerList = "none, portlife, " + noAccounting + ", " + baselineTracer + ", " + summaryTracer + ", " + metricsTracer + ", tcplife"
+	knownTracerList = "none, portlife, " + noAccounting + ", " + baselineTracer + ", " + summaryTracer + ", " + metricsTracer + ", " +
+		fileSinkTracer + ", " + syslogSinkTracer + ", " + tcpSinkTracer + ", " + storeTracer + ", tcplife"
 	// noAccounting is portlife with --no-port-accounting: beside portlife
 	// in one interleaved run, it shows what port accounting costs.
 	noAccounting = "portlife-no-accounting"
@@ -281,6 +288,10 @@ func printNotes(results []*runResult) {
 		fmt.Println(strings.Join(lines, "\n"))
 	}
 	fmt.Println("\ncells are min/median/max over runs when they differ; '-' = not applicable or not measured, lost '-' = tracer did not report it")
+	if slices.ContainsFunc(results, func(r *runResult) bool { return outputs[r.Tracer] != nil }) {
+		fmt.Println("outputs: records and MB are what reached the output (the runner's receiver, the file, the store's lifetimes and its size on disk);\n" +
+			"  rec/s and MB/s over a receiver's first to last byte, else over the churn (the store: rows written); sent, dropped from portlife's tracing stopped")
+	}
 }
 
 func selectConfigs(list string) ([]config, error) {
@@ -319,7 +330,8 @@ func tracerNames(o *options) ([]string, error) {
 	for _, name := range strings.Split(o.tracers, ",") {
 		name = strings.TrimSpace(name)
 		switch name {
-		case "none", "portlife", noAccounting, baselineTracer, summaryTracer, metricsTracer, "tcplife":
+		case "none", "portlife", noAccounting, baselineTracer, summaryTracer, metricsTracer,
+			fileSinkTracer, syslogSinkTracer, tcpSinkTracer, storeTracer, "tcplife":
 		default:
 			return nil, fmt.Errorf("unknown tracer %q (have %s)", name, knownTracerList)
 		}
@@ -373,6 +385,14 @@ func selectTracers(o *options) ([]string, []*tracer, error) {
 				extra = []string{"--metrics-addr", "127.0.0.1:0"}
 			}
 			tr = newPortlife(name, bin, append(extra, strings.Fields(o.portlifeArgs)...))
+		case fileSinkTracer, syslogSinkTracer, tcpSinkTracer, storeTracer:
+			bin, err := findBinary(o.portlife)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "runner: skipping %s: %v (build it with: make)\n", name, err)
+				continue
+			}
+			tr = newPortlife(name, bin, strings.Fields(o.portlifeArgs))
+			tr.output = outputs[name]
 		case baselineTracer:
 			bin, err := findBinary(o.baseline)
 			if err != nil {

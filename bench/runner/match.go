@@ -195,25 +195,12 @@ func parseTcplifeLost(r io.Reader) int {
 // parsePortlifeLost finds the "lost" field of the last "tracing stopped" log
 // line (zap JSON, one object per line). ok is false if there is none.
 func parsePortlifeLost(r io.Reader) (lost int, ok bool) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<16), 1<<20)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if !bytes.Contains(line, []byte("tracing stopped")) {
-			continue
-		}
-		var m struct {
-			Msg  string       `json:"msg"`
-			Lost *json.Number `json:"lost"`
-		}
-		if json.Unmarshal(line, &m) != nil || m.Msg != "tracing stopped" || m.Lost == nil {
-			continue
-		}
-		if n, err := m.Lost.Int64(); err == nil {
-			lost, ok = int(n), true
-		}
+	st := parsePortlifeStopped(r)
+	if st == nil || st.Lost == nil {
+		return 0, false
 	}
-	return lost, ok
+	n, err := st.Lost.Int64()
+	return int(n), err == nil
 }
 
 func parseFile[T any](path string, parse func(io.Reader) T) (T, error) {

@@ -90,6 +90,22 @@ type runResult struct {
 	BadEventLines int    `json:"bad_event_lines,omitempty"`
 	Lost          metric `json:"lost"`
 
+	// The extra output of a -sink or -store tracer: what arrived (at the
+	// runner's receiver, in the file, in the database) and what portlife
+	// said of it in `tracing stopped`.
+	OutRecords   metric `json:"output_records"` // records received; lines in the file; lifetimes in the store
+	OutMB        metric `json:"output_mb"`      // their bytes (framing included); the file's or the database's size, in 10^6 bytes
+	OutSeconds   metric `json:"output_seconds"` // a receiver's first byte to its last; unset for the file and the store
+	OutRecPerSec metric `json:"output_records_per_s"`
+	OutMBPerSec  metric `json:"output_mb_per_s"`
+	// OutSent is the sink's sent count, or the store's rows_written (an
+	// open and the close that replaced it are two rows written).
+	OutSent metric `json:"output_sent"`
+	// OutDropped is what the sink dropped (every reason) or the store
+	// failed to write, plus what their stream queue dropped.
+	OutDropped            metric `json:"output_dropped"`
+	StoreBytesPerLifetime metric `json:"store_bytes_per_lifetime"`
+
 	Notes []string `json:"notes,omitempty"`
 	Err   string   `json:"error,omitempty"`
 }
@@ -100,6 +116,8 @@ func newResult(cfg config, tr string, run int) *runResult {
 		ConnRate: na, RatioVsNone: na, TracerCPUSec: na, CPUPer100k: na, PeakRSSMiB: na,
 		BPFRunTimeNs: na, BPFRunCnt: na, BPFUsPerConn: na, BPFNsPerRun: na,
 		ClientPct: na, ServerPct: na, Lost: na,
+		OutRecords: na, OutMB: na, OutSeconds: na, OutRecPerSec: na, OutMBPerSec: na,
+		OutSent: na, OutDropped: na, StoreBytesPerLifetime: na,
 	}
 }
 
@@ -143,7 +161,7 @@ func execute(ctx context.Context, env *benchEnv, cfg config, tr *tracer, dir str
 		if tp, err = startTracer(ctx, env, tr, dir); err != nil {
 			return err
 		}
-		defer tp.c.kill()
+		defer tp.release()
 	}
 
 	cli, err := runClient(ctx, env, cfg, addr, dir)
@@ -218,6 +236,7 @@ func runClient(ctx context.Context, env *benchEnv, cfg config, addr netip.AddrPo
 type tracedProc struct {
 	tr        *tracer
 	c         *child
+	out       output // the tracer's extra output; nil for none
 	dir       string
 	progs0    map[uint32]progStat
 	cpu0      float64
@@ -225,16 +244,28 @@ type tracedProc struct {
 }
 
 func startTracer(ctx context.Context, env *benchEnv, tr *tracer, dir string) (*tracedProc, error) {
+	argv := append([]string{tr.bin}, tr.args...)
+	var out output
+	if tr.output != nil {
+		var err error
+		if out, err = tr.output(dir); err != nil {
+			return nil, err
+		}
+		argv = append(argv, out.flags()...)
+	}
 	stdout := filepath.Join(dir, tr.name+".stdout")
-	c, err := startChild(ctx, tr.name, append([]string{tr.bin}, tr.args...), stdout, filepath.Join(dir, tr.name+".stderr"))
+	c, err := startChild(ctx, tr.name, argv, stdout, filepath.Join(dir, tr.name+".stderr"))
 	if err != nil {
+		if out != nil {
+			out.close()
+		}
 		return nil, err
 	}
+	tp := &tracedProc{tr: tr, c: c, out: out, dir: dir, stdoutPth: stdout}
 	if err := tr.waitReady(ctx, c, env); err != nil {
-		c.kill()
+		tp.release()
 		return nil, err
 	}
-	tp := &tracedProc{tr: tr, c: c, dir: dir, stdoutPth: stdout}
 	tp.progs0, _ = tracerProgs(c.pid())
 	// Startup (BTF parsing, verification) is excluded: the interesting cost
 	// is per connection, and it is amortised over any real run length.
@@ -242,8 +273,17 @@ func startTracer(ctx context.Context, env *benchEnv, tr *tracer, dir string) (*t
 	return tp, nil
 }
 
+// release kills the tracer if it still runs and stops its output's
+// receiver; after finish, it has nothing left to do.
+func (tp *tracedProc) release() {
+	tp.c.kill()
+	if tp.out != nil {
+		tp.out.close()
+	}
+}
+
 // finish samples the tracer's counters, stops it and fills the tracer
-// columns of res.
+// columns of res, and the output columns once its output has everything.
 func (tp *tracedProc) finish(res *runResult) error {
 	pid := tp.c.pid()
 	progs1, err := tracerProgs(pid)
@@ -267,6 +307,15 @@ func (tp *tracedProc) finish(res *runResult) error {
 	}
 	if n, ok := tp.tr.lost(tp.stdoutPth, tp.c.stderr); ok {
 		res.Lost = metric(n)
+	}
+	if tp.out != nil {
+		st, err := parseFile(tp.c.stderr, parsePortlifeStopped)
+		if err != nil {
+			res.note("read %s stderr: %v", tp.tr.name, err)
+		}
+		if err := tp.out.collect(res, st); err != nil {
+			res.note("output: %v", err)
+		}
 	}
 	return stopErr
 }
@@ -292,6 +341,7 @@ func analyze(env *benchEnv, cfg config, tr *tracer, dir string, addr netip.AddrP
 	res.CPUPer100k = ratio(float64(res.TracerCPUSec)*1e5, float64(h.Conns))
 	res.BPFUsPerConn = ratio(float64(res.BPFRunTimeNs)/1e3, float64(h.Conns))
 	res.BPFNsPerRun = ratio(float64(res.BPFRunTimeNs), float64(res.BPFRunCnt))
+	fillOutputRates(res)
 	if !env.bpfStats {
 		res.BPFUsPerConn, res.BPFNsPerRun = na, na
 	}
@@ -311,6 +361,23 @@ func analyze(env *benchEnv, cfg config, tr *tracer, dir string, addr netip.AddrP
 	}
 	fillCompleteness(res, countPorts(ports), ec, cfg.Proto)
 	return nil
+}
+
+// fillOutputRates turns what reached an output into rates: over a
+// receiver's first byte to its last (its throughput), else over the churn
+// (the file's and the store's mean rate while the load ran). The store's
+// rate is of rows written, the rows per second it kept up with.
+func fillOutputRates(res *runResult) {
+	secs := res.OutSeconds
+	if !secs.valid() {
+		secs = metric(res.Seconds)
+	}
+	recs := res.OutRecords
+	if res.Tracer == storeTracer {
+		recs = res.OutSent
+	}
+	res.OutRecPerSec = ratio(float64(recs), float64(secs))
+	res.OutMBPerSec = ratio(float64(res.OutMB), float64(secs))
 }
 
 func fillCompleteness(res *runResult, want *portCounts, ec *eventCounts, proto string) {

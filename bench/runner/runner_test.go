@@ -318,16 +318,18 @@ func TestTracerNames(t *testing.T) {
 		args []string
 		want string // comma-joined names, or the error
 	}{
-		{"default", nil, "none,portlife,portlife-summary,portlife-metrics,tcplife"},
-		{"baseline after portlife by default", []string{"--portlife-baseline", "old"}, "none,portlife,portlife-baseline,portlife-summary,portlife-metrics,tcplife"},
+		{"default", nil, "none,portlife,portlife-summary,portlife-metrics,portlife-file-sink,portlife-syslog-sink,portlife-tcp-sink,portlife-store,tcplife"},
+		{"baseline after portlife by default", []string{"--portlife-baseline", "old"}, "none,portlife,portlife-baseline,portlife-summary,portlife-metrics,portlife-file-sink,portlife-syslog-sink,portlife-tcp-sink,portlife-store,tcplife"},
 		{"explicit list without baseline", []string{"--portlife-baseline", "old", "--tracers", "none,portlife"}, "none,portlife"},
 		{"explicit default list is explicit", []string{"--portlife-baseline", "old", "--tracers", "none,portlife,tcplife"}, "none,portlife,tcplife"},
 		{"explicit order kept", []string{"--portlife-baseline", "old", "--tracers", "portlife-baseline, none,portlife"}, "portlife-baseline,none,portlife"},
 		{"baseline alone", []string{"--portlife-baseline", "old", "--tracers", "portlife-baseline"}, "portlife-baseline"},
 		{"without accounting", []string{"--tracers", "none,portlife,portlife-no-accounting"}, "none,portlife,portlife-no-accounting"},
+		{"outputs", []string{"--tracers", "none,portlife,portlife-store,portlife-tcp-sink,portlife-syslog-sink,portlife-file-sink"}, "none,portlife,portlife-store,portlife-tcp-sink,portlife-syslog-sink,portlife-file-sink"},
+		{"unknown output", []string{"--tracers", "none,portlife-udp-sink"}, `error: unknown tracer "portlife-udp-sink" (have none, portlife, portlife-no-accounting, portlife-baseline, portlife-summary, portlife-metrics, portlife-file-sink, portlife-syslog-sink, portlife-tcp-sink, portlife-store, tcplife)`},
 		{"baseline without binary", []string{"--tracers", "none,portlife,portlife-baseline"}, "error: tracer portlife-baseline needs --portlife-baseline"},
 		{"empty baseline path", []string{"--portlife-baseline=", "--tracers", "portlife-baseline"}, "error: tracer portlife-baseline needs --portlife-baseline"},
-		{"unknown", []string{"--tracers", "none,bcc"}, `error: unknown tracer "bcc" (have none, portlife, portlife-no-accounting, portlife-baseline, portlife-summary, portlife-metrics, tcplife)`},
+		{"unknown", []string{"--tracers", "none,bcc"}, `error: unknown tracer "bcc" (have none, portlife, portlife-no-accounting, portlife-baseline, portlife-summary, portlife-metrics, portlife-file-sink, portlife-syslog-sink, portlife-tcp-sink, portlife-store, tcplife)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -363,7 +365,7 @@ func TestSelectTracersBaseline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(names, ","); got != "none,portlife,portlife-baseline,portlife-summary,portlife-metrics,tcplife" {
+	if got := strings.Join(names, ","); got != "none,portlife,portlife-baseline,portlife-summary,portlife-metrics,portlife-file-sink,portlife-syslog-sink,portlife-tcp-sink,portlife-store,tcplife" {
 		t.Fatalf("names = %s", got)
 	}
 	for i, tr := range trs[1:] {
@@ -376,6 +378,16 @@ func TestSelectTracersBaseline(t *testing.T) {
 		want := map[string]string{"portlife-summary": "--summary", "portlife-metrics": "--metrics-addr"}[tr.name]
 		if tr.bin != o.portlife || !slices.Contains(tr.args, want) || !slices.Contains(tr.args, "--proto") {
 			t.Errorf("%s runs %s %v; want portlife with %s and the portlife args", tr.name, tr.bin, tr.args, want)
+		}
+	}
+	for _, tr := range trs[5:9] {
+		if tr.bin != o.portlife || tr.output == nil || outputs[tr.name] == nil || !slices.Contains(tr.args, "--proto") {
+			t.Errorf("%s runs %s %v with output %v; want portlife with its output and the portlife args", tr.name, tr.bin, tr.args, tr.output != nil)
+		}
+	}
+	for _, tr := range trs[:5] {
+		if tr != nil && tr.output != nil {
+			t.Errorf("%s has an extra output", tr.name)
 		}
 	}
 	if cur.bin != o.portlife || base.bin != o.baseline {

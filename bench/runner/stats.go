@@ -107,16 +107,44 @@ var columns = []column{
 	{"errors", func(r *runResult) metric { return metric(r.ClientErrors) }, 0},
 }
 
+// outputColumns are the second table's, for the tracers with an extra
+// output (a sink or the store).
+var outputColumns = []column{
+	{"records", func(r *runResult) metric { return r.OutRecords }, 0},
+	{"rec/s", func(r *runResult) metric { return r.OutRecPerSec }, 0},
+	{"MB", func(r *runResult) metric { return r.OutMB }, 1},
+	{"MB/s", func(r *runResult) metric { return r.OutMBPerSec }, 2},
+	{"sent", func(r *runResult) metric { return r.OutSent }, 0},
+	{"dropped", func(r *runResult) metric { return r.OutDropped }, 0},
+	{"B/lifetime", func(r *runResult) metric { return r.StoreBytesPerLifetime }, 0},
+}
+
 // printTable writes one row per configuration × tracer, in the order the
-// combinations were first run.
+// combinations were first run; then, if any tracer had an extra output,
+// one row for each of those in a table of what reached the output.
 func printTable(w io.Writer, results []*runResult) {
+	groups := groupResults(results)
+	writeTable(w, groups, columns)
+	var outs []*resultGroup
+	for _, g := range groups {
+		if outputs[g.tracer] != nil {
+			outs = append(outs, g)
+		}
+	}
+	if len(outs) > 0 {
+		fmt.Fprintln(w, "\noutputs:")
+		writeTable(w, outs, outputColumns)
+	}
+}
+
+func writeTable(w io.Writer, groups []*resultGroup, columns []column) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	heads := []string{"config", "tracer", "runs"}
 	for _, c := range columns {
 		heads = append(heads, c.head)
 	}
 	fmt.Fprintln(tw, strings.Join(heads, "\t")+"\t")
-	for _, g := range groupResults(results) {
+	for _, g := range groups {
 		cells := []string{g.config, g.tracer, strconv.Itoa(len(g.runs))}
 		for _, c := range columns {
 			vals := make([]metric, 0, len(g.runs))

@@ -25,6 +25,9 @@ type tracer struct {
 	// lost returns events the tracer says the kernel could not deliver;
 	// ok is false when the tracer did not say.
 	lost func(stdoutPath, stderrPath string) (lost int, ok bool)
+	// output, when set, opens the tracer's extra output for a run in its
+	// directory (a sink's file or receiver, the store's database).
+	output func(dir string) (output, error)
 }
 
 func (t *tracer) supports(proto string) bool {

@@ -41,6 +41,27 @@ func BenchmarkSyslogAppend(b *testing.B) {
 	b.SetBytes(int64(len(buf)))
 }
 
+// BenchmarkRecord is the encoding of one event into the record each network
+// sink sends (NDJSON; a syslog message; a syslog message framed by octet
+// counting), without the queue or the network: allocs/op must be 0.
+func BenchmarkRecord(b *testing.B) {
+	for _, url := range recordURLs {
+		spec, err := ParseURL(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(spec.Scheme, func(b *testing.B) {
+			format, e := recordFormat(spec), testEvent(1)
+			buf := format(nil, e)
+			b.ReportAllocs()
+			for b.Loop() {
+				buf = format(buf[:0], e)
+			}
+			b.SetBytes(int64(len(buf)))
+		})
+	}
+}
+
 // BenchmarkTCPSink is the throughput to a local TCP receiver: Write queues,
 // the sender writes; Close waits until the receiver's kernel acknowledged
 // everything.

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -249,6 +250,35 @@ func TestNetNoAllocation(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(10000, func() { s.Write(e) }); n > 0.01 {
 		t.Errorf("%v allocations per event, want none once the queue's buffers have grown", n)
+	}
+}
+
+// recordURLs are one network sink of each record format; nothing listens
+// on them, and nothing connects to them.
+var recordURLs = []string{"tcp://127.0.0.1:9", "syslog+udp://127.0.0.1:9", "syslog+tcp://127.0.0.1:9"}
+
+// Each record format (NDJSON, a syslog message, one framed by octet
+// counting) encodes an event without allocating, once its buffers have
+// grown, and the framing's length is the message's.
+func TestRecordNoAllocation(t *testing.T) {
+	for _, url := range recordURLs {
+		spec, err := ParseURL(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Run(spec.Scheme, func(t *testing.T) {
+			format, e := recordFormat(spec), testEvent(1)
+			b := format(nil, e)
+			if spec.Syslog() && spec.Stream() {
+				n, msg, ok := strings.Cut(string(b), " ")
+				if !ok || n != strconv.Itoa(len(msg)) {
+					t.Errorf("octet count %q for a message of %d bytes", n, len(msg))
+				}
+			}
+			if n := testing.AllocsPerRun(1000, func() { b = format(b[:0], e) }); n != 0 {
+				t.Errorf("%v allocations per record, want 0", n)
+			}
+		})
 	}
 }
 
