@@ -145,23 +145,40 @@ type netnsState struct {
 	bound        map[uint16]int32
 }
 
-// sock is one tracked socket that holds a port of the range. It is kept
-// under 128 bytes, which a map stores in place: a larger value would cost an
-// allocation per socket.
+// sock is one tracked socket that holds a port of the range: 56 bytes, as
+// the table may hold a million (Config.MaxSockets).
 type sock struct {
 	dest, pool *key // nil: not tracked there
 	netns      uint32
 	port       uint16
-	pid        uint32
-	start      time.Time
 	timeWait   bool
 	countsInU  bool // per_destination: a TIME_WAIT that cannot be reused yet counts
 	bound      bool // took its port with bind(): B for per_destination
 	bbc        bool
-	expires    time.Time
+	pid        uint32
+	start      stamp
+	expires    stamp
 	// added is when it began to be tracked: reconciliation forgets only
 	// sockets older than its dump.
-	added time.Time
+	added stamp
+}
+
+// stamp is a time in Unix nanoseconds, 0 for none: a third of a time.Time,
+// in a table that may hold a million sockets.
+type stamp int64
+
+func stampOf(t time.Time) stamp {
+	if t.IsZero() {
+		return 0
+	}
+	return stamp(t.UnixNano())
+}
+
+func (s stamp) time() time.Time {
+	if s == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(s))
 }
 
 type deadline struct {
@@ -313,7 +330,7 @@ func (a *Accountant) add(e *event.Event, timeWait bool, closed time.Time, bound 
 		a.stats.SocketsLeftOut++
 		return
 	}
-	s := sock{netns: e.NetNS, port: port, pid: e.PID, start: e.Start, bbc: e.BindBeforeConnect, bound: bound, added: a.cfg.Now()}
+	s := sock{netns: e.NetNS, port: port, pid: e.PID, start: stampOf(e.Start), bbc: e.BindBeforeConnect, bound: bound, added: stampOf(a.cfg.Now())}
 	fam := uint8(e.Family)
 	local := e.Local.Addr()
 	var dest, pool keyID
@@ -331,7 +348,7 @@ func (a *Accountant) add(e *event.Event, timeWait bool, closed time.Time, bound 
 	s.countsInU = true
 	if timeWait {
 		s.timeWait = true
-		s.expires = closed.Add(timeWaitLen)
+		s.expires = stampOf(closed.Add(timeWaitLen))
 	}
 	if s.bound {
 		n.bound[port]++
@@ -502,7 +519,7 @@ func (a *Accountant) close(e *event.Event) {
 		// Take the socket out and put it back as a TIME_WAIT, so every
 		// count follows.
 		a.unhold(e.Cookie, s, e)
-		s.timeWait, s.expires, s.countsInU = true, e.Time.Add(timeWaitLen), true
+		s.timeWait, s.expires, s.countsInU = true, stampOf(e.Time.Add(timeWaitLen)), true
 		a.rehold(e.Cookie, s, e)
 		a.queueTimeWait(e.Cookie, &s, n)
 		return
@@ -512,9 +529,9 @@ func (a *Accountant) close(e *event.Event) {
 
 // queueTimeWait queues when the TIME_WAIT stops counting (reusable) and ends.
 func (a *Accountant) queueTimeWait(cookie uint64, s *sock, n *netnsState) {
-	a.expireQ.push(deadline{cookie, s.expires})
+	a.expireQ.push(deadline{cookie, s.expires.time()})
 	if s.dest != nil && s.dest.id.mech == event.MechanismPerDestination && reusable(&n.sys, s.dest.id) {
-		closed := s.expires.Add(-timeWaitLen)
+		closed := s.expires.time().Add(-timeWaitLen)
 		a.reuseQ.push(deadline{cookie, closed.Add(max(n.sys.TWReuseDelay, time.Second))})
 	}
 }
@@ -566,10 +583,10 @@ func (a *Accountant) drop(cookie uint64, s sock, at time.Time, e *event.Event) {
 			n.boundChanged = true
 		}
 	}
-	if !s.start.IsZero() && at.After(s.start) {
+	if s.start != 0 && at.After(s.start.time()) {
 		for _, k := range [2]*key{s.dest, s.pool} {
 			if k != nil {
-				k.hold = ewma(k.hold, at.Sub(s.start))
+				k.hold = ewma(k.hold, at.Sub(s.start.time()))
 			}
 		}
 	}
@@ -604,15 +621,15 @@ func (a *Accountant) age(now time.Time) {
 		a.unhold(d.cookie, s, nil)
 		s.countsInU = false
 		a.rehold(d.cookie, s, nil)
-		if s.dest != nil && !s.start.IsZero() {
-			s.dest.hold = ewma(s.dest.hold, d.at.Sub(s.start))
+		if s.dest != nil && s.start != 0 {
+			s.dest.hold = ewma(s.dest.hold, d.at.Sub(s.start.time()))
 		}
 		a.check(s.dest, now, nil)
 	}
 	for d, ok := a.expireQ.due(now); ok; d, ok = a.expireQ.due(now) {
 		a.expireQ.pop()
-		if s, ok := a.sockets.get(d.cookie); ok && s.timeWait && !s.expires.After(now) {
-			a.drop(d.cookie, s, s.expires, nil)
+		if s, ok := a.sockets.get(d.cookie); ok && s.timeWait && !s.expires.time().After(now) {
+			a.drop(d.cookie, s, s.expires.time(), nil)
 		}
 	}
 	a.recheckBound(now)
@@ -908,7 +925,7 @@ func (a *Accountant) releases(k *key) []time.Time {
 		if !s.timeWait || s.dest != k && s.pool != k {
 			continue
 		}
-		out = append(out, s.expires)
+		out = append(out, s.expires.time())
 	}
 	slices.SortFunc(out, time.Time.Compare)
 	return out

@@ -99,27 +99,27 @@ func Dump(namespaces map[uint32]string, withOwners bool) ([]Existing, map[uint32
 			errs = append(errs, fmt.Errorf("network namespace %d: %w", inode, err))
 			continue
 		}
-		var ns []Existing
-		ok := true
+		// Each listing is appended to out in place: with 100,000 TIME_WAITs
+		// a copy per family and namespace was tens of MB at start.
+		first, ok := len(out), true
 		for _, q := range []struct {
 			proto  event.Proto
 			family uint8
 		}{{event.ProtoTCP, unix.AF_INET}, {event.ProtoTCP, unix.AF_INET6}, {event.ProtoUDP, unix.AF_INET}, {event.ProtoUDP, unix.AF_INET6}} {
-			socks, err := dumpOne(fd, q.proto, q.family)
-			if err != nil {
+			if out, err = dumpOne(fd, q.proto, q.family, out); err != nil {
 				errs = append(errs, fmt.Errorf("network namespace %d: %w", inode, err))
 				ok = false
 				break
 			}
-			for i := range socks {
-				socks[i].NetNS = inode
-			}
-			ns = append(ns, socks...)
 		}
 		unix.Close(fd)
-		if ok {
-			done[inode] = true
-			out = append(out, ns...)
+		if !ok {
+			out = out[:first]
+			continue
+		}
+		done[inode] = true
+		for i := first; i < len(out); i++ {
+			out[i].NetNS = inode
 		}
 	}
 	if withOwners {
@@ -149,7 +149,8 @@ type diagMsg struct {
 	uid, inode                    uint32
 }
 
-func dumpOne(fd int, proto event.Proto, family uint8) ([]Existing, error) {
+// dumpOne appends the sockets of one protocol and family to out.
+func dumpOne(fd int, proto event.Proto, family uint8, out []Existing) ([]Existing, error) {
 	req := diagReq{family: family, protocol: uint8(proto), states: ^uint32(0) &^ (1 << tcpSynRecv)}
 	hdr := unix.NlMsghdr{
 		Len:   uint32(unix.SizeofNlMsghdr + unsafe.Sizeof(req)),
@@ -161,18 +162,17 @@ func dumpOne(fd int, proto event.Proto, family uint8) ([]Existing, error) {
 	*(*unix.NlMsghdr)(unsafe.Pointer(&buf[0])) = hdr
 	*(*diagReq)(unsafe.Pointer(&buf[unix.SizeofNlMsghdr])) = req
 	if err := unix.Sendto(fd, buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, fmt.Errorf("sock_diag request: %w", err)
+		return out, fmt.Errorf("sock_diag request: %w", err)
 	}
-	var out []Existing
 	rb := make([]byte, 64<<10)
 	for {
 		n, _, err := unix.Recvfrom(fd, rb, 0)
 		if err != nil {
-			return nil, fmt.Errorf("sock_diag reply: %w", err)
+			return out, fmt.Errorf("sock_diag reply: %w", err)
 		}
 		msgs, err := syscall.ParseNetlinkMessage(rb[:n])
 		if err != nil {
-			return nil, fmt.Errorf("sock_diag reply: %w", err)
+			return out, fmt.Errorf("sock_diag reply: %w", err)
 		}
 		for _, m := range msgs {
 			switch m.Header.Type {
@@ -181,7 +181,7 @@ func dumpOne(fd int, proto event.Proto, family uint8) ([]Existing, error) {
 			case unix.NLMSG_ERROR:
 				if len(m.Data) >= 4 {
 					if errno := int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
-						return nil, fmt.Errorf("sock_diag: %w", unix.Errno(-errno))
+						return out, fmt.Errorf("sock_diag: %w", unix.Errno(-errno))
 					}
 				}
 				return out, nil
@@ -401,7 +401,7 @@ func (a *Accountant) Reconcile() error {
 	defer a.mu.Unlock()
 	now := a.cfg.Now()
 	for cookie, s := range a.sockets.all() {
-		if !listed[s.netns] || !s.added.Before(began.Add(-time.Second)) {
+		if !listed[s.netns] || !s.added.time().Before(began.Add(-time.Second)) {
 			continue
 		}
 		x := byCookie[cookie]
@@ -411,8 +411,8 @@ func (a *Accountant) Reconcile() error {
 			a.drop(cookie, s, began, nil)
 		case s.timeWait && x.State == tcpTimeWait:
 			// The kernel's timer: later if a FIN retransmitted rescheduled it.
-			if exp := began.Add(x.Expires); exp.Sub(s.expires) > time.Second {
-				s.expires = exp
+			if exp := began.Add(x.Expires); exp.Sub(s.expires.time()) > time.Second {
+				s.expires = stampOf(exp)
 				a.sockets.put(cookie, s)
 				a.expireQ.push(deadline{cookie, exp})
 			}

@@ -10,13 +10,23 @@ import "iter"
 // tombstone per deletion, so its probe sequences lengthened and its tables
 // kept splitting, about 4 µs a connection (BenchmarkChurn); a deletion here
 // leaves nothing behind. A socket keeps its slab slot while the index
-// moves, so deleting while ranging over the table is safe.
+// moves, so deleting while ranging over the table is safe. The slab grows
+// a chunk at a time and never moves: doubling a slice of 600,000 sockets
+// copied it, and faulted in twice its memory, every time.
 type sockTable struct {
-	index []indexEntry // a power of two long, at most half full
-	shift uint         // 64 - log2(len(index)): the hash's top bits pick a bucket
-	slab  []slabEntry
-	free  []int32 // slab slots to reuse
-	n     int
+	index  []indexEntry // a power of two long, at most half full
+	shift  uint         // 64 - log2(len(index)): the hash's top bits pick a bucket
+	chunks [][]slabEntry
+	used   int     // slab slots ever handed out
+	free   []int32 // slab slots to reuse
+	n      int
+}
+
+// chunkBits: a chunk holds 4,096 sockets, 512 KiB.
+const chunkBits = 12
+
+func (t *sockTable) entry(slot int32) *slabEntry {
+	return &t.chunks[slot>>chunkBits][slot&(1<<chunkBits-1)]
 }
 
 type indexEntry struct {
@@ -63,7 +73,7 @@ func (t *sockTable) get(cookie uint64) (sock, bool) {
 	if !ok {
 		return sock{}, false
 	}
-	return t.slab[t.index[i].slot-1].s, true
+	return t.entry(t.index[i].slot - 1).s, true
 }
 
 func (t *sockTable) has(cookie uint64) bool {
@@ -75,7 +85,7 @@ func (t *sockTable) has(cookie uint64) bool {
 func (t *sockTable) put(cookie uint64, s sock) {
 	i, ok := t.find(cookie)
 	if ok {
-		t.slab[t.index[i].slot-1].s = s
+		t.entry(t.index[i].slot - 1).s = s
 		return
 	}
 	if 2*(t.n+1) > len(t.index) {
@@ -86,10 +96,13 @@ func (t *sockTable) put(cookie uint64, s sock) {
 	if n := len(t.free); n > 0 {
 		slot, t.free = t.free[n-1], t.free[:n-1]
 	} else {
-		t.slab = append(t.slab, slabEntry{})
-		slot = int32(len(t.slab) - 1)
+		if t.used == len(t.chunks)<<chunkBits {
+			t.chunks = append(t.chunks, make([]slabEntry, 1<<chunkBits))
+		}
+		slot = int32(t.used)
+		t.used++
 	}
-	t.slab[slot] = slabEntry{cookie: cookie, live: true, s: s}
+	*t.entry(slot) = slabEntry{cookie: cookie, live: true, s: s}
 	t.index[i] = indexEntry{cookie: cookie, slot: slot + 1}
 	t.n++
 }
@@ -101,7 +114,7 @@ func (t *sockTable) delete(cookie uint64) {
 		return
 	}
 	slot := t.index[i].slot - 1
-	t.slab[slot] = slabEntry{}
+	*t.entry(slot) = slabEntry{}
 	t.free = append(t.free, slot)
 	t.n--
 	// Move back each later entry of the run that may sit at i, so that no
@@ -148,8 +161,8 @@ func (t *sockTable) grow() {
 // and put any: one added meanwhile may or may not be seen, as with a map.
 func (t *sockTable) all() iter.Seq2[uint64, sock] {
 	return func(yield func(uint64, sock) bool) {
-		for i := range t.slab {
-			if e := &t.slab[i]; e.live && !yield(e.cookie, e.s) {
+		for i := range t.used {
+			if e := t.entry(int32(i)); e.live && !yield(e.cookie, e.s) {
 				return
 			}
 		}

@@ -3,6 +3,8 @@ package ports
 import (
 	"math/rand/v2"
 	"testing"
+	"time"
+	"unsafe"
 )
 
 // The table behaves as a map under any mix of puts and deletes, with
@@ -95,5 +97,23 @@ func check(t *testing.T, tab *sockTable, want map[uint64]uint32) {
 	}
 	if n != len(want) {
 		t.Fatalf("all ranged over %d, want %d", n, len(want))
+	}
+}
+
+func TestStamp(t *testing.T) {
+	now := time.Unix(1_800_000_000, 123456789)
+	tests := []struct {
+		name string
+		t    time.Time
+	}{{"none", time.Time{}}, {"a time", now}, {"the epoch itself is not none", time.Unix(0, 1)}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := stampOf(tt.t).time(); !got.Equal(tt.t) {
+				t.Errorf("stampOf(%v).time() = %v", tt.t, got)
+			}
+		})
+	}
+	if n := unsafe.Sizeof(sock{}); n > 56 {
+		t.Errorf("sock is %d bytes, want at most 56", n)
 	}
 }
