@@ -117,6 +117,11 @@ type Tracer struct {
 	// thread; nil if the cgroup v2 mount could not be opened.
 	names *workload.Resolver
 
+	// reading is closed once Run has its thread's priority and reads: from
+	// then on nothing needs the capabilities that loading and attaching did.
+	reading     chan struct{}
+	readingOnce sync.Once
+
 	mu     sync.Mutex // guards links: Run detaches while Close may run
 	links  []link.Link
 	events atomic.Uint64
@@ -163,7 +168,7 @@ func New(cfg Config, log *zap.Logger) (_ *Tracer, err error) {
 		return nil, err
 	}
 	dec.udpUncounted = !feat.datagramHooks()
-	t := &Tracer{log: log, cfg: cfg, dec: dec, features: feat}
+	t := &Tracer{log: log, cfg: cfg, dec: dec, features: feat, reading: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			t.Close()
@@ -377,6 +382,7 @@ func (t *Tracer) Run(ctx context.Context, out Output) error {
 	defer wg.Wait()
 	defer close(stopped)
 	defer t.prioritize()()
+	t.readingOnce.Do(func() { close(t.reading) })
 
 	var (
 		rec      ringbuf.Record
@@ -475,6 +481,11 @@ func (t *Tracer) prioritize() func() {
 		runtime.UnlockOSThread()
 	}
 }
+
+// Reading is closed once Run reads the ring, with the reader's priority set:
+// every hook is attached, and nothing that needs privilege remains but
+// entering other network namespaces and reading other processes' /proc.
+func (t *Tracer) Reading() <-chan struct{} { return t.reading }
 
 // Stats reads the counters. It is safe to call from any goroutine, while
 // Run runs and after it returns (then it gives the totals), until Close.

@@ -110,8 +110,9 @@ func top(ctx context.Context, opts topOptions, stdin io.Reader, stdout io.Writer
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var runErr error
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); runErr = t.Run(runCtx, s) }()
+	go func() { defer wg.Done(); dropWhenAttached(runCtx, t, log) }()
 	go func() { defer wg.Done(); sp.Run(stop) }()
 	go func() { defer wg.Done(); sd.Run(stop) }()
 

@@ -150,6 +150,12 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 		l.watch(watchCtx, log, opts.statsInterval)
 	}()
 
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		dropWhenAttached(watchCtx, t, log)
+	}()
+
 	sinks.reopenOnHangup(watchCtx, log)
 	log.Info("tracing started", zap.String("output", opts.output), zap.Strings("sinks", sinks.names()))
 	runErr := t.Run(ctx, s)
