@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/event"
+	"github.com/portlife/portlife/internal/kerneltest"
 )
 
 // adoptConns is the size of the adoption scale test: connections held
@@ -284,7 +285,7 @@ func holdServer(arg string) error {
 // holdNetns sets up a fresh network namespace for tens of thousands of
 // loopback connections.
 func holdNetns() error {
-	if err := linkUp("lo"); err != nil {
+	if err := kerneltest.LinkUp("lo"); err != nil {
 		return err
 	}
 	// Room for every connection in the ephemeral range, which leaves the
@@ -452,7 +453,7 @@ func foreignListener(string) error {
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 		return err
 	}
-	if err := linkUp("lo"); err != nil {
+	if err := kerneltest.LinkUp("lo"); err != nil {
 		return err
 	}
 	ln, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
