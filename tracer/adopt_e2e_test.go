@@ -21,6 +21,7 @@ import (
 
 	"github.com/portlife/portlife/internal/event"
 	"github.com/portlife/portlife/internal/kerneltest"
+	"github.com/portlife/portlife/internal/netns"
 )
 
 // adoptConns is the size of the adoption scale test: connections held
@@ -404,8 +405,8 @@ func TestAdoptNetnsWithoutProcess(t *testing.T) {
 	if _, err := fmt.Sscanf(h.line(t), "listening in %d", &ns); err != nil {
 		t.Fatalf("helper: %v", err)
 	}
-	for _, path := range netnsPaths("/proc", "/run/netns") {
-		if ino, ok := nsInode(path); ok && ino == ns {
+	for _, path := range netns.Paths() {
+		if ino, ok := netns.Inode(path); ok && ino == ns {
 			t.Fatalf("%s is in the listener's netns %d: the test does not test what it says", path, ns)
 		}
 	}

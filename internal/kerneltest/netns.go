@@ -111,3 +111,33 @@ func LinkUp(name string) error {
 	}
 	return nil
 }
+
+// Visit moves the thread into the network namespace at path and back home,
+// and returns the thread's own path as it was taken in there: a path that
+// led to that namespace when it was found, and leads to the thread's home
+// now. Whoever holds the path of a task that moved on, or exited and had its
+// pid reused, holds such a path.
+func (th *Thread) Visit(path string) (string, error) {
+	var stale string
+	err := th.Do(func() error {
+		home, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			return err
+		}
+		defer home.Close()
+		ns, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("entering %s: %w", path, err)
+		}
+		stale = th.NetnsPath()
+		if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("going home from %s: %w", path, err)
+		}
+		return nil
+	})
+	return stale, err
+}

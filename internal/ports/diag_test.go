@@ -1,13 +1,13 @@
 package ports
 
 import (
-	"fmt"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/kerneltest"
+	"github.com/portlife/portlife/internal/netns"
 )
 
 // A thread's /proc path names the namespace the thread is in now: one that
@@ -33,28 +33,12 @@ func TestDumpFollowsTheNamespaceNotThePath(t *testing.T) {
 	defer unix.Close(hostLn)
 
 	// The visitor enters X, its path is taken, and it goes back home.
-	var path string
-	if err := visitor.Do(func() error {
-		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(home)
-		ns, err := unix.Open(owner.NetnsPath(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(ns)
-		if err := unix.Setns(ns, unix.CLONE_NEWNET); err != nil {
-			return err
-		}
-		if !sameNetns(visitor.NetnsPath(), inode) {
-			return fmt.Errorf("the visitor is not in network namespace %d", inode)
-		}
-		path = visitor.NetnsPath()
-		return unix.Setns(home, unix.CLONE_NEWNET)
-	}); err != nil {
+	path, err := visitor.Visit(owner.NetnsPath())
+	if err != nil {
 		t.Fatal(err)
+	}
+	if ino, _ := netns.Inode(path); ino == inode {
+		t.Fatalf("%s still leads to network namespace %d: the test tests nothing", path, inode)
 	}
 
 	socks, listed, err := Dump(map[uint32]string{inode: path}, false)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/portlife/portlife/internal/event"
 	"github.com/portlife/portlife/internal/kerneltest"
+	nspath "github.com/portlife/portlife/internal/netns"
 	"github.com/portlife/portlife/internal/stream"
 	"github.com/portlife/portlife/tracer"
 )
@@ -727,5 +728,50 @@ func TestDumpFindsEveryFamily(t *testing.T) {
 	}
 	for _, name := range want {
 		t.Errorf("%s: its TIME_WAIT is not in the sweep", name)
+	}
+}
+
+// A path found for a namespace may lead elsewhere by the time it is opened:
+// its task went home (as portlife's own threads do after a visit), or exited
+// and its pid went to a process in another namespace. The handle must be
+// the namespace's asked for, found again, never the one the path leads to
+// now: the sweeps would judge its TIME_WAITs by another namespace's.
+func TestOpenHandleChecksTheNamespace(t *testing.T) {
+	kerneltest.RequireRoot(t)
+	ns := newNetns(t, nil)
+	ln, port := ns.listen(t)
+	ns.closeFirst(t, ln, port, 0) // the namespace's one TIME_WAIT
+	stale, err := kerneltest.NewThread(t).Visit(ns.NetnsPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ino, _ := nspath.Inode(stale); ino == ns.ino {
+		t.Fatalf("%s still leads to network namespace %d: the test tests nothing", stale, ns.ino)
+	}
+	h, err := openHandle(ns.ino, stale)
+	if err != nil {
+		t.Fatalf("openHandle(%d, %s): %v", ns.ino, stale, err)
+	}
+	defer h.Close()
+	// A socket names the namespace it was made in (SIOCGSKNS).
+	nsfd, err := unix.IoctlRetInt(h.diag, unix.SIOCGSKNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	err = unix.Fstat(nsfd, &st)
+	unix.Close(nsfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uint32(st.Ino) != ns.ino {
+		t.Errorf("openHandle(%d, %s): the handle is network namespace %d's", ns.ino, stale, st.Ino)
+	}
+	found, _, err := h.dumpTimeWait(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(found) != 1 {
+		t.Errorf("the handle's sweep found %d TIME_WAITs, want the namespace's one", len(found))
 	}
 }
