@@ -32,7 +32,10 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	portlife = filepath.Join(dir, "portlife")
-	build := exec.Command("go", "build", "-trimpath", "-o", portlife, "../cmd/portlife")
+	// deploy is a module of its own (its schemas stay out of portlife's go.mod):
+	// portlife is built in its module, the directory above.
+	build := exec.Command("go", "build", "-trimpath", "-o", portlife, "./cmd/portlife")
+	build.Dir = ".."
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building portlife: %v\n%s", err, out)

@@ -20,6 +20,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/event"
+	"github.com/portlife/portlife/internal/kerneltest"
+	"github.com/portlife/portlife/internal/netns"
 )
 
 // adoptConns is the size of the adoption scale test: connections held
@@ -284,7 +286,7 @@ func holdServer(arg string) error {
 // holdNetns sets up a fresh network namespace for tens of thousands of
 // loopback connections.
 func holdNetns() error {
-	if err := linkUp("lo"); err != nil {
+	if err := kerneltest.LinkUp("lo"); err != nil {
 		return err
 	}
 	// Room for every connection in the ephemeral range, which leaves the
@@ -403,8 +405,8 @@ func TestAdoptNetnsWithoutProcess(t *testing.T) {
 	if _, err := fmt.Sscanf(h.line(t), "listening in %d", &ns); err != nil {
 		t.Fatalf("helper: %v", err)
 	}
-	for _, path := range netnsPaths("/proc", "/run/netns") {
-		if ino, ok := nsInode(path); ok && ino == ns {
+	for _, path := range netns.Paths() {
+		if ino, ok := netns.Inode(path); ok && ino == ns {
 			t.Fatalf("%s is in the listener's netns %d: the test does not test what it says", path, ns)
 		}
 	}
@@ -452,7 +454,7 @@ func foreignListener(string) error {
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 		return err
 	}
-	if err := linkUp("lo"); err != nil {
+	if err := kerneltest.LinkUp("lo"); err != nil {
 		return err
 	}
 	ln, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/event"
+	"github.com/portlife/portlife/internal/kerneltest"
 )
 
 // failure is what a test expects of one connect_failed or bind_failed.
@@ -283,7 +284,7 @@ func failCalls(scenario string) error {
 	if err := setComm(callsComm); err != nil {
 		return err
 	}
-	if err := linkUp("lo"); err != nil {
+	if err := kerneltest.LinkUp("lo"); err != nil {
 		return err
 	}
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte(fmt.Sprint(rangeLo, rangeHi)), 0); err != nil {

@@ -2,11 +2,11 @@ package tracer
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/portlife/portlife/internal/event"
+	"github.com/portlife/portlife/internal/kerneltest"
 	"go.uber.org/zap"
 )
 
@@ -24,29 +24,12 @@ func BenchmarkChurn(b *testing.B) {
 		name   string
 		kernel *kernelFeatures
 	}{{"best hooks", nil}, {"fallbacks", &everyGap}}
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	srv := kerneltest.NewChurnServer(b)
 	// round makes n connections and returns how long they took.
 	round := func(n int) time.Duration {
 		start := time.Now()
-		for range n {
-			c, err := net.Dial("tcp4", ln.Addr().String())
-			if err != nil {
-				b.Fatal(err)
-			}
-			c.Close()
+		if _, err := srv.Churn(n); err != nil {
+			b.Fatal(err)
 		}
 		return time.Since(start)
 	}

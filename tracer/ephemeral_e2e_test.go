@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/portlife/portlife/internal/event"
+	"github.com/portlife/portlife/internal/kerneltest"
 )
 
 // Ephemeral is judged against the range of the socket's own network
@@ -114,7 +115,7 @@ func rangeOutside(t *testing.T, host event.PortRange) event.PortRange {
 // connection, the client closing first, and one connected UDP query, prints
 // the local port the kernel chose for each, and exits when stdin closes.
 func netnsConns(portRange string) error {
-	if err := linkUp("lo"); err != nil {
+	if err := kerneltest.LinkUp("lo"); err != nil {
 		return err
 	}
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte(portRange), 0); err != nil {

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/event"
+	"github.com/portlife/portlife/internal/netns"
 )
 
 // adoptExisting hands the kernel side the sockets that existed before the
@@ -356,18 +357,20 @@ func (n netnsRef) close() {
 func (t *Tracer) namespaces(f *found) ([]netnsRef, map[uint32]bool) {
 	var out []netnsRef
 	seen := map[uint32]bool{}
-	if own, ok := nsInode("/proc/self/ns/net"); ok {
+	if own, ok := netns.Inode("/proc/self/ns/net"); ok {
 		out = append(out, netnsRef{ino: own, own: true})
 		seen[own] = true
 	}
-	for _, path := range netnsPaths("/proc", "/run/netns") {
-		ino, ok := nsInode(path)
+	for _, path := range netns.Paths() {
+		ino, ok := netns.Inode(path)
 		if !ok || seen[ino] {
 			continue
 		}
-		file, err := os.Open(path)
+		// Checked: the process may have exited, and its pid been reused
+		// by one in another namespace, since the path was looked at.
+		file, err := netns.OpenPath(ino, path)
 		if err != nil {
-			continue // another path may lead there
+			continue // nothing leads there any more
 		}
 		ns := netnsRef{ino: ino, file: file}
 		if err := inNetns(ns, func() error { return nil }); err != nil {

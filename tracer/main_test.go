@@ -17,6 +17,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/portlife/portlife/internal/kerneltest"
 )
 
 // The test binary doubles as the separate processes some tests need: a
@@ -239,7 +241,7 @@ func udpQueries(arg string) error {
 // connect fails, prints that error's number, and holds its connections
 // until stdin closes.
 func exhaustPorts(portRange string) error {
-	if err := linkUp("lo"); err != nil {
+	if err := kerneltest.LinkUp("lo"); err != nil {
 		return err
 	}
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte(portRange), 0); err != nil {
@@ -276,26 +278,6 @@ func exhaustPorts(portRange string) error {
 	io.Copy(io.Discard, os.Stdin)
 	for _, fd := range held {
 		unix.Close(fd)
-	}
-	return nil
-}
-
-func linkUp(name string) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("reading %s flags: %w", name, err)
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("bringing %s up: %w", name, err)
 	}
 	return nil
 }

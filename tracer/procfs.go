@@ -15,33 +15,6 @@ import (
 	"github.com/portlife/portlife/internal/event"
 )
 
-// netnsPaths lists /proc/PID/ns/net for every process, then every network
-// namespace bind-mounted under runNetns.
-func netnsPaths(procRoot, runNetns string) []string {
-	var paths []string
-	if dirs, err := os.ReadDir(procRoot); err == nil {
-		for _, d := range dirs {
-			if _, err := strconv.ParseUint(d.Name(), 10, 32); err == nil {
-				paths = append(paths, filepath.Join(procRoot, d.Name(), "ns/net"))
-			}
-		}
-	}
-	if mounts, err := os.ReadDir(runNetns); err == nil {
-		for _, m := range mounts {
-			paths = append(paths, filepath.Join(runNetns, m.Name()))
-		}
-	}
-	return paths
-}
-
-func nsInode(path string) (uint32, bool) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return 0, false
-	}
-	return uint32(st.Ino), true
-}
-
 // cgroup2Mount finds where the cgroup v2 hierarchy is mounted, from a
 // /proc/mounts file: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified
 // on hybrid ones. "" if none is.

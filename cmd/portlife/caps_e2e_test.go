@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/portlife/portlife/internal/kerneltest"
 )
 
 // Once its hooks are attached, every thread of portlife holds only the
@@ -46,9 +48,9 @@ func TestCapabilitiesDroppedOnceAttached(t *testing.T) {
 
 	// A namespace made after the drop, with 10 ports: 5 TIME_WAITs to one
 	// destination are 50% of it only if accounting read its range there.
-	ns := newNetnsThread(t, map[string]string{"ip_local_port_range": "40000 40009", "tcp_tw_reuse": "0"})
+	ns := kerneltest.NewNetns(t, map[string]string{"ip_local_port_range": "40000 40009", "tcp_tw_reuse": "0"})
 	dst := netip.MustParseAddrPort("127.0.0.1:5000")
-	if err := ns.do(func() error {
+	if err := ns.Do(func() error {
 		ln, err := tcpListen(dst)
 		if err != nil {
 			return err
@@ -71,7 +73,7 @@ func TestCapabilitiesDroppedOnceAttached(t *testing.T) {
 	}
 	var pressed bool
 	for _, e := range parseEvents(t, p.stdout.Bytes()) {
-		if e.Event == "pressure" && e.NetNS == ns.inode && e.Capacity == 10 && e.Used == 5 {
+		if e.Event == "pressure" && e.NetNS == ns.Inode && e.Capacity == 10 && e.Used == 5 {
 			pressed = true
 		}
 	}

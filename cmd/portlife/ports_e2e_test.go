@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,72 +16,22 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/portlife/portlife/internal/kerneltest"
 )
 
 // The port accounting tests exhaust ports for real, in network namespaces
 // they create with small ephemeral ranges. A namespace belongs to one locked
-// thread of the test process (netnsThread), so portlife's events name the
-// test's own pid, and portlife enters the namespace through that thread.
-
-// netnsThread is a thread in a network namespace of its own, with loopback
-// up and the sysctls given, that runs functions on request. When the test
-// ends its goroutine returns still locked, so the runtime ends the thread
-// and the namespace goes with it.
-type netnsThread struct {
-	fns   chan func()
-	inode uint32
-}
-
-func newNetnsThread(t *testing.T, sysctls map[string]string) *netnsThread {
-	t.Helper()
-	n := &netnsThread{fns: make(chan func())}
-	ready := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the namespace
-		ready <- func() error {
-			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-				return fmt.Errorf("unshare: %w", err)
-			}
-			var st unix.Stat_t
-			if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
-				return err
-			}
-			n.inode = uint32(st.Ino)
-			if err := linkUp("lo"); err != nil {
-				return err
-			}
-			for k, v := range sysctls {
-				if err := os.WriteFile("/proc/sys/net/ipv4/"+k, []byte(v), 0); err != nil {
-					return err
-				}
-			}
-			return nil
-		}()
-		for fn := range n.fns {
-			fn()
-		}
-	}()
-	if err := <-ready; err != nil {
-		t.Fatalf("making a network namespace: %v", err)
-	}
-	t.Cleanup(func() { close(n.fns) })
-	return n
-}
-
-// do runs fn in the namespace's thread.
-func (n *netnsThread) do(fn func() error) error {
-	errc := make(chan error, 1)
-	n.fns <- func() { errc <- fn() }
-	return <-errc
-}
+// thread of the test process (kerneltest.Netns), so portlife's events name
+// the test's own pid, and portlife enters the namespace through that thread.
 
 // waitTimeWait waits, up to 10 s, until n TCP sockets of the namespace with
 // a local port in [lo, hi] are in TIME_WAIT, as /proc/net/tcp shows them: a
 // timewait socket still in its FIN_WAIT2 substate is not yet.
-func (n *netnsThread) waitTimeWait(lo, hi uint16, want int) error {
+func waitTimeWait(n *kerneltest.Netns, lo, hi uint16, want int) error {
 	var got int
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		err := n.do(func() error {
+		err := n.Do(func() error {
 			b, err := os.ReadFile("/proc/thread-self/net/tcp")
 			if err != nil {
 				return err
@@ -108,23 +57,6 @@ func (n *netnsThread) waitTimeWait(lo, hi uint16, want int) error {
 			return fmt.Errorf("%d sockets of ports %d-%d in TIME_WAIT after 10s, want %d", got, lo, hi, want)
 		}
 	}
-}
-
-func linkUp(name string) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
 
 func sockaddr(ap netip.AddrPort) *unix.SockaddrInet4 {
@@ -272,10 +204,10 @@ func TestPressurePerDestination(t *testing.T) {
 	// 100 ports, TIME_WAIT not reusable: 20 connections a second to one
 	// destination, closed by us, exhaust it in 5 s; a second destination,
 	// used at 5 a second meanwhile, stays near 25%.
-	ns := newNetnsThread(t, map[string]string{"ip_local_port_range": "40000 40099", "tcp_tw_reuse": "0"})
+	ns := kerneltest.NewNetns(t, map[string]string{"ip_local_port_range": "40000 40099", "tcp_tw_reuse": "0"})
 	dst1, dst2 := netip.MustParseAddrPort("127.0.0.1:5000"), netip.MustParseAddrPort("127.0.0.2:5000")
 	var ln1, ln2 int
-	if err := ns.do(func() (err error) {
+	if err := ns.Do(func() (err error) {
 		if ln1, err = tcpListen(dst1); err != nil {
 			return err
 		}
@@ -290,7 +222,7 @@ func TestPressurePerDestination(t *testing.T) {
 	p := start(t, "--output", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms", "--port-reconcile", "1s")
 	var failed time.Time
 	var made int
-	err := ns.do(func() error {
+	err := ns.Do(func() error {
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for i := 0; i < 200; i++ {
@@ -325,7 +257,7 @@ func TestPressurePerDestination(t *testing.T) {
 
 	var failure *jsonEvent
 	for i, e := range evs {
-		if e.Event == "connect_failed" && e.NetNS == ns.inode && e.Reason == "no_ephemeral_port" {
+		if e.Event == "connect_failed" && e.NetNS == ns.Inode && e.Reason == "no_ephemeral_port" {
 			failure = &evs[i]
 			break
 		}
@@ -337,7 +269,7 @@ func TestPressurePerDestination(t *testing.T) {
 		t.Fatalf("the failure's ts %v is after connect() returned, %v", failure.TS, failed)
 	}
 
-	got := pressureOf(evs, ns.inode, "per_destination", "127.0.0.1", 5000)
+	got := pressureOf(evs, ns.Inode, "per_destination", "127.0.0.1", 5000)
 	wantThresholds(t, got, failure.TS, 0.5, 0.8, 0.95, 1)
 	last := got[len(got)-1]
 	// The last connection is still open when it takes the last port.
@@ -360,7 +292,7 @@ func TestPressurePerDestination(t *testing.T) {
 	t.Logf("estimated at 50%%: %v, actual %v, rate %.1f/s", est, actual, half.Rate)
 
 	// The second destination keeps its own count: about 25 of 100.
-	if other := pressureOf(evs, ns.inode, "per_destination", "127.0.0.2", 5000); len(other) != 0 {
+	if other := pressureOf(evs, ns.Inode, "per_destination", "127.0.0.2", 5000); len(other) != 0 {
 		t.Errorf("the second destination, at about 25%%, reported pressure: %+v", other)
 	}
 }
@@ -390,9 +322,9 @@ func TestStartupCountsExistingPorts(t *testing.T) {
 	requireRoot(t)
 	// 10 ports; 4 connections open and 3 in TIME_WAIT before portlife
 	// starts: U is 7 from the first second, 70%.
-	ns := newNetnsThread(t, map[string]string{"ip_local_port_range": "40000 40009", "tcp_tw_reuse": "0"})
+	ns := kerneltest.NewNetns(t, map[string]string{"ip_local_port_range": "40000 40009", "tcp_tw_reuse": "0"})
 	dst := netip.MustParseAddrPort("127.0.0.3:5000")
-	if err := ns.do(func() error {
+	if err := ns.Do(func() error {
 		ln, err := tcpListen(dst)
 		if err != nil {
 			return err
@@ -414,7 +346,7 @@ func TestStartupCountsExistingPorts(t *testing.T) {
 
 	var key *portsJSON
 	for _, k := range dumpPorts(t) {
-		if k.NetNS == ns.inode && k.Mechanism == "per_destination" && k.Raddr == "127.0.0.3" {
+		if k.NetNS == ns.Inode && k.Mechanism == "per_destination" && k.Raddr == "127.0.0.3" {
 			key = &k
 		}
 	}
@@ -434,7 +366,7 @@ func TestStartupCountsExistingPorts(t *testing.T) {
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
 	}
-	got := pressureOf(parseEvents(t, p.stdout.Bytes()), ns.inode, "per_destination", "127.0.0.3", 5000)
+	got := pressureOf(parseEvents(t, p.stdout.Bytes()), ns.Inode, "per_destination", "127.0.0.3", 5000)
 	if len(got) != 1 || got[0].Used != 7 || got[0].TimeWait != 3 || got[0].Threshold != 0.5 {
 		t.Fatalf("pressure in the first second: %+v; want one event, at 50%%, used 7, time_wait 3", got)
 	}
@@ -445,10 +377,10 @@ func TestPressureBindPool(t *testing.T) {
 	// 10 ports. Sockets that bind() to port 0 and then connect take their
 	// ports from the pool every destination shares: after 10 of them (in
 	// TIME_WAIT), bind() fails, and so does a plain connect() elsewhere.
-	ns := newNetnsThread(t, map[string]string{"ip_local_port_range": "40000 40009", "tcp_tw_reuse": "0"})
+	ns := kerneltest.NewNetns(t, map[string]string{"ip_local_port_range": "40000 40009", "tcp_tw_reuse": "0"})
 	dst1, dst2 := netip.MustParseAddrPort("127.0.0.1:5000"), netip.MustParseAddrPort("127.0.0.2:5000")
 	var ln1 int
-	if err := ns.do(func() (err error) {
+	if err := ns.Do(func() (err error) {
 		if ln1, err = tcpListen(dst1); err != nil {
 			return err
 		}
@@ -461,7 +393,7 @@ func TestPressureBindPool(t *testing.T) {
 	p := start(t, "--output", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms")
 	var made int
 	var bindErr, connectErr error
-	if err := ns.do(func() error {
+	if err := ns.Do(func() error {
 		for made < 20 {
 			if bindErr = timeWait(ln1, dst1, true); bindErr != nil {
 				break
@@ -478,12 +410,12 @@ func TestPressureBindPool(t *testing.T) {
 	}
 	// The last closes finish in softirq, late under load: snapshot once
 	// the kernel itself holds the 10 ports in TIME_WAIT.
-	if err := ns.waitTimeWait(40000, 40009, 10); err != nil {
+	if err := waitTimeWait(ns, 40000, 40009, 10); err != nil {
 		t.Fatal(err)
 	}
 	var snapshot *portsJSON
 	for _, k := range dumpPorts(t) {
-		if k.NetNS == ns.inode && k.Mechanism == "bind_pool" {
+		if k.NetNS == ns.Inode && k.Mechanism == "bind_pool" {
 			snapshot = &k
 		}
 	}
@@ -496,7 +428,7 @@ func TestPressureBindPool(t *testing.T) {
 	var bindFailed, connectFailed *jsonEvent
 	bbc := map[uint16]bool{} // local port: every event of it says bind_before_connect
 	for i, e := range evs {
-		if e.NetNS != ns.inode {
+		if e.NetNS != ns.Inode {
 			continue
 		}
 		switch {
@@ -521,7 +453,7 @@ func TestPressureBindPool(t *testing.T) {
 			t.Errorf("a socket of port %d lacks bind_before_connect", port)
 		}
 	}
-	got := pressureOf(evs, ns.inode, "bind_pool", "", 0)
+	got := pressureOf(evs, ns.Inode, "bind_pool", "", 0)
 	wantThresholds(t, got, bindFailed.TS, 0.5, 0.8, 0.95, 1)
 	last := got[len(got)-1]
 	if last.Laddr != "0.0.0.0" || last.Used != 10 || last.Capacity != 10 || len(last.Top) == 0 || last.Top[0].BBC != 10 {
@@ -542,9 +474,9 @@ func TestPressureUDP(t *testing.T) {
 	requireRoot(t)
 	// 10 ports. Connected UDP sockets to five destinations take one port
 	// each, whatever the destination: the eleventh connect() finds none.
-	ns := newNetnsThread(t, map[string]string{"ip_local_port_range": "40000 40009"})
+	ns := kerneltest.NewNetns(t, map[string]string{"ip_local_port_range": "40000 40009"})
 	var dsts []netip.AddrPort
-	if err := ns.do(func() error {
+	if err := ns.Do(func() error {
 		for i := range 5 {
 			dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(6000+i))
 			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
@@ -564,7 +496,7 @@ func TestPressureUDP(t *testing.T) {
 	p := start(t, "--output", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms")
 	var made int
 	var connectErr error
-	if err := ns.do(func() error {
+	if err := ns.Do(func() error {
 		for made < 20 {
 			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
@@ -595,21 +527,21 @@ func TestPressureUDP(t *testing.T) {
 	evs := parseEvents(t, p.stdout.Bytes())
 	var failure *jsonEvent
 	for i, e := range evs {
-		if e.NetNS == ns.inode && e.Event == "connect_failed" && e.Proto == "udp" && e.Reason == "no_ephemeral_port" && e.Errno == int(unix.EAGAIN) {
+		if e.NetNS == ns.Inode && e.Event == "connect_failed" && e.Proto == "udp" && e.Reason == "no_ephemeral_port" && e.Errno == int(unix.EAGAIN) {
 			failure = &evs[i]
 		}
 	}
 	if failure == nil {
 		t.Fatal("the UDP connect's EAGAIN was not reported")
 	}
-	got := pressureOf(evs, ns.inode, "udp", "", 0)
+	got := pressureOf(evs, ns.Inode, "udp", "", 0)
 	wantThresholds(t, got, failure.TS, 0.5, 0.8, 0.95, 1)
 	last := got[len(got)-1]
 	if last.Laddr != "127.0.0.1" || last.Used != 10 || last.Capacity != 10 || last.Proto != "udp" {
 		t.Errorf("udp at 100%%: %+v; want 127.0.0.1, 10 of 10", last)
 	}
 	for _, e := range evs {
-		if e.Event == "pressure" && e.NetNS == ns.inode && e.Mechanism != "udp" {
+		if e.Event == "pressure" && e.NetNS == ns.Inode && e.Mechanism != "udp" {
 			t.Errorf("UDP ports pressed a %s key: %+v", e.Mechanism, e)
 		}
 	}

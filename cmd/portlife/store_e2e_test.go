@@ -20,6 +20,8 @@ import (
 	"time"
 
 	_ "modernc.org/sqlite"
+
+	"github.com/portlife/portlife/internal/kerneltest"
 )
 
 // The store's tests run portlife trace --store, make connections from
@@ -354,29 +356,11 @@ func TestStoreQuery(t *testing.T) {
 func TestStoreSurvivesKill(t *testing.T) {
 	requireRoot(t)
 	db := filepath.Join(t.TempDir(), "history.db")
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	lport := strconv.Itoa(port(t, ln.Addr().String()))
+	srv := kerneltest.NewChurnServer(t)
+	lport := strconv.Itoa(int(srv.Addr.Port()))
 	churn := func(n int) {
-		for range n {
-			c, err := net.Dial("tcp4", ln.Addr().String())
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			c.Close()
+		if _, err := srv.Churn(n); err != nil {
+			t.Error(err)
 		}
 	}
 	// The client ends: one row per connection.
@@ -480,21 +464,8 @@ func TestQueryErrors(t *testing.T) {
 func TestStoreRetentionBySize(t *testing.T) {
 	requireRoot(t)
 	db := filepath.Join(t.TempDir(), "history.db")
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	lport := strconv.Itoa(port(t, ln.Addr().String()))
+	srv := kerneltest.NewChurnServer(t)
+	lport := strconv.Itoa(int(srv.Addr.Port()))
 	const budget = 1 << 20
 	p := start(t, "--output", "json", "--log-format", "json", "--flush-interval", "10ms", "--store", db,
 		"--store-max-size", "1MiB", "--rport", lport, "--events", "close")
@@ -518,16 +489,11 @@ func TestStoreRetentionBySize(t *testing.T) {
 	// must be there, and the store must stay under the budget.
 	var lastPort float64
 	for round := range 10 {
-		var newest net.Addr
-		for range 1000 {
-			c, err := net.Dial("tcp4", ln.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			newest = c.LocalAddr()
-			c.Close()
+		newest, err := srv.Churn(1000)
+		if err != nil {
+			t.Fatal(err)
 		}
-		want := float64(newest.(*net.TCPAddr).Port)
+		want := float64(newest.Port())
 		deadline := time.Now().Add(15 * time.Second)
 		for {
 			evs := lifetimes(t, "--store", db, "--lport", strconv.Itoa(int(want)), "--rport", lport)

@@ -8,9 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/portlife/portlife/internal/kerneltest"
 )
 
 // tmuxSession runs a command in a detached tmux session of its own server
@@ -90,46 +91,30 @@ func TestTopInTmux(t *testing.T) {
 	requireRoot(t)
 	// The workload: connections to one port, refusals from another, for as
 	// long as the test runs.
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := kerneltest.NewChurnServer(t)
 	dead, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	okPort, deadPort := ln.Addr().(*net.TCPAddr).Port, dead.Addr().(*net.TCPAddr).Port
+	okPort, deadPort := int(srv.Addr.Port()), dead.Addr().(*net.TCPAddr).Port
 	dead.Close()
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(2)
+	done := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	go func() {
-		defer wg.Done()
+		defer close(done)
 		for {
 			select {
 			case <-stop:
 				return
 			case <-time.After(5 * time.Millisecond):
 			}
-			if c, err := net.Dial("tcp4", ln.Addr().String()); err == nil {
-				c.Close()
-			}
+			srv.Churn(1) // a connection that fails is a row that does not show
 			if c, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", deadPort)); err == nil {
 				c.Close()
 			}
 		}
 	}()
-	t.Cleanup(func() { close(stop); ln.Close(); wg.Wait() })
+	t.Cleanup(func() { close(stop); <-done })
 
 	exitFile := t.TempDir() + "/exit"
 	comm, _ := os.ReadFile("/proc/self/comm")

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/event"
+	"github.com/portlife/portlife/internal/netns"
 )
 
 // The sockets that hold ports when accounting starts come from sock_diag,
@@ -56,21 +56,16 @@ const (
 // enter each by; those only bind-mounted under /run/netns too.
 func Namespaces() map[uint32]string {
 	out := map[uint32]string{}
-	add := func(pattern string) {
-		paths, _ := filepath.Glob(pattern)
-		for _, p := range paths {
-			var st unix.Stat_t
-			if unix.Stat(p, &st) == nil {
-				if _, ok := out[uint32(st.Ino)]; !ok {
-					out[uint32(st.Ino)] = p
-				}
+	add := func(p string) bool {
+		if ino, ok := netns.Inode(p); ok {
+			if _, dup := out[ino]; !dup {
+				out[ino] = p
 			}
 		}
+		return true
 	}
 	add("/proc/thread-self/ns/net") // the caller's: see ownNetns
-	add("/proc/[0-9]*/ns/net")
-	add("/run/netns/*")
-	add("/proc/[0-9]*/task/[0-9]*/ns/net")
+	netns.Walk(add)
 	return out
 }
 
@@ -359,11 +354,11 @@ func (a *Accountant) Reconcile() error {
 	}
 	for inode := range paths {
 		n := a.netns[inode]
-		if n.path != "" && sameNetns(n.path, inode) {
+		if ino, ok := netns.Inode(n.path); ok && ino == inode {
 			paths[inode] = n.path
 			continue
 		}
-		p, err := findNetns(inode, n.tasks[0], n.tasks[1])
+		p, err := netns.Find(inode, n.tasks[0], n.tasks[1])
 		if err != nil {
 			delete(paths, inode) // no process left in it: its sockets end with it
 			continue

@@ -1,65 +1,14 @@
 package ports
 
 import (
-	"fmt"
-	"os"
-	"runtime"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/kerneltest"
+	"github.com/portlife/portlife/internal/netns"
 )
-
-// lockedThread is a thread that runs functions on request, in the network
-// namespace it is moved to. When the test ends its goroutine returns still
-// locked, so the runtime ends the thread, and with the last one in it the
-// namespace.
-type lockedThread struct {
-	fns chan func()
-	tid int
-}
-
-func newLockedThread(t *testing.T) *lockedThread {
-	t.Helper()
-	th := &lockedThread{fns: make(chan func())}
-	ready := make(chan struct{})
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread may be left in another namespace
-		th.tid = unix.Gettid()
-		close(ready)
-		for fn := range th.fns {
-			fn()
-		}
-	}()
-	<-ready
-	t.Cleanup(func() { close(th.fns) })
-	return th
-}
-
-func (th *lockedThread) do(fn func() error) error {
-	errc := make(chan error, 1)
-	th.fns <- func() { errc <- fn() }
-	return <-errc
-}
-
-func (th *lockedThread) path() string {
-	return fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), th.tid)
-}
-
-// listenTCP4 listens on 127.0.0.1:port in the calling thread's namespace.
-func listenTCP4(port int) (int, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
-	}
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	return fd, unix.Listen(fd, 1)
-}
 
 // A thread's /proc path names the namespace the thread is in now: one that
 // was in namespace X when the path was found may have moved on (portlife's
@@ -67,64 +16,29 @@ func listenTCP4(port int) (int, error) {
 // sockets, or say it could not, and never another namespace's as X's.
 func TestDumpFollowsTheNamespaceNotThePath(t *testing.T) {
 	kerneltest.RequireRoot(t)
-	owner, visitor := newLockedThread(t), newLockedThread(t)
-	var inode uint32
-	var hostLn, nsLn int
-	if err := owner.do(func() error {
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			return err
-		}
-		var st unix.Stat_t
-		if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
-			return err
-		}
-		inode = uint32(st.Ino)
-		fd, err := listenTCP4(0) // loopback is down: a socket in the table is all it needs
-		nsLn = fd
+	owner, visitor := kerneltest.NewNetns(t, nil), kerneltest.NewThread(t)
+	inode := owner.Inode
+	var nsPort uint16
+	if err := owner.Do(func() (err error) {
+		_, nsPort, err = kerneltest.ListenLoopback(1)
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
 	// A listener of the host's, on another port, that X must not show.
-	hostLn, err := listenTCP4(0)
+	hostLn, hostPort, err := kerneltest.ListenLoopback(1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer unix.Close(hostLn)
-	portOf := func(fd int) uint16 {
-		sa, err := unix.Getsockname(fd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return uint16(sa.(*unix.SockaddrInet4).Port)
-	}
-	var nsPort uint16
-	owner.do(func() error { nsPort = portOf(nsLn); return nil })
-	hostPort := portOf(hostLn)
 
 	// The visitor enters X, its path is taken, and it goes back home.
-	var path string
-	if err := visitor.do(func() error {
-		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(home)
-		ns, err := unix.Open(owner.path(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(ns)
-		if err := unix.Setns(ns, unix.CLONE_NEWNET); err != nil {
-			return err
-		}
-		if !sameNetns(visitor.path(), inode) {
-			return fmt.Errorf("the visitor is not in network namespace %d", inode)
-		}
-		path = visitor.path()
-		return unix.Setns(home, unix.CLONE_NEWNET)
-	}); err != nil {
+	path, err := visitor.Visit(owner.NetnsPath())
+	if err != nil {
 		t.Fatal(err)
+	}
+	if ino, _ := netns.Inode(path); ino == inode {
+		t.Fatalf("%s still leads to network namespace %d: the test tests nothing", path, inode)
 	}
 
 	socks, listed, err := Dump(map[uint32]string{inode: path}, false)
@@ -162,22 +76,11 @@ func TestDumpTimeWaitSubstates(t *testing.T) {
 		{"the peer is still open: FIN_WAIT2 substate", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			th := newLockedThread(t)
-			var inode uint32
+			th := kerneltest.NewNetns(t, nil)
+			inode := th.Inode
 			var client uint16
-			if err := th.do(func() error {
-				if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-					return err
-				}
-				var st unix.Stat_t
-				if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
-					return err
-				}
-				inode = uint32(st.Ino)
-				if err := loopbackUp(); err != nil {
-					return err
-				}
-				ln, err := listenTCP4(0)
+			if err := th.Do(func() error {
+				ln, _, err := kerneltest.ListenLoopback(1)
 				if err != nil {
 					return err
 				}
@@ -215,7 +118,7 @@ func TestDumpTimeWaitSubstates(t *testing.T) {
 			const finWait1, closing = 4, 11
 			var got *Existing
 			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-				socks, _, err := Dump(map[uint32]string{inode: th.path()}, false)
+				socks, _, err := Dump(map[uint32]string{inode: th.NetnsPath()}, false)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -237,22 +140,4 @@ func TestDumpTimeWaitSubstates(t *testing.T) {
 			}
 		})
 	}
-}
-
-// loopbackUp brings lo up in the calling thread's namespace.
-func loopbackUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/portlife/portlife/internal/netns"
 )
 
 // Sysctls are the settings of one network namespace that decide its
@@ -152,61 +154,17 @@ func ownNetns() uint32 {
 	return uint32(st.Ino)
 }
 
-// findNetns returns a path that opens network namespace inode: one of the
-// tasks given (the thread first: a thread may have a namespace of its own),
-// or else any process /proc lists, or one bind-mounted under /run/netns.
-func findNetns(inode uint32, tasks ...uint32) (string, error) {
-	try := func(path string) bool { return sameNetns(path, inode) }
-	for _, t := range tasks {
-		if t == 0 {
-			continue
-		}
-		if p := fmt.Sprintf("/proc/%d/ns/net", t); try(p) {
-			return p, nil
-		}
-	}
-	var candidates []string
-	if m, err := filepath.Glob("/proc/[0-9]*/ns/net"); err == nil {
-		candidates = append(candidates, m...)
-	}
-	if m, err := filepath.Glob("/run/netns/*"); err == nil {
-		candidates = append(candidates, m...)
-	}
-	if m, err := filepath.Glob("/proc/[0-9]*/task/[0-9]*/ns/net"); err == nil {
-		candidates = append(candidates, m...)
-	}
-	for _, p := range candidates {
-		if try(p) {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("no process is in network namespace %d", inode)
-}
-
-// sameNetns reports whether path opens network namespace inode.
-func sameNetns(path string, inode uint32) bool {
-	var st unix.Stat_t
-	return unix.Stat(path, &st) == nil && uint32(st.Ino) == inode
-}
-
-// inNetns runs fn on a thread inside network namespace inode, entered by
-// path, then moves the thread back. A /proc path names the namespace its
-// task is in when it is opened, not when it was found: a thread that was
-// visiting inode (portlife's own, reading its sysctls) may be back home by
-// then. So the namespace opened is checked, and if it is another, inode is
-// looked for again once. A thread that cannot move back is never reused: its
-// goroutine ends locked, and the runtime ends the thread with it.
+// inNetns runs fn on a thread inside network namespace inode, entered
+// through path (netns.OpenPath: if path leads elsewhere by now, inode is
+// looked for again), then moves the thread back. A thread that cannot move
+// back is never reused: its goroutine ends locked, and the runtime ends the
+// thread with it.
 func inNetns(inode uint32, path string, fn func() error) error {
-	target, err := openNetns(inode, path)
-	if errors.Is(err, errMoved) {
-		if path, err = findNetns(inode); err == nil {
-			target, err = openNetns(inode, path)
-		}
-	}
+	target, err := netns.OpenPath(inode, path)
 	if err != nil {
 		return err
 	}
-	defer unix.Close(target)
+	defer target.Close()
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -216,7 +174,7 @@ func inNetns(inode uint32, path string, fn func() error) error {
 				return fmt.Errorf("opening this thread's network namespace: %w", err)
 			}
 			defer unix.Close(orig)
-			if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+			if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
 				return fmt.Errorf("entering %s: %w", path, err)
 			}
 			fnErr := fn()
@@ -230,27 +188,6 @@ func inNetns(inode uint32, path string, fn func() error) error {
 	return <-errc
 }
 
-var errMoved = errors.New("its task moved to another network namespace")
-
-// openNetns opens path, if it still leads to network namespace inode: the
-// descriptor then keeps naming that namespace, wherever the task goes.
-func openNetns(inode uint32, path string) (int, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("opening %s: %w", path, err)
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("opening %s: %w", path, err)
-	}
-	if uint32(st.Ino) != inode {
-		unix.Close(fd)
-		return -1, fmt.Errorf("network namespace %d: %s: %w", inode, path, errMoved)
-	}
-	return fd, nil
-}
-
 // ReadSysctls reads the settings of network namespace inode, entering it
 // through one of tasks (or any process in it) unless it is this process's.
 func ReadSysctls(inode uint32, tasks ...uint32) (Sysctls, error) {
@@ -258,7 +195,7 @@ func ReadSysctls(inode uint32, tasks ...uint32) (Sysctls, error) {
 	if inode == ownNetns() {
 		return parseSysctls(dir)
 	}
-	path, err := findNetns(inode, tasks...)
+	path, err := netns.Find(inode, tasks...)
 	if err != nil {
 		return DefaultSysctls, err
 	}

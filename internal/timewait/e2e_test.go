@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"runtime"
 	"sync"
 	"syscall"
 	"testing"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/portlife/portlife/internal/event"
 	"github.com/portlife/portlife/internal/kerneltest"
+	nspath "github.com/portlife/portlife/internal/netns"
 	"github.com/portlife/portlife/internal/stream"
 	"github.com/portlife/portlife/tracer"
 )
@@ -124,70 +123,21 @@ func startTracing(t *testing.T) (*collector, *Tracker) {
 	return c, tw
 }
 
-// netns is a thread in a network namespace of the test's own: the sockets
-// and the sysctls each call makes are that namespace's.
+// netns is a namespace of the test's own (kerneltest.Netns), under the
+// names bench_test.go uses.
 type netns struct {
-	calls chan func()
-	ino   uint32
+	*kerneltest.Netns
+	ino uint32
 }
 
 func newNetns(t testing.TB, sysctls map[string]string) *netns {
 	t.Helper()
-	ns := &netns{calls: make(chan func())}
-	ready := make(chan error, 1)
-	go func() {
-		// The thread never leaves the namespace: it ends, locked, with the
-		// goroutine, and the runtime retires it.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			ready <- err
-			return
-		}
-		ns.ino = nsInode("/proc/thread-self/ns/net")
-		err := linkUp("lo")
-		for k, v := range sysctls {
-			if err == nil {
-				err = os.WriteFile("/proc/sys/net/ipv4/"+k, []byte(v), 0)
-			}
-		}
-		ready <- err
-		if err != nil {
-			return
-		}
-		for f := range ns.calls {
-			f()
-		}
-	}()
-	if err := <-ready; err != nil {
-		t.Fatalf("making a network namespace: %v", err)
-	}
-	t.Cleanup(func() { close(ns.calls) })
-	return ns
+	ns := kerneltest.NewNetns(t, sysctls)
+	return &netns{ns, ns.Inode}
 }
 
 // do runs f in the namespace.
-func (ns *netns) do(f func() error) error {
-	done := make(chan error, 1)
-	ns.calls <- func() { done <- f() }
-	return <-done
-}
-
-func linkUp(name string) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
-}
+func (ns *netns) do(f func() error) error { return ns.Do(f) }
 
 // listen opens a listener on 127.0.0.1 in the namespace, which the test's
 // cleanup closes; it returns the fd and the port.
@@ -195,20 +145,8 @@ func (ns *netns) listen(t *testing.T) (int, uint16) {
 	t.Helper()
 	var fd int
 	var port uint16
-	err := ns.do(func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-			return err
-		}
-		if err := unix.Listen(fd, 128); err != nil {
-			return err
-		}
-		sa, err := unix.Getsockname(fd)
-		port = uint16(sa.(*unix.SockaddrInet4).Port)
+	err := ns.do(func() (err error) {
+		fd, port, err = kerneltest.ListenLoopback(128)
 		return err
 	})
 	if err != nil {
@@ -219,55 +157,18 @@ func (ns *netns) listen(t *testing.T) (int, uint16) {
 }
 
 // closeFirst connects from localPort (0: any) to the listener, and closes
-// our side first, so that our side goes to TIME_WAIT once the server's FIN
-// arrives. It returns our local port once both sides are closed.
+// our side first (kerneltest.CloseFirst): our side is in TIME_WAIT when it
+// returns our local port.
 func (ns *netns) closeFirst(t *testing.T, ln int, port, localPort uint16) uint16 {
 	t.Helper()
+	var src *unix.SockaddrInet4
+	if localPort != 0 {
+		src = &unix.SockaddrInet4{Addr: kerneltest.Loopback4, Port: int(localPort)}
+	}
 	var lport uint16
-	err := ns.do(func() error {
-		c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(c)
-		// Its TIME_WAIT keeps SO_REUSEADDR, which a bind to its port needs.
-		if err := unix.SetsockoptInt(c, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-			return err
-		}
-		if localPort != 0 {
-			if err := unix.Bind(c, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(localPort)}); err != nil {
-				return fmt.Errorf("binding port %d: %w", localPort, err)
-			}
-		}
-		if err := unix.Connect(c, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: int(port)}); err != nil {
-			return fmt.Errorf("connecting: %w", err)
-		}
-		s, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
-		if err != nil {
-			return err
-		}
-		sa, err := unix.Getsockname(c)
-		if err != nil {
-			return err
-		}
-		lport = uint16(sa.(*unix.SockaddrInet4).Port)
-		if err := unix.Shutdown(c, unix.SHUT_WR); err != nil {
-			return err
-		}
-		// The server reads our FIN, then closes: we read its FIN in
-		// FIN_WAIT2, and are in TIME_WAIT before our own close.
-		var b [1]byte
-		if n, err := unix.Read(s, b[:]); n != 0 || err != nil {
-			unix.Close(s)
-			return fmt.Errorf("server read: %d, %v", n, err)
-		}
-		if err := unix.Close(s); err != nil {
-			return err
-		}
-		if n, err := unix.Read(c, b[:]); n != 0 || err != nil {
-			return fmt.Errorf("client read: %d, %v", n, err)
-		}
-		return nil
+	err := ns.do(func() (err error) {
+		lport, err = kerneltest.CloseFirst(ln, port, src)
+		return err
 	})
 	if err != nil {
 		t.Fatalf("connection from port %d: %v", localPort, err)
@@ -550,19 +451,8 @@ func TestReleased(t *testing.T) {
 		o := watchTimeWait(t, ns)
 		var ln int
 		var port uint16
-		if err := ns.do(func() error {
-			var err error
-			if ln, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
-				return err
-			}
-			if err := unix.Bind(ln, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-				return err
-			}
-			sa, err := unix.Getsockname(ln)
-			port = uint16(sa.(*unix.SockaddrInet4).Port)
-			if err == nil {
-				err = unix.Listen(ln, 8)
-			}
+		if err := ns.do(func() (err error) {
+			ln, port, err = kerneltest.ListenLoopback(8)
 			return err
 		}); err != nil {
 			t.Fatal(err)
@@ -838,5 +728,50 @@ func TestDumpFindsEveryFamily(t *testing.T) {
 	}
 	for _, name := range want {
 		t.Errorf("%s: its TIME_WAIT is not in the sweep", name)
+	}
+}
+
+// A path found for a namespace may lead elsewhere by the time it is opened:
+// its task went home (as portlife's own threads do after a visit), or exited
+// and its pid went to a process in another namespace. The handle must be
+// the namespace's asked for, found again, never the one the path leads to
+// now: the sweeps would judge its TIME_WAITs by another namespace's.
+func TestOpenHandleChecksTheNamespace(t *testing.T) {
+	kerneltest.RequireRoot(t)
+	ns := newNetns(t, nil)
+	ln, port := ns.listen(t)
+	ns.closeFirst(t, ln, port, 0) // the namespace's one TIME_WAIT
+	stale, err := kerneltest.NewThread(t).Visit(ns.NetnsPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ino, _ := nspath.Inode(stale); ino == ns.ino {
+		t.Fatalf("%s still leads to network namespace %d: the test tests nothing", stale, ns.ino)
+	}
+	h, err := openHandle(ns.ino, stale)
+	if err != nil {
+		t.Fatalf("openHandle(%d, %s): %v", ns.ino, stale, err)
+	}
+	defer h.Close()
+	// A socket names the namespace it was made in (SIOCGSKNS).
+	nsfd, err := unix.IoctlRetInt(h.diag, unix.SIOCGSKNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	err = unix.Fstat(nsfd, &st)
+	unix.Close(nsfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uint32(st.Ino) != ns.ino {
+		t.Errorf("openHandle(%d, %s): the handle is network namespace %d's", ns.ino, stale, st.Ino)
+	}
+	found, _, err := h.dumpTimeWait(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(found) != 1 {
+		t.Errorf("the handle's sweep found %d TIME_WAITs, want the namespace's one", len(found))
 	}
 }

@@ -5,11 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	nspath "github.com/portlife/portlife/internal/netns" // the tests have a type netns
 )
 
 // nsHandle is what portlife keeps open in one network namespace: a
@@ -34,10 +35,12 @@ func (h *nsHandle) Close() error {
 	return err
 }
 
-// openHandle makes the handle inside the namespace at nsPath, on a thread
+// openHandle makes the handle inside network namespace ino, entered through
+// nsPath (nspath.OpenPath: if nsPath leads elsewhere by now, its task gone
+// home or exited and its pid reused, ino is looked for again), on a thread
 // locked for the purpose and returned to its namespace after.
-func openHandle(nsPath string) (*nsHandle, error) {
-	ns, err := os.Open(nsPath)
+func openHandle(ino uint32, nsPath string) (*nsHandle, error) {
+	ns, err := nspath.OpenPath(ino, nsPath)
 	if err != nil {
 		return nil, err
 	}
@@ -154,48 +157,10 @@ func parseOverflows(b []byte) (uint64, error) {
 	return 0, errors.New("no TCPTimeWaitOverflow in netstat")
 }
 
-// findNetns returns a path that opens the network namespace with inode ino:
-// the owner's /proc/PID/ns/net (or its thread's) if it is still there,
-// else any process's or thread's,
-// else a mount under /run/netns.
+// findNetns returns a path that leads to the network namespace with inode
+// ino: the owner's thread's or process's if it is still there, else any
+// process's, mount's or thread's.
 func findNetns(ino uint32, pid, tid uint32) (string, bool) {
-	if pid != 0 {
-		for _, p := range []string{fmt.Sprintf("/proc/%d/ns/net", pid), fmt.Sprintf("/proc/%d/task/%d/ns/net", pid, tid)} {
-			if nsInode(p) == ino {
-				return p, true
-			}
-		}
-	}
-	dirs, _ := os.ReadDir("/proc")
-	for _, d := range dirs {
-		if _, err := strconv.ParseUint(d.Name(), 10, 32); err != nil {
-			continue
-		}
-		if p := filepath.Join("/proc", d.Name(), "ns/net"); nsInode(p) == ino {
-			return p, true
-		}
-		// A process's threads may sit in other namespaces (a test's, a
-		// container runtime's): look at them too.
-		tasks, _ := os.ReadDir(filepath.Join("/proc", d.Name(), "task"))
-		for _, task := range tasks {
-			if p := filepath.Join("/proc", d.Name(), "task", task.Name(), "ns/net"); nsInode(p) == ino {
-				return p, true
-			}
-		}
-	}
-	mounts, _ := os.ReadDir("/run/netns")
-	for _, m := range mounts {
-		if p := filepath.Join("/run/netns", m.Name()); nsInode(p) == ino {
-			return p, true
-		}
-	}
-	return "", false
-}
-
-func nsInode(path string) uint32 {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return 0
-	}
-	return uint32(st.Ino)
+	path, err := nspath.Find(ino, tid, pid)
+	return path, err == nil
 }

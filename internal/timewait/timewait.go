@@ -549,7 +549,7 @@ func (t *Tracker) open(ino, pid, tid uint32) (*nsHandle, error) {
 	if !ok {
 		return nil, errNetnsGone
 	}
-	return openHandle(path)
+	return openHandle(ino, path)
 }
 
 // dropNetns forgets every watch in a namespace that cannot be swept.
