@@ -76,7 +76,7 @@ type Stats struct {
 	// between the close and the sweep. They are among Killed.
 	NetnsGone   uint64
 	Sweeps      uint64        // namespace sweeps done
-	Stretched   uint64        // rounds whose next one waited past Interval, so that sweeping stays under 1/50 of a CPU
+	Stretched   uint64        // rounds whose next one waited past Interval, so that sweeping stays under 1/10 of a CPU
 	SweepErrors uint64        // namespace sweeps that failed; their TIME_WAITs wait for the next
 	SweepTime   time.Duration // spent in sweeps, in total
 	Namespaces  uint64        // namespaces with a sock_diag handle open now
@@ -295,7 +295,7 @@ func (t *Tracker) opened(e *event.Event) {
 // about 1/sweepShare of a CPU however many TIME_WAITs there are. Past that
 // point releases are placed less precisely (half the stretched interval),
 // and Stats.Stretched counts the sweeps it delayed.
-const sweepShare = 50
+const sweepShare = 10
 
 // Run sweeps every Interval (or less often, see sweepShare) until ctx is
 // done, then closes every handle.

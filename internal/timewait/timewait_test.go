@@ -192,10 +192,10 @@ func TestNextSweep(t *testing.T) {
 		want          time.Duration
 		wantStretched bool
 	}{
-		{"quick sweep keeps the interval", time.Second, 5 * time.Millisecond, time.Second, false},
-		{"at the share exactly", time.Second, 20 * time.Millisecond, time.Second, false},
-		{"100k TIME_WAITs at 40ms", time.Second, 40 * time.Millisecond, 2 * time.Second, true},
-		{"short interval stretched sooner", 200 * time.Millisecond, 10 * time.Millisecond, 500 * time.Millisecond, true},
+		{"100k TIME_WAITs at 40ms keep the interval", time.Second, 40 * time.Millisecond, time.Second, false},
+		{"at the share exactly", time.Second, 100 * time.Millisecond, time.Second, false},
+		{"a 250ms sweep waits 2.5s", time.Second, 250 * time.Millisecond, 2500 * time.Millisecond, true},
+		{"short interval stretched sooner", 200 * time.Millisecond, 40 * time.Millisecond, 400 * time.Millisecond, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
