@@ -133,7 +133,7 @@ soak: build
 	$(GO) run ./test/soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) --portlife ./$(BIN) --churn ./bin/churn
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/encode ./internal/stream ./internal/summary ./internal/metrics ./internal/sink ./tracer
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/encode ./internal/stream ./internal/summary ./internal/metrics ./internal/sink ./internal/ports ./tracer
 
 # BASELINE's committed tree, built outside the work tree, which stays as it is.
 baseline:
