@@ -91,8 +91,9 @@ check-generated: generate
 # and tcplife. Besides the churn configurations, the data path (tcp-rr4,
 # udp-rr4: 4 persistent connections doing 64-byte round trips, no churn)
 # runs under none, portlife and tcplife: its rate vs none, and in the second
-# pass the BPF time and program runs per round trip. Then bench-go (0 allocations per event in the encoders and
-# sinks) and bench-store (rows/s, bytes per lifetime, --port over 10M rows).
+# pass the BPF time and program runs per round trip. Then bench-go (0
+# allocations per event in the encoders and sinks) and bench-store (rows/s,
+# bytes per lifetime, --port over 10M rows).
 # About an hour (the data path is about 6 minutes of it). For a quick look:
 #   make bench BENCH_ARGS='--runs 1 --duration 5s --configs tcp-w4' BENCH_BPF_ARGS='--runs 1 --duration 5s --configs tcp-w4'
 # To compare a change with an older portlife, in one interleaved run:
