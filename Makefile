@@ -92,16 +92,20 @@ check-generated: generate
 # then in-kernel BPF time with it on. Both interleave no tracer, portlife,
 # portlife with --summary, with --metrics-addr, with a file sink, a syslog
 # and a TCP sink (to receivers the runner runs on loopback), with --store,
-# and tcplife; then bench-go (0 allocations per event in the encoders and
-# sinks) and bench-store (rows/s, bytes per lifetime, --port over 10M rows).
-# About an hour. For a quick look:
+# and tcplife. Besides the churn configurations, the data path (tcp-rr4,
+# udp-rr4: 4 persistent connections doing 64-byte round trips, no churn)
+# runs under none, portlife and tcplife: its rate vs none, and in the second
+# pass the BPF time and program runs per round trip. Then bench-go (0
+# allocations per event in the encoders and sinks) and bench-store (rows/s,
+# bytes per lifetime, --port over 10M rows).
+# About an hour (the data path is about 6 minutes of it). For a quick look:
 #   make bench BENCH_ARGS='--runs 1 --duration 5s --configs tcp-w4' BENCH_BPF_ARGS='--runs 1 --duration 5s --configs tcp-w4'
 # To compare a change with an older portlife, in one interleaved run:
 #   make bench BASELINE=main
 # builds that git revision into bin/portlife-baseline and runs it as the
 # tracer portlife-baseline, right after portlife, in both passes.
 BENCH_ARGS     ?= --runs 3 --duration 10s --configs all
-BENCH_BPF_ARGS ?= --runs 2 --duration 6s --configs tcp-w4,tcp-w32,udp-w4
+BENCH_BPF_ARGS ?= --runs 2 --duration 6s --configs tcp-w4,tcp-w32,udp-w4,tcp-rr4,udp-rr4
 BASELINE       ?=
 BASELINE_BIN   := bin/portlife-baseline
 BENCH          = ./bin/bench --portlife ./$(BIN) --churn ./bin/churn --tcplife $(TCPLIFE)$(if $(BASELINE), --portlife-baseline ./$(BASELINE_BIN))

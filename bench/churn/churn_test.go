@@ -16,17 +16,23 @@ func TestChurnLoopback(t *testing.T) {
 		proto       string
 		rate        float64
 		activeClose bool
+		persistent  bool
 	}{
-		{"tcp full speed", "tcp", 0, false},
-		{"tcp paced", "tcp", 200, false},
-		{"tcp server closes first", "tcp", 0, true},
-		{"udp", "udp", 0, false},
+		{"tcp full speed", "tcp", 0, false, false},
+		{"tcp paced", "tcp", 200, false, false},
+		{"tcp server closes first", "tcp", 0, true, false},
+		{"udp", "udp", 0, false, false},
+		{"tcp persistent round trips", "tcp", 0, false, true},
+		{"udp persistent round trips", "udp", 0, false, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sf := serverFlags{addr: "127.0.0.1:0", proto: tt.proto, handlers: 8, bufSize: 4096}
+			sf := serverFlags{addr: "127.0.0.1:0", proto: tt.proto, handlers: 8, bufSize: 4096, noDelay: tt.persistent}
 			cf := clientFlags{proto: tt.proto, workers: 2, duration: 200 * time.Millisecond, rate: tt.rate,
-				size: 100, timeout: time.Second, sources: 2, waitEOF: tt.activeClose}
+				size: 100, timeout: time.Second, sources: 2, waitEOF: tt.activeClose, persistent: tt.persistent}
+			if tt.persistent {
+				cf.size = 64
+			}
 			if tt.activeClose {
 				sf.activeClose = cf.size
 			}
@@ -51,8 +57,25 @@ func TestChurnLoopback(t *testing.T) {
 			// The server counts after its close, which may trail the
 			// client's last completion a little.
 			time.Sleep(50 * time.Millisecond)
-			if got := srv.served.Load(); got < int64(n) {
-				t.Errorf("server served %d, client completed %d", got, n)
+			served := int64(n)
+			if tt.persistent {
+				// One connection per worker for the whole run, each doing
+				// many round trips: the UDP server counts echoes, the TCP
+				// server connections.
+				if n != cf.workers {
+					t.Errorf("persistent: %d connections for %d workers", n, cf.workers)
+				}
+				if res.roundTrips() < int64(10*cf.workers) {
+					t.Errorf("persistent: %d round trips in %v", res.roundTrips(), cf.duration)
+				}
+				if tt.proto == "udp" {
+					served = res.roundTrips()
+				}
+			} else if res.roundTrips() != 0 {
+				t.Errorf("churn counted %d round trips", res.roundTrips())
+			}
+			if got := srv.served.Load(); got < served {
+				t.Errorf("server served %d, client completed %d", got, served)
 			}
 
 			cf.truth = filepath.Join(t.TempDir(), "truth.bin")
@@ -63,8 +86,8 @@ func TestChurnLoopback(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if h.Conns != n || len(ports) != n || h.Sources != 2 || h.Proto != tt.proto {
-				t.Errorf("header %+v with %d ports, want %d conns", h, len(ports), n)
+			if h.Conns != n || len(ports) != n || h.Sources != 2 || h.Proto != tt.proto || h.RoundTrips != res.roundTrips() {
+				t.Errorf("header %+v with %d ports, want %d conns, %d round trips", h, len(ports), n, res.roundTrips())
 			}
 			for _, p := range ports {
 				// UDP may legitimately reuse the server's port number on

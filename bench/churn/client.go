@@ -18,6 +18,8 @@ type workerResult struct {
 	index  int
 	ports  []uint16
 	errors map[string]int
+	// roundTrips counts the echoes completed in --persistent mode.
+	roundTrips int64
 }
 
 type clientResult struct {
@@ -29,6 +31,14 @@ func (r *clientResult) conns() int {
 	n := 0
 	for _, w := range r.workers {
 		n += len(w.ports)
+	}
+	return n
+}
+
+func (r *clientResult) roundTrips() int64 {
+	var n int64
+	for _, w := range r.workers {
+		n += w.roundTrips
 	}
 	return n
 }
@@ -67,6 +77,9 @@ func (r *clientResult) writeTruth(cf clientFlags, target netip.AddrPort) error {
 		Target:     target.String(),
 		ErrorKinds: r.errorKinds(),
 	}
+	if cf.persistent {
+		h.RoundTrips, h.Size = r.roundTrips(), cf.size
+	}
 	return truth.WriteFile(cf.truth, h, ports)
 }
 
@@ -89,7 +102,9 @@ func runClient(cf clientFlags, target netip.AddrPort) *clientResult {
 	}
 	// Sized for full speed on a small box, so appends rarely copy mid-run.
 	expect := int(cf.duration.Seconds()*25000) / cf.workers
-	if cf.rate > 0 {
+	if cf.persistent {
+		expect = 4 // one connection, unless one fails
+	} else if cf.rate > 0 {
 		expect = int(cf.duration.Seconds()*cf.rate*1.1)/cf.workers + 16
 	}
 
@@ -107,6 +122,10 @@ func runClient(cf clientFlags, target netip.AddrPort) *clientResult {
 		// of in bursts of len(workers).
 		first := start.Add(interval * time.Duration(i) / time.Duration(cf.workers))
 		wg.Go(func() {
+			if cf.persistent {
+				w.runPersistent(cf, target, payload, deadline)
+				return
+			}
 			w.run(cf, target, payload, first, interval, deadline)
 		})
 	}
@@ -115,21 +134,31 @@ func runClient(cf clientFlags, target netip.AddrPort) *clientResult {
 	return res
 }
 
+// source is the worker's loopback source address, or nil for the kernel's
+// choice.
+func (w *workerResult) source(cf clientFlags, target netip.AddrPort) unix.Sockaddr {
+	if n := effectiveSources(cf, target); n > 0 {
+		return &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, byte(2 + w.index%n)}}
+	}
+	return nil
+}
+
+func sockType(proto string) int {
+	if proto == "udp" {
+		return unix.SOCK_DGRAM
+	}
+	return unix.SOCK_STREAM
+}
+
 // run uses an absolute schedule: when a sleep overshoots (Go timers are
 // coarse at sub-millisecond intervals) the following iterations skip their
 // sleep, so the average rate still matches the request.
 func (w *workerResult) run(cf clientFlags, target netip.AddrPort, payload []byte, next time.Time, interval time.Duration, deadline time.Time) {
 	sa, family := sockaddr(target)
-	var src unix.Sockaddr
-	if n := effectiveSources(cf, target); n > 0 {
-		src = &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, byte(2 + w.index%n)}}
-	}
+	src := w.source(cf, target)
 	echoBuf := make([]byte, len(payload))
 	tv := unix.NsecToTimeval(cf.timeout.Nanoseconds())
-	typ := unix.SOCK_STREAM
-	if cf.proto == "udp" {
-		typ = unix.SOCK_DGRAM
-	}
+	typ := sockType(cf.proto)
 	for {
 		now := time.Now()
 		if !now.Before(deadline) {
@@ -157,11 +186,42 @@ func (w *workerResult) run(cf clientFlags, target netip.AddrPort, payload []byte
 
 // oneConn does one full connection lifetime and returns its local port.
 func oneConn(family, typ int, src, sa unix.Sockaddr, tv *unix.Timeval, payload, echoBuf []byte, waitEOF bool) (uint16, error) {
-	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
+	fd, port, err := openConn(family, typ, src, sa, tv)
 	if err != nil {
 		return 0, err
 	}
 	defer unix.Close(fd)
+	if err := writeAll(fd, payload); err != nil {
+		return 0, err
+	}
+	if typ == unix.SOCK_DGRAM {
+		return port, readDatagram(fd, echoBuf)
+	}
+	if err := readFull(fd, echoBuf); err != nil {
+		return 0, err
+	}
+	if waitEOF {
+		return port, readEOF(fd, echoBuf)
+	}
+	return port, nil
+}
+
+// openConn makes a connected socket from src (nil: the kernel picks) to sa
+// and returns it with its local port; on error nothing is left open.
+func openConn(family, typ int, src, sa unix.Sockaddr, tv *unix.Timeval) (int, uint16, error) {
+	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, 0, err
+	}
+	port, err := setupConn(fd, src, sa, tv)
+	if err != nil {
+		unix.Close(fd)
+		return -1, 0, err
+	}
+	return fd, port, nil
+}
+
+func setupConn(fd int, src, sa unix.Sockaddr, tv *unix.Timeval) (uint16, error) {
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, tv); err != nil {
 		return 0, err
 	}
@@ -176,23 +236,7 @@ func oneConn(family, typ int, src, sa unix.Sockaddr, tv *unix.Timeval, payload, 
 	if err := connect(fd, sa); err != nil {
 		return 0, err
 	}
-	port, err := localPort(fd)
-	if err != nil {
-		return 0, err
-	}
-	if err := writeAll(fd, payload); err != nil {
-		return 0, err
-	}
-	if typ == unix.SOCK_DGRAM {
-		return port, readDatagram(fd, echoBuf)
-	}
-	if err := readFull(fd, echoBuf); err != nil {
-		return 0, err
-	}
-	if waitEOF {
-		return port, readEOF(fd, echoBuf)
-	}
-	return port, nil
+	return localPort(fd)
 }
 
 // readEOF waits for the server's FIN.
@@ -225,4 +269,61 @@ func readDatagram(fd int, buf []byte) error {
 		}
 		return nil
 	}
+}
+
+// runPersistent is a --persistent worker: one connection for the whole run,
+// echo round trips on it until the deadline, then the close. A connection
+// that fails (a timeout, a reset) is counted, closed and replaced, so the
+// truth lists every connection the worker opened and a lost UDP datagram
+// cannot leave a late echo to be taken for the next one.
+func (w *workerResult) runPersistent(cf clientFlags, target netip.AddrPort, payload []byte, deadline time.Time) {
+	sa, family := sockaddr(target)
+	src := w.source(cf, target)
+	echoBuf := make([]byte, len(payload))
+	tv := unix.NsecToTimeval(cf.timeout.Nanoseconds())
+	typ := sockType(cf.proto)
+	for time.Now().Before(deadline) {
+		fd, port, err := openConn(family, typ, src, sa, &tv)
+		if err == nil && typ == unix.SOCK_STREAM {
+			// Each request is one small write; Nagle must not hold one
+			// back for an ACK, whatever the order of reads and ACKs.
+			err = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+			if err != nil {
+				unix.Close(fd)
+			}
+		}
+		if err != nil {
+			w.errors[errName(err)]++
+			if err == unix.EADDRNOTAVAIL {
+				time.Sleep(time.Millisecond)
+			}
+			continue
+		}
+		w.ports = append(w.ports, port)
+		if err := w.roundTripsUntil(fd, typ, payload, echoBuf, deadline); err != nil {
+			w.errors[errName(err)]++
+		}
+		unix.Close(fd)
+	}
+}
+
+// roundTripsUntil writes payload and reads its echo, again and again, until
+// the deadline or an error.
+func (w *workerResult) roundTripsUntil(fd, typ int, payload, echoBuf []byte, deadline time.Time) error {
+	for time.Now().Before(deadline) {
+		if err := writeAll(fd, payload); err != nil {
+			return err
+		}
+		var err error
+		if typ == unix.SOCK_DGRAM {
+			err = readDatagram(fd, echoBuf)
+		} else {
+			err = readFull(fd, echoBuf)
+		}
+		if err != nil {
+			return err
+		}
+		w.roundTrips++
+	}
+	return nil
 }

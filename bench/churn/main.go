@@ -5,6 +5,13 @@
 //	churn server --addr 127.0.0.1:0 --proto tcp --ready-file F
 //	churn client --target 127.0.0.1:PORT --proto tcp --workers 4 --duration 10s --truth F
 //	churn both   --proto tcp --workers 4 --duration 10s --truth F
+//	churn client --target 127.0.0.1:PORT --proto udp --workers 4 --persistent --size 64 --truth F
+//
+// --persistent is the data path instead of churn: each worker opens one TCP
+// connection or one connected UDP socket and does request/response round
+// trips of --size bytes on it as fast as it can until --duration ends, then
+// closes it. The truth file then lists those few connections and the round
+// trips done.
 //
 // Server and client are separate processes on purpose: a tracer must
 // attribute each side to the right pid. "both" runs them in one process for
@@ -66,6 +73,11 @@ type serverFlags struct {
 	// LAST_ACK. Tracers that take the pid from the closing context see the
 	// two orders very differently.
 	activeClose int
+	// noDelay sets TCP_NODELAY on accepted connections: a persistent
+	// round trip whose request arrives in two reads is echoed in two
+	// writes, and Nagle would hold the second until the client's delayed
+	// ACK. Churn leaves it off so its connections stay as they were measured.
+	noDelay bool
 }
 
 func (f *serverFlags) register(fs *flag.FlagSet) {
@@ -75,6 +87,7 @@ func (f *serverFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.handlers, "handlers", 64, "concurrent blocking handlers (should exceed client workers)")
 	fs.IntVar(&f.bufSize, "bufsize", 4096, "echo buffer size: bytes read per read call")
 	fs.IntVar(&f.activeClose, "active-close", 0, "close first after echoing this many bytes (0 = wait for the client to close)")
+	fs.BoolVar(&f.noDelay, "nodelay", false, "set TCP_NODELAY on accepted connections (for clients with --persistent)")
 }
 
 type clientFlags struct {
@@ -88,6 +101,8 @@ type clientFlags struct {
 	timeout  time.Duration
 	sources  int
 	waitEOF  bool
+	// persistent: one connection per worker doing round trips, not churn.
+	persistent bool
 }
 
 func (f *clientFlags) register(fs *flag.FlagSet, needTarget bool) {
@@ -107,6 +122,7 @@ func (f *clientFlags) register(fs *flag.FlagSet, needTarget bool) {
 	fs.IntVar(&f.sources, "sources", 4, "spread workers over this many loopback sources 127.0.0.2... when the target is IPv4 loopback (0 = let the kernel pick)")
 	fs.BoolVar(&f.waitEOF, "wait-eof", false, "after the echo, wait for the server to close first (pair with server --active-close)")
 	fs.DurationVar(&f.timeout, "io-timeout", 2*time.Second, "per-connection receive timeout")
+	fs.BoolVar(&f.persistent, "persistent", false, "no churn: each worker keeps one connection (TCP) or connected socket (UDP) and does --size byte round trips on it until --duration ends")
 }
 
 func runServerCmd(args []string) error {
@@ -157,6 +173,7 @@ func runBothCmd(args []string) error {
 	if cf.waitEOF {
 		sf.activeClose = cf.size
 	}
+	sf.noDelay = cf.persistent
 	runtime.GOMAXPROCS(max(runtime.NumCPU(), sf.handlers+cf.workers+2))
 
 	srv, err := startServer(sf)
@@ -176,9 +193,20 @@ func clientMain(cf clientFlags, target netip.AddrPort) error {
 	if cf.workers < 1 {
 		return fmt.Errorf("--workers must be at least 1")
 	}
+	if cf.persistent && cf.rate > 0 {
+		return fmt.Errorf("--persistent runs at full speed: drop --rate")
+	}
+	if cf.persistent && cf.waitEOF {
+		return fmt.Errorf("--persistent closes from the client at the end: drop --wait-eof")
+	}
 	res := runClient(cf, target)
-	fmt.Fprintf(os.Stderr, "churn client: %s %d workers: %d conns in %.2fs = %.0f/s, %d errors %v\n",
-		cf.proto, cf.workers, res.conns(), res.seconds, float64(res.conns())/res.seconds, res.errors(), res.errorKinds())
+	if cf.persistent {
+		fmt.Fprintf(os.Stderr, "churn client: %s %d workers persistent: %d round trips of %d B on %d conns in %.2fs = %.0f/s, %d errors %v\n",
+			cf.proto, cf.workers, res.roundTrips(), cf.size, res.conns(), res.seconds, float64(res.roundTrips())/res.seconds, res.errors(), res.errorKinds())
+	} else {
+		fmt.Fprintf(os.Stderr, "churn client: %s %d workers: %d conns in %.2fs = %.0f/s, %d errors %v\n",
+			cf.proto, cf.workers, res.conns(), res.seconds, float64(res.conns())/res.seconds, res.errors(), res.errorKinds())
+	}
 	if cf.truth == "" {
 		return nil
 	}

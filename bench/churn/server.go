@@ -53,7 +53,7 @@ func startServer(sf serverFlags) (*server, error) {
 	}
 	for range max(1, sf.handlers) {
 		if typ == unix.SOCK_STREAM {
-			go srv.acceptLoop(sf.bufSize, sf.activeClose)
+			go srv.acceptLoop(sf.bufSize, sf.activeClose, sf.noDelay)
 		} else {
 			go srv.udpLoop(sf.bufSize)
 		}
@@ -81,7 +81,7 @@ func bindSocket(ap netip.AddrPort, typ int) (int, error) {
 // acceptLoop handles one connection at a time; concurrency comes from
 // running many loops on the same listening socket, which the kernel wakes
 // one at a time.
-func (s *server) acceptLoop(bufSize, activeClose int) {
+func (s *server) acceptLoop(bufSize, activeClose int, noDelay bool) {
 	buf := make([]byte, max(1, bufSize))
 	for {
 		cfd, err := accept(s.fd)
@@ -89,6 +89,11 @@ func (s *server) acceptLoop(bufSize, activeClose int) {
 			// EMFILE and friends are transient under churn; the client
 			// counts the resulting failures, so just keep going.
 			continue
+		}
+		if noDelay {
+			// A failure only risks a delayed echo, which the client's
+			// round-trip rate would show.
+			unix.SetsockoptInt(cfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		}
 		echo(cfd, buf, activeClose)
 		unix.Close(cfd)

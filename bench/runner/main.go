@@ -161,7 +161,11 @@ func run(o *options) error {
 		return err
 	}
 	defer cleanup()
-	fmt.Printf("configs: %s; tracers: %s; %d runs × %s\n\n", configNames(cfgs), strings.Join(names, ","), o.runs, o.duration)
+	fmt.Printf("configs: %s; tracers: %s; %d runs × %s\n", configNames(cfgs), strings.Join(names, ","), o.runs, o.duration)
+	if note := skippedNote(cfgs, names); note != "" {
+		fmt.Println(note)
+	}
+	fmt.Println()
 
 	results := runAll(ctx, env, o, cfgs, names, tracers)
 	fillRatios(results)
@@ -234,6 +238,9 @@ func runAll(ctx context.Context, env *benchEnv, o *options, cfgs []config, names
 				if ctx.Err() != nil {
 					return results
 				}
+				if !runsOn(cfg, names[i]) {
+					continue
+				}
 				if !first {
 					sleepCtx(ctx, o.cooldown)
 				}
@@ -248,11 +255,49 @@ func runAll(ctx context.Context, env *benchEnv, o *options, cfgs []config, names
 	return results
 }
 
+// runsOn says whether a tracer runs on a configuration. On the data path,
+// the tracers that are portlife plus a consumer of its events (a summary,
+// metrics, a sink, the store) are left out: its few connections give them
+// nothing to do, so they would measure portlife again, at the cost of a
+// longer `make bench`.
+func runsOn(cfg config, tracer string) bool {
+	if !cfg.DataPath {
+		return true
+	}
+	return tracer != summaryTracer && tracer != metricsTracer && outputs[tracer] == nil
+}
+
+// skippedNote names the tracers runsOn leaves out of the data-path
+// configurations, if any.
+func skippedNote(cfgs []config, names []string) string {
+	var dp, skipped []string
+	for _, c := range cfgs {
+		if !c.DataPath {
+			continue
+		}
+		dp = append(dp, c.Name)
+		if skipped == nil {
+			for _, n := range names {
+				if !runsOn(c, n) {
+					skipped = append(skipped, n)
+				}
+			}
+		}
+	}
+	if len(skipped) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("note: %s run without %s (the data path gives their outputs nothing to do)", strings.Join(dp, ","), strings.Join(skipped, ","))
+}
+
 func shortResult(r *runResult) string {
 	if r.Err != "" {
 		return "error: " + r.Err
 	}
 	s := fmt.Sprintf("%d conns, %.0f/s", r.Conns, float64(r.ConnRate))
+	if r.DataPath {
+		s = fmt.Sprintf("%d round trips on %d conns, %.0f/s", r.RoundTrips, r.Conns, float64(r.RTRate))
+	}
 	if r.Tracer != "none" {
 		s += fmt.Sprintf(", client %s%%, server %s%%, lost %s", fmtMetric(r.ClientPct, 2), fmtMetric(r.ServerPct, 2), fmtMetric(r.Lost, 0))
 	}
@@ -288,6 +333,10 @@ func printNotes(results []*runResult) {
 		fmt.Println(strings.Join(lines, "\n"))
 	}
 	fmt.Println("\ncells are min/median/max over runs when they differ; '-' = not applicable or not measured, lost '-' = tracer did not report it")
+	if slices.ContainsFunc(results, func(r *runResult) bool { return r.DataPath }) {
+		fmt.Println("data path: rt = round trips; BPF ns/rt and runs/rt are all of the tracer's program time and runs over the run, host-wide, per round trip;\n" +
+			"  client % and server % need the connection's close, and for portlife its open too, with the right ports and pid")
+	}
 	if slices.ContainsFunc(results, func(r *runResult) bool { return outputs[r.Tracer] != nil }) {
 		fmt.Println("outputs: records and MB are what reached the output (the runner's receiver, the file, the store's lifetimes and its size on disk);\n" +
 			"  rec/s and MB/s over a receiver's first to last byte, else over the churn (the store: rows written); sent, dropped from portlife's tracing stopped")

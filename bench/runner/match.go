@@ -34,6 +34,16 @@ func matchMultiset(truth, events *portCounts) int {
 	return n
 }
 
+// both is, per port, the smaller of the two counts: the connections on a
+// port that have both events.
+func both(a, b *portCounts) *portCounts {
+	c := new(portCounts)
+	for p := range c {
+		c[p] = min(a[p], b[p])
+	}
+	return c
+}
+
 func total(c *portCounts) int {
 	n := 0
 	for _, v := range c {
@@ -50,6 +60,9 @@ type matchSpec struct {
 	clientPID  int
 	serverPID  int
 	serverPort uint16
+	// opens: count the tracer's open events too (the data path, whose few
+	// connections open at the start and close at the end).
+	opens bool
 }
 
 // eventCounts holds, per side, events with the right pid and events with
@@ -57,7 +70,10 @@ type matchSpec struct {
 type eventCounts struct {
 	client, clientAnyPID portCounts // keyed by the client's local port
 	server, serverAnyPID portCounts // keyed by the server's remote port
-	badLines             int
+	// Opens with the right pid, when matchSpec.opens; the others count
+	// closes.
+	clientOpen, serverOpen portCounts
+	badLines               int
 }
 
 func (ec *eventCounts) addClient(pid int, lport uint16, s matchSpec) {
@@ -85,9 +101,13 @@ type portlifeEvent struct {
 	PID       int    `json:"pid"`
 }
 
-// closeMarker prefilters lines: only close events are decoded, which keeps
-// the parse of several hundred thousand lines well under a second.
-var closeMarker = []byte(`"close"`)
+// closeMarker prefilters lines: only close events are decoded (and opens
+// when asked for, on the data path, which has a few), which keeps the parse
+// of several hundred thousand lines well under a second.
+var (
+	closeMarker = []byte(`"close"`)
+	openMarker  = []byte(`"open"`)
+)
 
 func parsePortlife(r io.Reader, s matchSpec) (*eventCounts, error) {
 	ec := new(eventCounts)
@@ -96,7 +116,7 @@ func parsePortlife(r io.Reader, s matchSpec) (*eventCounts, error) {
 	var ev portlifeEvent
 	for sc.Scan() {
 		line := sc.Bytes()
-		if !bytes.Contains(line, closeMarker) {
+		if !bytes.Contains(line, closeMarker) && !(s.opens && bytes.Contains(line, openMarker)) {
 			continue
 		}
 		ev = portlifeEvent{}
@@ -113,7 +133,19 @@ func parsePortlife(r io.Reader, s matchSpec) (*eventCounts, error) {
 }
 
 func addPortlifeEvent(ec *eventCounts, ev *portlifeEvent, s matchSpec) {
-	if ev.Event != "close" || ev.Proto != s.proto || !validPort(ev.LPort) || !validPort(ev.RPort) {
+	if ev.Proto != s.proto || !validPort(ev.LPort) || !validPort(ev.RPort) {
+		return
+	}
+	if ev.Event == "open" && s.opens {
+		switch {
+		case ev.Direction == "outbound" && uint16(ev.RPort) == s.serverPort && ev.PID == s.clientPID:
+			ec.clientOpen[ev.LPort]++
+		case ev.Direction == "inbound" && uint16(ev.LPort) == s.serverPort && ev.PID == s.serverPID:
+			ec.serverOpen[ev.RPort]++
+		}
+		return
+	}
+	if ev.Event != "close" {
 		return
 	}
 	switch {

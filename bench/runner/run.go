@@ -22,6 +22,22 @@ type config struct {
 	Rate    float64 `json:"rate"` // total conns/s, 0 = as fast as possible
 	// ServerCloses makes the server the active closer (HTTP/1.0 style).
 	ServerCloses bool `json:"server_closes,omitempty"`
+	// DataPath is the data path instead of churn (churn client
+	// --persistent): each worker keeps one connection, or one connected
+	// UDP socket, and does Size-byte round trips on it at full speed for
+	// the whole run. What a tracer costs then is per packet, not per
+	// connection.
+	DataPath bool `json:"data_path,omitempty"`
+	// Size is the bytes each way per round trip; 0 takes --size.
+	Size int `json:"size,omitempty"`
+}
+
+// size is the bytes echoed per connection, or per round trip.
+func (c config) size(env *benchEnv) int {
+	if c.Size > 0 {
+		return c.Size
+	}
+	return env.size
 }
 
 // Paced configurations get more workers than needed so that the pacing, not
@@ -32,6 +48,9 @@ var defaultConfigs = []config{
 	{Name: "tcp-r5k", Proto: "tcp", Workers: 16, Rate: 5000},
 	{Name: "tcp-r20k", Proto: "tcp", Workers: 16, Rate: 20000},
 	{Name: "udp-w4", Proto: "udp", Workers: 4},
+	// 64-byte round trips, the size of a small RPC or a DNS query.
+	{Name: "tcp-rr4", Proto: "tcp", Workers: 4, DataPath: true, Size: 64},
+	{Name: "udp-rr4", Proto: "udp", Workers: 4, DataPath: true, Size: 64},
 }
 
 // extraConfigs run only when named in --configs.
@@ -57,6 +76,7 @@ type runResult struct {
 	Config     string `json:"config"`
 	Tracer     string `json:"tracer"`
 	Run        int    `json:"run"`
+	DataPath   bool   `json:"data_path,omitempty"`
 	ClientPID  int    `json:"client_pid"`
 	ServerPID  int    `json:"server_pid"`
 	ServerAddr string `json:"server_addr"`
@@ -66,6 +86,15 @@ type runResult struct {
 	ConnRate     metric  `json:"conn_rate"`
 	RatioVsNone  metric  `json:"ratio_vs_none"`
 	ClientErrors int     `json:"client_errors"`
+
+	// The data path's: round trips over the run's few connections, their
+	// rate, and the tracer's costs per round trip. ConnRate, CPUPer100k
+	// and BPFUsPerConn are left out there, having no churn to divide by.
+	RoundTrips   int64  `json:"round_trips,omitempty"`
+	RTRate       metric `json:"round_trip_rate"`
+	CPUPer1MRT   metric `json:"tracer_cpu_s_per_1m_round_trips"`
+	BPFNsPerRT   metric `json:"bpf_ns_per_round_trip"`
+	BPFRunsPerRT metric `json:"bpf_runs_per_round_trip"`
 
 	TracerCPUSec metric `json:"tracer_cpu_s"`
 	CPUPer100k   metric `json:"tracer_cpu_s_per_100k"`
@@ -79,10 +108,15 @@ type runResult struct {
 
 	// Found counts pair with ground truth (right port and pid); AnyPID
 	// counts ignore the pid, so found < anypid means misattribution.
-	ClientFound   int    `json:"client_found"`
-	ClientAnyPID  int    `json:"client_found_any_pid"`
-	ClientEvents  int    `json:"client_events"`
-	ClientPct     metric `json:"client_completeness_pct"`
+	ClientFound  int    `json:"client_found"`
+	ClientAnyPID int    `json:"client_found_any_pid"`
+	ClientEvents int    `json:"client_events"`
+	ClientPct    metric `json:"client_completeness_pct"`
+	// ClientOpens and ServerOpens are, on the data path, the connections
+	// whose open was found with the right ports and pid; completeness
+	// there needs the open and the close (from a tracer that has opens).
+	ClientOpens   int    `json:"client_opens_found,omitempty"`
+	ServerOpens   int    `json:"server_opens_found,omitempty"`
 	ServerFound   int    `json:"server_found"`
 	ServerAnyPID  int    `json:"server_found_any_pid"`
 	ServerEvents  int    `json:"server_events"`
@@ -111,14 +145,25 @@ type runResult struct {
 }
 
 func newResult(cfg config, tr string, run int) *runResult {
-	return &runResult{
-		Config: cfg.Name, Tracer: tr, Run: run,
+	res := &runResult{
+		Config: cfg.Name, Tracer: tr, Run: run, DataPath: cfg.DataPath,
+		RTRate: na, CPUPer1MRT: na, BPFNsPerRT: na, BPFRunsPerRT: na,
 		ConnRate: na, RatioVsNone: na, TracerCPUSec: na, CPUPer100k: na, PeakRSSMiB: na,
 		BPFRunTimeNs: na, BPFRunCnt: na, BPFUsPerConn: na, BPFNsPerRun: na,
 		ClientPct: na, ServerPct: na, Lost: na,
 		OutRecords: na, OutMB: na, OutSeconds: na, OutRecPerSec: na, OutMBPerSec: na,
 		OutSent: na, OutDropped: na, StoreBytesPerLifetime: na,
 	}
+	return res
+}
+
+// rate is what the run did per second: connections, or round trips on the
+// data path.
+func (r *runResult) rate() metric {
+	if r.DataPath {
+		return r.RTRate
+	}
+	return r.ConnRate
 }
 
 func (r *runResult) note(format string, args ...any) {
@@ -185,14 +230,39 @@ func execute(ctx context.Context, env *benchEnv, cfg config, tr *tracer, dir str
 	return analyze(env, cfg, tr, dir, addr, res)
 }
 
-func startServer(ctx context.Context, env *benchEnv, cfg config, dir string) (*child, netip.AddrPort, error) {
-	ready := filepath.Join(dir, "server.addr")
+// serverArgv is the churn server's command line for cfg.
+func serverArgv(env *benchEnv, cfg config, ready string) []string {
 	argv := []string{env.churn, "server", "--proto", cfg.Proto, "--addr", "127.0.0.1:0",
-		"--ready-file", ready, "--bufsize", strconv.Itoa(max(4096, env.size)),
+		"--ready-file", ready, "--bufsize", strconv.Itoa(max(4096, cfg.size(env))),
 		"--handlers", strconv.Itoa(max(64, 2*cfg.Workers))}
 	if cfg.ServerCloses {
-		argv = append(argv, "--active-close", strconv.Itoa(env.size))
+		argv = append(argv, "--active-close", strconv.Itoa(cfg.size(env)))
 	}
+	if cfg.DataPath && cfg.Proto == "tcp" {
+		argv = append(argv, "--nodelay")
+	}
+	return argv
+}
+
+// clientArgv is the churn client's command line for cfg.
+func clientArgv(env *benchEnv, cfg config, addr netip.AddrPort, dir string) []string {
+	argv := []string{env.churn, "client", "--proto", cfg.Proto, "--target", addr.String(),
+		"--workers", strconv.Itoa(cfg.Workers), "--duration", env.duration.String(),
+		"--size", strconv.Itoa(cfg.size(env)),
+		"--sources", strconv.Itoa(env.sources), "--truth", filepath.Join(dir, "truth.bin")}
+	if cfg.DataPath {
+		return append(argv, "--persistent")
+	}
+	argv = append(argv, "--rate", strconv.FormatFloat(cfg.Rate, 'f', -1, 64))
+	if cfg.ServerCloses {
+		argv = append(argv, "--wait-eof")
+	}
+	return argv
+}
+
+func startServer(ctx context.Context, env *benchEnv, cfg config, dir string) (*child, netip.AddrPort, error) {
+	ready := filepath.Join(dir, "server.addr")
+	argv := serverArgv(env, cfg, ready)
 	c, err := startChild(ctx, "churn server", argv, filepath.Join(dir, "server.stdout"), filepath.Join(dir, "server.stderr"))
 	if err != nil {
 		return nil, netip.AddrPort{}, err
@@ -215,13 +285,7 @@ func startServer(ctx context.Context, env *benchEnv, cfg config, dir string) (*c
 
 // runClient runs the churn client to completion.
 func runClient(ctx context.Context, env *benchEnv, cfg config, addr netip.AddrPort, dir string) (*child, error) {
-	argv := []string{env.churn, "client", "--proto", cfg.Proto, "--target", addr.String(),
-		"--workers", strconv.Itoa(cfg.Workers), "--duration", env.duration.String(),
-		"--rate", strconv.FormatFloat(cfg.Rate, 'f', -1, 64), "--size", strconv.Itoa(env.size),
-		"--sources", strconv.Itoa(env.sources), "--truth", filepath.Join(dir, "truth.bin")}
-	if cfg.ServerCloses {
-		argv = append(argv, "--wait-eof")
-	}
+	argv := clientArgv(env, cfg, addr, dir)
 	c, err := startChild(ctx, "churn client", argv, filepath.Join(dir, "client.stdout"), filepath.Join(dir, "client.stderr"))
 	if err != nil {
 		return nil, err
@@ -330,26 +394,22 @@ func analyze(env *benchEnv, cfg config, tr *tracer, dir string, addr netip.AddrP
 	if h.PID != res.ClientPID {
 		res.note("truth pid %d differs from client pid %d", h.PID, res.ClientPID)
 	}
-	res.Conns, res.Seconds, res.ClientErrors = h.Conns, h.Seconds, h.Errors
 	if len(h.ErrorKinds) > 0 {
 		res.note("client errors: %v", h.ErrorKinds)
 	}
-	res.ConnRate = ratio(float64(h.Conns), h.Seconds)
+	if cfg.DataPath && h.RoundTrips == 0 {
+		res.note("the client did no round trip")
+	}
+	fillRates(res, h, tr != nil, env.bpfStats)
 	if tr == nil {
 		return nil
-	}
-	res.CPUPer100k = ratio(float64(res.TracerCPUSec)*1e5, float64(h.Conns))
-	res.BPFUsPerConn = ratio(float64(res.BPFRunTimeNs)/1e3, float64(h.Conns))
-	res.BPFNsPerRun = ratio(float64(res.BPFRunTimeNs), float64(res.BPFRunCnt))
-	fillOutputRates(res)
-	if !env.bpfStats {
-		res.BPFUsPerConn, res.BPFNsPerRun = na, na
 	}
 	if !tr.supports(cfg.Proto) {
 		res.note("%s does not trace %s; completeness not applicable", tr.name, cfg.Proto)
 		return nil
 	}
-	spec := matchSpec{proto: cfg.Proto, clientPID: res.ClientPID, serverPID: res.ServerPID, serverPort: addr.Port()}
+	spec := matchSpec{proto: cfg.Proto, clientPID: res.ClientPID, serverPID: res.ServerPID, serverPort: addr.Port(),
+		opens: cfg.DataPath && tr.opens}
 	f, err := os.Open(filepath.Join(dir, tr.name+".stdout"))
 	if err != nil {
 		return fmt.Errorf("open tracer output: %w", err)
@@ -359,8 +419,36 @@ func analyze(env *benchEnv, cfg config, tr *tracer, dir string, addr netip.AddrP
 	if err != nil {
 		return err
 	}
-	fillCompleteness(res, countPorts(ports), ec, cfg.Proto)
+	fillCompleteness(res, countPorts(ports), ec, spec)
 	return nil
+}
+
+// fillRates divides what the run did and what the tracer spent by the
+// connections, or on the data path by the round trips. BPF time needs
+// bpf_stats: without it the kernel counts neither time nor runs.
+func fillRates(res *runResult, h truth.Header, traced, bpfStats bool) {
+	res.Conns, res.Seconds, res.ClientErrors, res.RoundTrips = h.Conns, h.Seconds, h.Errors, h.RoundTrips
+	if res.DataPath {
+		res.RTRate = ratio(float64(h.RoundTrips), h.Seconds)
+	} else {
+		res.ConnRate = ratio(float64(h.Conns), h.Seconds)
+	}
+	if !traced {
+		return
+	}
+	if res.DataPath {
+		res.CPUPer1MRT = ratio(float64(res.TracerCPUSec)*1e6, float64(h.RoundTrips))
+		res.BPFNsPerRT = ratio(float64(res.BPFRunTimeNs), float64(h.RoundTrips))
+		res.BPFRunsPerRT = ratio(float64(res.BPFRunCnt), float64(h.RoundTrips))
+	} else {
+		res.CPUPer100k = ratio(float64(res.TracerCPUSec)*1e5, float64(h.Conns))
+		res.BPFUsPerConn = ratio(float64(res.BPFRunTimeNs)/1e3, float64(h.Conns))
+	}
+	res.BPFNsPerRun = ratio(float64(res.BPFRunTimeNs), float64(res.BPFRunCnt))
+	fillOutputRates(res)
+	if !bpfStats {
+		res.BPFUsPerConn, res.BPFNsPerRun, res.BPFNsPerRT, res.BPFRunsPerRT = na, na, na, na
+	}
 }
 
 // fillOutputRates turns what reached an output into rates: over a
@@ -380,21 +468,32 @@ func fillOutputRates(res *runResult) {
 	res.OutMBPerSec = ratio(float64(res.OutMB), float64(secs))
 }
 
-func fillCompleteness(res *runResult, want *portCounts, ec *eventCounts, proto string) {
+// fillCompleteness pairs the truth's connections with the tracer's closes,
+// and with spec.opens, with its opens too: a connection counts as found
+// only when both are, with the right ports and pid.
+func fillCompleteness(res *runResult, want *portCounts, ec *eventCounts, spec matchSpec) {
 	n := float64(res.Conns)
 	res.BadEventLines = ec.badLines
 	res.ClientFound = matchMultiset(want, &ec.client)
 	res.ClientAnyPID = matchMultiset(want, &ec.clientAnyPID)
 	res.ClientEvents = total(&ec.client)
+	if spec.opens {
+		res.ClientOpens = matchMultiset(want, &ec.clientOpen)
+		res.ClientFound = matchMultiset(want, both(&ec.client, &ec.clientOpen))
+	}
 	res.ClientPct = ratio(100*float64(res.ClientFound), n)
 	// A UDP echo server has one socket for everyone, so there is no
 	// per-connection server side to find.
-	if proto != "tcp" {
+	if spec.proto != "tcp" {
 		return
 	}
 	res.ServerFound = matchMultiset(want, &ec.server)
 	res.ServerAnyPID = matchMultiset(want, &ec.serverAnyPID)
 	res.ServerEvents = total(&ec.server)
+	if spec.opens {
+		res.ServerOpens = matchMultiset(want, &ec.serverOpen)
+		res.ServerFound = matchMultiset(want, both(&ec.server, &ec.serverOpen))
+	}
 	res.ServerPct = ratio(100*float64(res.ServerFound), n)
 }
 

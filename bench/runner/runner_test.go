@@ -4,11 +4,15 @@ import (
 	"encoding/json"
 	"flag"
 	"math"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/portlife/portlife/bench/internal/truth"
 )
 
 func TestMatchMultiset(t *testing.T) {
@@ -400,5 +404,273 @@ func TestSelectTracersBaseline(t *testing.T) {
 	o.baseline = filepath.Join(dir, "missing")
 	if _, _, err := selectTracers(o); err == nil {
 		t.Error("a missing baseline binary is skipped; want an error")
+	}
+}
+
+func TestSelectConfigs(t *testing.T) {
+	tests := []struct {
+		name, list string
+		want       string // comma-joined names, or the error
+	}{
+		{"default has churn and the data path", "", "tcp-w4,tcp-w32,tcp-r5k,tcp-r20k,udp-w4,tcp-rr4,udp-rr4"},
+		{"all adds the extra ones", "all", "tcp-w4,tcp-w32,tcp-r5k,tcp-r20k,udp-w4,tcp-rr4,udp-rr4,tcp-srvclose"},
+		{"data path alone, in the order given", "udp-rr4, tcp-rr4", "udp-rr4,tcp-rr4"},
+		{"unknown", "tcp-rr5", `error: unknown config "tcp-rr5" (have tcp-w4,tcp-w32,tcp-r5k,tcp-r20k,udp-w4,tcp-rr4,udp-rr4,tcp-srvclose)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfgs, err := selectConfigs(tt.list)
+			got := configNames(cfgs)
+			if err != nil {
+				got = "error: " + err.Error()
+			}
+			if got != tt.want {
+				t.Errorf("selectConfigs(%q) = %q, want %q", tt.list, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestDataPathConfigs(t *testing.T) {
+	for _, name := range []string{"tcp-rr4", "udp-rr4"} {
+		cfgs, err := selectConfigs(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := cfgs[0]
+		if !c.DataPath || c.Workers != 4 || c.Size != 64 || c.Rate != 0 || c.Proto != name[:3] {
+			t.Errorf("%s = %+v; want 4 workers of %s, 64-byte round trips, full speed", name, c, name[:3])
+		}
+	}
+}
+
+func TestRunsOn(t *testing.T) {
+	churn, dataPath := config{Name: "tcp-w4"}, config{Name: "tcp-rr4", DataPath: true}
+	tests := []struct {
+		tracer              string
+		onChurn, onDataPath bool
+	}{
+		{"none", true, true},
+		{"portlife", true, true},
+		{baselineTracer, true, true},
+		{noAccounting, true, true},
+		{"tcplife", true, true},
+		{summaryTracer, true, false},
+		{metricsTracer, true, false},
+		{fileSinkTracer, true, false},
+		{syslogSinkTracer, true, false},
+		{tcpSinkTracer, true, false},
+		{storeTracer, true, false},
+	}
+	for _, tt := range tests {
+		if got := runsOn(churn, tt.tracer); got != tt.onChurn {
+			t.Errorf("runsOn(churn, %s) = %v, want %v", tt.tracer, got, tt.onChurn)
+		}
+		if got := runsOn(dataPath, tt.tracer); got != tt.onDataPath {
+			t.Errorf("runsOn(data path, %s) = %v, want %v", tt.tracer, got, tt.onDataPath)
+		}
+	}
+	cfgs, _ := selectConfigs("")
+	names := strings.Split(defaultTracers, ",")
+	want := "note: tcp-rr4,udp-rr4 run without portlife-summary,portlife-metrics,portlife-file-sink,portlife-syslog-sink,portlife-tcp-sink,portlife-store (the data path gives their outputs nothing to do)"
+	if got := skippedNote(cfgs, names); got != want {
+		t.Errorf("skippedNote = %q, want %q", got, want)
+	}
+	if got := skippedNote(cfgs, []string{"none", "portlife", "tcplife"}); got != "" {
+		t.Errorf("skippedNote with nothing skipped = %q", got)
+	}
+}
+
+// TestChurnArgv checks what the runner asks of the churn server and client
+// for each kind of configuration.
+func TestChurnArgv(t *testing.T) {
+	env := &benchEnv{churn: "churn", duration: 3 * time.Second, size: 100, sources: 4}
+	addr := netip.MustParseAddrPort("127.0.0.1:5000")
+	tests := []struct {
+		cfg          string
+		server       string
+		client       string
+		clientAbsent []string
+	}{
+		{"tcp-w4",
+			"churn server --proto tcp --addr 127.0.0.1:0 --ready-file R --bufsize 4096 --handlers 64",
+			"churn client --proto tcp --target 127.0.0.1:5000 --workers 4 --duration 3s --size 100 --sources 4 --truth D/truth.bin --rate 0",
+			[]string{"--persistent"}},
+		{"tcp-r5k",
+			"churn server --proto tcp --addr 127.0.0.1:0 --ready-file R --bufsize 4096 --handlers 64",
+			"churn client --proto tcp --target 127.0.0.1:5000 --workers 16 --duration 3s --size 100 --sources 4 --truth D/truth.bin --rate 5000",
+			[]string{"--persistent"}},
+		{"tcp-srvclose",
+			"churn server --proto tcp --addr 127.0.0.1:0 --ready-file R --bufsize 4096 --handlers 64 --active-close 100",
+			"churn client --proto tcp --target 127.0.0.1:5000 --workers 4 --duration 3s --size 100 --sources 4 --truth D/truth.bin --rate 0 --wait-eof",
+			nil},
+		{"tcp-rr4",
+			"churn server --proto tcp --addr 127.0.0.1:0 --ready-file R --bufsize 4096 --handlers 64 --nodelay",
+			"churn client --proto tcp --target 127.0.0.1:5000 --workers 4 --duration 3s --size 64 --sources 4 --truth D/truth.bin --persistent",
+			[]string{"--rate"}},
+		{"udp-rr4",
+			"churn server --proto udp --addr 127.0.0.1:0 --ready-file R --bufsize 4096 --handlers 64",
+			"churn client --proto udp --target 127.0.0.1:5000 --workers 4 --duration 3s --size 64 --sources 4 --truth D/truth.bin --persistent",
+			[]string{"--rate"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.cfg, func(t *testing.T) {
+			cfgs, err := selectConfigs(tt.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Join(serverArgv(env, cfgs[0], "R"), " "); got != tt.server {
+				t.Errorf("server argv\n got %s\nwant %s", got, tt.server)
+			}
+			client := clientArgv(env, cfgs[0], addr, "D")
+			if got := strings.Join(client, " "); got != tt.client {
+				t.Errorf("client argv\n got %s\nwant %s", got, tt.client)
+			}
+			for _, f := range tt.clientAbsent {
+				if slices.Contains(client, f) {
+					t.Errorf("client argv has %s", f)
+				}
+			}
+		})
+	}
+}
+
+func TestFillRates(t *testing.T) {
+	churnH := truth.Header{Conns: 200_000, Seconds: 10, Errors: 1}
+	dpH := truth.Header{Conns: 4, Seconds: 10, RoundTrips: 400_000}
+	tests := []struct {
+		name     string
+		cfg      config
+		h        truth.Header
+		traced   bool
+		bpfStats bool
+		want     map[string]float64 // NaN: not applicable
+	}{
+		{"churn, no tracer", config{}, churnH, false, true, map[string]float64{
+			"conn/s": 20_000, "rt/s": math.NaN(), "CPU s/100k": math.NaN(), "BPF µs/conn": math.NaN()}},
+		{"churn, traced", config{}, churnH, true, true, map[string]float64{
+			"conn/s": 20_000, "rt/s": math.NaN(), "CPU s/100k": 1, "BPF µs/conn": 5, "ns/run": 250,
+			"CPU s/1M rt": math.NaN(), "BPF ns/rt": math.NaN(), "runs/rt": math.NaN()}},
+		{"churn, bpf_stats off", config{}, churnH, true, false, map[string]float64{
+			"CPU s/100k": 1, "BPF µs/conn": math.NaN(), "ns/run": math.NaN()}},
+		{"data path, no tracer", config{DataPath: true}, dpH, false, true, map[string]float64{
+			"conn/s": math.NaN(), "rt/s": 40_000, "CPU s/1M rt": math.NaN()}},
+		{"data path, traced", config{DataPath: true}, dpH, true, true, map[string]float64{
+			"conn/s": math.NaN(), "rt/s": 40_000, "CPU s/1M rt": 5, "BPF ns/rt": 2500, "runs/rt": 10, "ns/run": 250,
+			"CPU s/100k": math.NaN(), "BPF µs/conn": math.NaN()}},
+		{"data path, bpf_stats off", config{DataPath: true}, dpH, true, false, map[string]float64{
+			"rt/s": 40_000, "CPU s/1M rt": 5, "BPF ns/rt": math.NaN(), "runs/rt": math.NaN(), "ns/run": math.NaN()}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newResult(tt.cfg, "portlife", 1)
+			if tt.traced {
+				r.TracerCPUSec, r.BPFRunTimeNs, r.BPFRunCnt = 2, 1e9, 4e6
+			}
+			fillRates(r, tt.h, tt.traced, tt.bpfStats)
+			if r.Conns != tt.h.Conns || r.RoundTrips != tt.h.RoundTrips || r.ClientErrors != tt.h.Errors {
+				t.Errorf("conns %d, round trips %d, errors %d; want the truth's", r.Conns, r.RoundTrips, r.ClientErrors)
+			}
+			for _, c := range slices.Concat(columns, dataPathColumns) {
+				want, ok := tt.want[c.head]
+				if !ok {
+					continue
+				}
+				got := float64(c.get(r))
+				if math.IsNaN(want) != math.IsNaN(got) || (!math.IsNaN(want) && math.Abs(got-want) > 1e-9*want) {
+					t.Errorf("%s = %v, want %v", c.head, got, want)
+				}
+			}
+		})
+	}
+}
+
+func TestFillRatiosDataPath(t *testing.T) {
+	dp := config{Name: "tcp-rr4", DataPath: true}
+	rs := []*runResult{newResult(dp, "none", 1), newResult(dp, "none", 2), newResult(dp, "portlife", 1)}
+	rs[0].RTRate, rs[1].RTRate, rs[2].RTRate = 30_000, 50_000, 36_000
+	// A data-path run's connection rate (4 over the run) must not be
+	// taken for its rate.
+	for _, r := range rs {
+		r.ConnRate = 0.4
+	}
+	fillRatios(rs)
+	if rs[2].RatioVsNone != 0.9 {
+		t.Errorf("ratio = %v, want 36000 over the median 40000 = 0.9", rs[2].RatioVsNone)
+	}
+}
+
+func TestParsePortlifeOpens(t *testing.T) {
+	out := `{"event":"open","proto":"tcp","pid":100,"lport":40000,"rport":5000,"direction":"outbound"}
+{"event":"close","proto":"tcp","pid":100,"lport":40000,"rport":5000,"direction":"outbound"}
+{"event":"open","proto":"tcp","pid":999,"lport":40001,"rport":5000,"direction":"outbound"}
+{"event":"close","proto":"tcp","pid":100,"lport":40001,"rport":5000,"direction":"outbound"}
+{"event":"close","proto":"tcp","pid":100,"lport":40002,"rport":5000,"direction":"outbound"}
+{"event":"open","proto":"udp","pid":100,"lport":40003,"rport":5000,"direction":"outbound"}
+{"event":"open","proto":"tcp","pid":200,"lport":5000,"rport":40000,"direction":"inbound"}
+{"event":"close","proto":"tcp","pid":200,"lport":5000,"rport":40000,"direction":"inbound"}
+{"event":"close","proto":"tcp","pid":200,"lport":5000,"rport":40001,"direction":"inbound"}
+{"event":"open","proto":"tcp","pid":100,"lport":40004,"rport":6000,"direction":"outbound"}
+`
+	truthPorts := countPorts([]uint16{40000, 40001, 40002})
+	tests := []struct {
+		name                   string
+		opens                  bool
+		clientFound, serverFnd int
+		clientOpens, srvOpens  int
+	}{
+		// Churn: closes alone count; opens are not even decoded.
+		{"closes only", false, 3, 2, 0, 0},
+		// The data path: 40000 has both on both sides; 40001's client
+		// open has another pid, its server open is missing; 40002 has
+		// no open at all.
+		{"opens and closes", true, 1, 1, 1, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec := matchSpec{proto: "tcp", clientPID: 100, serverPID: 200, serverPort: 5000, opens: tt.opens}
+			ec, err := parsePortlife(strings.NewReader(out), spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := newResult(config{Name: "tcp-rr4", DataPath: tt.opens}, "portlife", 1)
+			r.Conns = 3
+			fillCompleteness(r, truthPorts, ec, spec)
+			if r.ClientFound != tt.clientFound || r.ServerFound != tt.serverFnd || r.ClientOpens != tt.clientOpens || r.ServerOpens != tt.srvOpens {
+				t.Errorf("found client %d server %d, opens client %d server %d; want %d %d, %d %d",
+					r.ClientFound, r.ServerFound, r.ClientOpens, r.ServerOpens, tt.clientFound, tt.serverFnd, tt.clientOpens, tt.srvOpens)
+			}
+			if want := metric(100 * float64(tt.clientFound) / 3); math.Abs(float64(r.ClientPct-want)) > 1e-9 {
+				t.Errorf("client %% = %v, want %v", r.ClientPct, want)
+			}
+		})
+	}
+}
+
+func TestDataPathTable(t *testing.T) {
+	churn, dp := config{Name: "tcp-w4"}, config{Name: "tcp-rr4", DataPath: true}
+	rs := []*runResult{newResult(churn, "portlife", 1), newResult(dp, "portlife", 1)}
+	rs[0].ConnRate = 12345
+	rs[1].RTRate, rs[1].BPFNsPerRT, rs[1].BPFRunsPerRT = 33333, 865, 6
+	var b strings.Builder
+	printTable(&b, rs)
+	churnPart, dpPart, ok := strings.Cut(b.String(), "data path (persistent connections, round trips; no churn):\n")
+	if !ok {
+		t.Fatalf("no data path table:\n%s", b.String())
+	}
+	if !strings.Contains(churnPart, "conn/s") || !strings.Contains(churnPart, "12345") || strings.Contains(churnPart, "tcp-rr4") {
+		t.Errorf("churn table wrong:\n%s", churnPart)
+	}
+	lines := strings.Split(strings.TrimSpace(dpPart), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "BPF ns/rt") || !strings.Contains(lines[0], "runs/rt") {
+		t.Fatalf("data path table wrong:\n%s", dpPart)
+	}
+	if f := strings.Fields(lines[1]); f[0] != "tcp-rr4" || !slices.Contains(f, "33333") || !slices.Contains(f, "865") || !slices.Contains(f, "6.00") {
+		t.Errorf("data path row = %q", lines[1])
+	}
+	b.Reset()
+	printTable(&b, rs[:1])
+	if strings.Contains(b.String(), "data path") {
+		t.Errorf("a data path table without a data path run:\n%s", b.String())
 	}
 }

@@ -119,17 +119,48 @@ var outputColumns = []column{
 	{"B/lifetime", func(r *runResult) metric { return r.StoreBytesPerLifetime }, 0},
 }
 
+// dataPathColumns are the data path's: round trips, and the tracer's costs
+// per round trip.
+var dataPathColumns = []column{
+	{"rt/s", func(r *runResult) metric { return r.RTRate }, 0},
+	{"vs none", func(r *runResult) metric { return r.RatioVsNone }, 3},
+	{"CPU s/1M rt", func(r *runResult) metric { return r.CPUPer1MRT }, 3},
+	{"RSS MiB", func(r *runResult) metric { return r.PeakRSSMiB }, 1},
+	{"BPF ns/rt", func(r *runResult) metric { return r.BPFNsPerRT }, 0},
+	{"runs/rt", func(r *runResult) metric { return r.BPFRunsPerRT }, 2},
+	{"ns/run", func(r *runResult) metric { return r.BPFNsPerRun }, 0},
+	{"client %", func(r *runResult) metric { return r.ClientPct }, 2},
+	{"server %", func(r *runResult) metric { return r.ServerPct }, 2},
+	{"lost", func(r *runResult) metric { return r.Lost }, 0},
+	{"errors", func(r *runResult) metric { return metric(r.ClientErrors) }, 0},
+}
+
 // printTable writes one row per configuration × tracer, in the order the
-// combinations were first run; then, if any tracer had an extra output,
-// one row for each of those in a table of what reached the output.
+// combinations were first run: the churn configurations, then the data
+// path's in a table of their own, per round trip; then, if any tracer had
+// an extra output, one row for each of those in a table of what reached
+// the output.
 func printTable(w io.Writer, results []*runResult) {
-	groups := groupResults(results)
-	writeTable(w, groups, columns)
-	var outs []*resultGroup
-	for _, g := range groups {
+	var churn, dataPath, outs []*resultGroup
+	for _, g := range groupResults(results) {
+		if g.runs[0].DataPath {
+			dataPath = append(dataPath, g)
+		} else {
+			churn = append(churn, g)
+		}
 		if outputs[g.tracer] != nil {
 			outs = append(outs, g)
 		}
+	}
+	if len(churn) > 0 {
+		writeTable(w, churn, columns)
+	}
+	if len(dataPath) > 0 {
+		if len(churn) > 0 {
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintln(w, "data path (persistent connections, round trips; no churn):")
+		writeTable(w, dataPath, dataPathColumns)
 	}
 	if len(outs) > 0 {
 		fmt.Fprintln(w, "\noutputs:")
@@ -179,21 +210,22 @@ func groupResults(results []*runResult) []*resultGroup {
 	return groups
 }
 
-// fillRatios sets each run's rate relative to the median rate of the
-// "none" runs of its configuration, once all runs are in.
+// fillRatios sets each run's rate (connections, or round trips on the data
+// path) relative to the median rate of the "none" runs of its
+// configuration, once all runs are in.
 func fillRatios(results []*runResult) {
 	base := map[string][]metric{}
 	for _, r := range results {
 		if r.Tracer == "none" && r.Err == "" {
-			base[r.Config] = append(base[r.Config], r.ConnRate)
+			base[r.Config] = append(base[r.Config], r.rate())
 		}
 	}
 	for _, r := range results {
 		s := summarize(base[r.Config])
-		if s.n == 0 || !r.ConnRate.valid() {
+		if s.n == 0 || !r.rate().valid() {
 			r.RatioVsNone = na
 			continue
 		}
-		r.RatioVsNone = ratio(float64(r.ConnRate), s.med)
+		r.RatioVsNone = ratio(float64(r.rate()), s.med)
 	}
 }

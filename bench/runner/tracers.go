@@ -19,6 +19,9 @@ type tracer struct {
 	// protos lists the protocols the tracer reports; for others the run
 	// still measures overhead but completeness is not applicable.
 	protos []string
+	// opens: the tracer reports connection opens as well as closes
+	// (tcplife reports each connection once, at its end).
+	opens bool
 	// waitReady returns once the tracer would see a new connection.
 	waitReady func(ctx context.Context, c *child, env *benchEnv) error
 	parse     func(r io.Reader, s matchSpec) (*eventCounts, error)
@@ -47,6 +50,7 @@ func newPortlife(name, bin string, extra []string) *tracer {
 		bin:    bin,
 		args:   append([]string{"--output", "json"}, extra...),
 		protos: []string{"tcp", "udp"},
+		opens:  true,
 		waitReady: func(ctx context.Context, c *child, _ *benchEnv) error {
 			return c.waitFor(ctx, `"tracing started" on stderr`, 60*time.Second, func() bool {
 				return fileContains(c.stderr, "tracing started")

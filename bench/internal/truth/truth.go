@@ -36,6 +36,11 @@ type Header struct {
 	Seconds float64 `json:"seconds"`
 	Rate    float64 `json:"rate"`
 	Errors  int     `json:"errors"`
+	// RoundTrips is the echoes done over the run's connections when the
+	// client ran --persistent (the data path, no churn), with Size bytes
+	// each way; 0 for churn.
+	RoundTrips int64 `json:"round_trips,omitempty"`
+	Size       int   `json:"size,omitempty"`
 	// Fields below are diagnostics; readers must not rely on them.
 	Workers    int            `json:"workers,omitempty"`
 	Sources    int            `json:"sources,omitempty"`

@@ -21,7 +21,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var buf bytes.Buffer
 			h := Header{PID: 42, Proto: "tcp", Conns: 999, Seconds: 1.5, Rate: 5000, Errors: 3,
-				ErrorKinds: map[string]int{"EADDRNOTAVAIL": 3}}
+				RoundTrips: 1 << 33, Size: 64, ErrorKinds: map[string]int{"EADDRNOTAVAIL": 3}}
 			if err := Write(&buf, h, tt.ports); err != nil {
 				t.Fatal(err)
 			}
@@ -36,7 +36,8 @@ func TestRoundTrip(t *testing.T) {
 			if got.Conns != len(want) {
 				t.Errorf("Conns = %d, want %d (Write must overwrite it)", got.Conns, len(want))
 			}
-			if got.PID != 42 || got.Proto != "tcp" || got.Seconds != 1.5 || got.Rate != 5000 || got.Errors != 3 {
+			if got.PID != 42 || got.Proto != "tcp" || got.Seconds != 1.5 || got.Rate != 5000 || got.Errors != 3 ||
+				got.RoundTrips != 1<<33 || got.Size != 64 {
 				t.Errorf("header = %+v", got)
 			}
 		})
