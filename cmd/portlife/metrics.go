@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/portlife/portlife/internal/metrics"
+	"github.com/portlife/portlife/internal/ports"
 	"github.com/portlife/portlife/internal/stream"
 	"github.com/portlife/portlife/tracer"
 )
@@ -75,14 +76,17 @@ func (o *metricsOptions) listen() (*metricsServer, error) {
 	return &metricsServer{ln: ln, done: make(chan error, 1)}, nil
 }
 
-// serve subscribes the event counts to s and serves the registry.
-func (m *metricsServer) serve(t *tracer.Tracer, s *stream.Stream, sks *sinks, log *zap.Logger) {
+// serve subscribes the event counts to s and serves the registry. acct is
+// port accounting (nil: off); released says released events come.
+func (m *metricsServer) serve(t *tracer.Tracer, s *stream.Stream, sks *sinks, acct *ports.Accountant, released bool, log *zap.Logger) {
 	if m == nil {
 		return
 	}
 	counts := metrics.NewCounts()
 	s.Subscribe("metrics", counts, metricsQueue)
 	reg := metrics.NewRegistry(counts, metrics.Sources{
+		Ports:    portStats(acct),
+		Released: released,
 		Kernel: func() (metrics.KernelStats, error) {
 			k, err := t.Stats()
 			return metrics.KernelStats{
@@ -104,6 +108,30 @@ func (m *metricsServer) serve(t *tracer.Tracer, s *stream.Stream, sks *sinks, lo
 	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { m.done <- m.srv.Serve(m.ln) }()
 	log.Info("serving metrics", zap.String("addr", m.ln.Addr().String()))
+}
+
+// portStats reads accounting for a scrape: its most pressed keys, as
+// labels, and its counts. nil when accounting is off.
+func portStats(acct *ports.Accountant) func() metrics.PortStats {
+	if acct == nil {
+		return nil
+	}
+	return func() metrics.PortStats {
+		top, keys := acct.Top(metrics.TopKeys)
+		st := acct.Stats()
+		p := metrics.PortStats{Keys: keys, Sockets: acct.Sockets(), KeysLeftOut: st.KeysLeftOut, SocketsLeftOut: st.SocketsLeftOut}
+		for _, k := range top {
+			pk := metrics.PortKey{
+				Mechanism: k.Mechanism.String(), NetNS: k.NetNS, Local: k.Local.String(),
+				Used: k.Usage.Used, Capacity: k.Usage.Capacity, Ratio: k.Usage.Ratio,
+			}
+			if k.Remote.IsValid() {
+				pk.Destination = k.Remote.String()
+			}
+			p.Top = append(p.Top, pk)
+		}
+		return p
+	}
 }
 
 // stop ends the server, after the stream has closed: a last scrape sees

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime/debug"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -311,6 +312,10 @@ func keepExisting(f *event.Filter) func(*ports.Existing) bool {
 			return false
 		}
 		if !f.WantsProto(x.Proto) || f.Family != 0 && x.Family != f.Family {
+			return false
+		}
+		// --netns: the trace sees the end of no other namespace's socket.
+		if len(f.NetNS) > 0 && !slices.Contains(f.NetNS, x.NetNS) {
 			return false
 		}
 		if !inRanges(x.Local.Port(), f.LocalPorts) || !inRanges(x.Remote.Port(), f.RemotePorts) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/portlife/portlife/internal/event"
+	"github.com/portlife/portlife/internal/ports"
 	"github.com/portlife/portlife/internal/stream"
 	"github.com/portlife/portlife/internal/summary"
 )
@@ -38,6 +40,14 @@ func (o *summaryOptions) check() {
 	}
 }
 
+// usageOf is the summaries' view of accounting; nil when it is off.
+func usageOf(acct *ports.Accountant) func(uint32, int, event.Proto, bool, netip.Addr, netip.AddrPort) (event.KeyUsage, bool) {
+	if acct == nil {
+		return nil
+	}
+	return acct.UsageOf
+}
+
 // summaries is a running summarizer.
 type summaries struct {
 	s    *summary.Summarizer
@@ -53,13 +63,14 @@ func (o *summaryOptions) primary(c stream.Consumer) stream.Consumer {
 	return c
 }
 
-// start subscribes a summarizer to s, if summaries are on.
-func (o *summaryOptions) start(s *stream.Stream) *summaries {
+// start subscribes a summarizer to s, if summaries are on. Its outbound
+// rows carry their port key's pressure from acct (nil: accounting is off).
+func (o *summaryOptions) start(s *stream.Stream, acct *ports.Accountant) *summaries {
 	if o.interval == 0 {
 		return nil
 	}
 	sum := &summaries{
-		s:    summary.New(summary.Config{Interval: o.interval, TopN: o.top}, s),
+		s:    summary.New(summary.Config{Interval: o.interval, TopN: o.top, Usage: usageOf(acct)}, s),
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/event"
+	"github.com/portlife/portlife/internal/kerneltest"
 )
 
 // churn makes n loopback connections to a listener of its own, the i-th
@@ -253,5 +255,98 @@ func TestSummaryOnly(t *testing.T) {
 	}
 	if len(intervals) < 2 {
 		t.Errorf("summaries of %d intervals, want several over about a second", len(intervals))
+	}
+}
+
+// Each outbound summary row carries its port key's pressure as the interval
+// ends, from port accounting, by the kernel's rule for how the row's
+// connections took their ports. In a namespace of the test's own with 100
+// ports and no TIME_WAIT reuse: 10 connections to one destination closed
+// into TIME_WAIT and 27 held open (per_destination: U 37, of C = 100 less
+// the 3 ports bind() took), and 3 bind-then-connect ones to another
+// destination held open (bind_pool: U = every port held, 40 of 100).
+func TestSummaryPortPressure(t *testing.T) {
+	requireRoot(t)
+	ns := kerneltest.NewNetns(t, map[string]string{"ip_local_port_range": "40000 40099", "tcp_tw_reuse": "0"})
+	dst1, dst2 := netip.MustParseAddrPort("127.0.0.1:5000"), netip.MustParseAddrPort("127.0.0.2:5000")
+	var ln1, ln2 int
+	if err := ns.Do(func() (err error) {
+		if ln1, err = tcpListen(dst1); err != nil {
+			return err
+		}
+		ln2, err = tcpListen(dst2)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, "--output", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms", "--summary", "1h")
+	const closed, held, bound = 10, 27, 3
+	if err := ns.Do(func() error {
+		for range closed {
+			if err := timeWait(ln1, dst1, false); err != nil {
+				return err
+			}
+		}
+		for i := range held + bound {
+			dst, ln, bindFirst := dst1, ln1, false
+			if i >= held {
+				dst, ln, bindFirst = dst2, ln2, true
+			}
+			// Held until the namespace goes, both ends.
+			if _, err := connectTo(dst, bindFirst); err != nil {
+				return err
+			}
+			if _, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitTimeWait(ns, 40000, 40099, closed); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // the last events reach accounting
+	if code := p.stop(t, os.Interrupt); code != 0 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, p.stderr.String())
+	}
+	rows := map[string]map[string]any{}
+	for _, ev := range jsonLines(t, p.stdout.String()) {
+		if ev["event"] != "summary" || num(ev, "netns") != 0 && uint32(num(ev, "netns")) != ns.Inode {
+			continue
+		}
+		switch {
+		case ev["direction"] == "outbound":
+			rows[fmt.Sprintf("%v:%v", ev["raddr"], ev["rport"])] = ev
+		case ev["direction"] == "inbound" && num(ev, "lport") == 5000:
+			rows["inbound"] = ev
+		}
+	}
+	for _, c := range []struct {
+		row       string
+		opened    float64
+		mechanism string
+		used      float64
+		capacity  float64
+		pressure  float64
+		timeWait  float64
+	}{
+		{"127.0.0.1:5000", closed + held, "per_destination", closed + held, 100 - bound, 0.381, closed},
+		{"127.0.0.2:5000", bound, "bind_pool", closed + held + bound, 100, 0.4, closed},
+	} {
+		r := rows[c.row]
+		if r == nil {
+			t.Errorf("no summary row to %s; stdout:\n%s", c.row, p.stdout.String())
+			continue
+		}
+		if num(r, "opened") != c.opened || r["mechanism"] != c.mechanism || num(r, "used") != c.used || num(r, "capacity") != c.capacity ||
+			num(r, "pressure") != c.pressure || num(r, "time_wait_ports") != c.timeWait {
+			t.Errorf("row to %s: %v; want opened %v, %s %v of %v (%v), %v in TIME_WAIT", c.row, r, c.opened, c.mechanism, c.used, c.capacity, c.pressure, c.timeWait)
+		}
+	}
+	// An inbound row takes no port of the range: it has no key.
+	if r := rows["inbound"]; r == nil || r["mechanism"] != nil || r["pressure"] != nil {
+		t.Errorf("inbound row %v: want one, without a port key", r)
 	}
 }

@@ -51,14 +51,18 @@ func (v twIntervalValue) Set(s string) error {
 func (v twIntervalValue) String() string { return v.p.String() }
 func (v twIntervalValue) Type() string   { return "duration" }
 
-// twMaxValue is a count of TIME_WAITs: 1 to 16Mi.
+// runs says released events come: asked for, and the trace sees TCP closes.
+func (o *timeWaitOptions) runs(f *event.Filter) bool {
+	return o.on && f.WantsProto(event.ProtoTCP) && (len(f.Kinds) == 0 || slices.Contains(f.Kinds, event.KindClose))
+}
+
 // startTimeWait subscribes the TIME_WAIT tracker to s and runs it until
 // ctx is done, if the trace can see closes into TIME_WAIT; nil otherwise.
 func startTimeWait(ctx context.Context, o timeWaitOptions, f *event.Filter, s *stream.Stream, log *zap.Logger, wg *sync.WaitGroup) *timewait.Tracker {
 	switch {
 	case !o.on:
 		return nil
-	case !f.WantsProto(event.ProtoTCP), len(f.Kinds) > 0 && !slices.Contains(f.Kinds, event.KindClose):
+	case !o.runs(f):
 		log.Debug("no released events: the trace has no TCP close events")
 		return nil
 	}

@@ -53,7 +53,7 @@ var errNoTerminal = errors.New("top needs a terminal; for a pipe, a file or a lo
 
 func runTop(ctx context.Context, args []string, stdin, stdout, stderr *os.File) int {
 	opts, err := parseTopFlags(args, func(fs *pflag.FlagSet) {
-		fmt.Fprintf(stderr, "Usage: portlife top [flags]\n\nA live view of the churn, per process or per destination, like top. Needs root and a terminal.\nKeys: d per process/destination, c n f l t sort by churn, new, failures, lifetime p99, TIME_WAIT;\n/ filter, space pause, q quit.\n\nFlags:\n%s", fs.FlagUsages())
+		fmt.Fprintf(stderr, "Usage: portlife top [flags]\n\nA live view of the churn, per process or per destination, like top. Needs root and a terminal.\nKeys: d per process/destination, c n f l t p sort by churn, new, failures, lifetime p99, TIME_WAIT, port pressure;\n/ filter, space pause, q quit.\n\nFlags:\n%s", fs.FlagUsages())
 	})
 	switch {
 	case errors.Is(err, pflag.ErrHelp):
@@ -88,6 +88,8 @@ func top(ctx context.Context, opts topOptions, stdin io.Reader, stdout io.Writer
 	}
 	defer t.Close()
 	s := stream.New(nil)
+	// Accounting gives the destination rows their port pressure.
+	acct, stopAccounting := startAccounting(s, defaultPortsOptions(), &opts.cfg.Filter, t.KernelCookies(), log)
 	m := newTopModel(opts.interval)
 	p := tea.NewProgram(m, tea.WithInput(stdin), tea.WithOutput(stdout), tea.WithContext(ctx))
 
@@ -102,7 +104,7 @@ func top(ctx context.Context, opts topOptions, stdin io.Reader, stdout io.Writer
 	}
 	// Every key gets a row: the view shows what fits.
 	sp := summary.New(summary.Config{Interval: opts.interval, TopN: summary.DefaultMaxKeys, Key: summary.ProcessKey}, procs)
-	sd := summary.New(summary.Config{Interval: opts.interval, TopN: summary.DefaultMaxKeys, Key: summary.DestinationKey}, dests)
+	sd := summary.New(summary.Config{Interval: opts.interval, TopN: summary.DefaultMaxKeys, Key: summary.DestinationKey, Usage: usageOf(acct)}, dests)
 	s.Subscribe("top-process", sp, summaryQueue)
 	s.Subscribe("top-destination", sd, summaryQueue)
 
@@ -120,6 +122,7 @@ func top(ctx context.Context, opts topOptions, stdin io.Reader, stdout io.Writer
 	stopRun()
 	close(stop)
 	wg.Wait()
+	stopAccounting()
 	closeErr := s.Close()
 	if errors.Is(teaErr, tea.ErrProgramKilled) || errors.Is(teaErr, tea.ErrInterrupted) {
 		teaErr = nil // a signal: the end of the run
@@ -157,13 +160,17 @@ type topRow struct {
 	opened, closed, failed, timeWait uint64
 	lifetimes                        uint64
 	p50, p99                         time.Duration
+	// ports is the pressure of a destination row's port key. A process
+	// row has none: its ports spread over its destinations, whose rows
+	// show theirs.
+	ports event.KeyUsage
 }
 
 func (r topRow) churn() uint64 { return r.opened + r.closed + r.failed }
 
 func rowOf(e *event.Event, byDest bool) topRow {
 	s := e.Summary
-	r := topRow{opened: s.Opened, closed: s.Closed, failed: s.Failed, timeWait: s.TimeWait, lifetimes: s.Lifetimes, p50: s.P50, p99: s.P99}
+	r := topRow{opened: s.Opened, closed: s.Closed, failed: s.Failed, timeWait: s.TimeWait, lifetimes: s.Lifetimes, p50: s.P50, p99: s.P99, ports: s.Ports}
 	switch {
 	case s.Other:
 		r.key = fmt.Sprintf("other (%d keys)", s.Keys)
@@ -217,6 +224,16 @@ var topSorts = []struct {
 	{"f", "failures", func(a, b topRow) int { return cmpDesc(a.failed, b.failed) }},
 	{"l", "lifetime p99", func(a, b topRow) int { return cmpDesc(a.p99, b.p99) }},
 	{"t", "time_wait", func(a, b topRow) int { return cmpDesc(a.timeWait, b.timeWait) }},
+	{"p", "pressure", func(a, b topRow) int { return cmpDesc(pressureOrder(a.ports), pressureOrder(b.ports)) }},
+}
+
+// pressureOrder ranks rows by pressure, in tenths of a permille, rows with
+// no key last.
+func pressureOrder(u event.KeyUsage) int64 {
+	if u.Mechanism == 0 {
+		return -1
+	}
+	return int64(u.Ratio * 10000)
 }
 
 func cmpDesc[T ~uint64 | ~int64](a, b T) int {
@@ -335,10 +352,13 @@ func (m *topModel) View() tea.View {
 	case m.filter != "":
 		line("filter: " + m.filter + "  (/ to change, enter on empty to clear)")
 	default:
-		line("d process/destination  c n f l t sort  / filter  space pause  q quit")
+		line("d process/destination  c n f l t p sort  / filter  space pause  q quit")
 	}
-	keyW := max(m.width-6*8, 12)
-	line(fmt.Sprintf("%-*s %7s %7s %7s %7s %7s %7s", keyW-1, keyCol, "NEW/s", "CLOSE/s", "FAIL/s", "P50", "P99", "TW/s"))
+	// The key's column takes what the figures leave: 31 columns of 80,
+	// enough for "tcp out " and an IPv4 address and port.
+	const figures = 7 + 8 + 7 + 7 + 7 + 7 + 6
+	keyW := max(m.width-figures, 12)
+	line(fmt.Sprintf("%-*s %6s %7s %6s %6s %6s %6s %5s", keyW-1, keyCol, "NEW/s", "CLOSE/s", "FAIL/s", "P50", "P99", "TW/s", "PRESS"))
 
 	shown := make([]topRow, 0, len(rows))
 	for _, r := range rows {
@@ -360,8 +380,8 @@ func (m *topModel) View() tea.View {
 		if len([]rune(key)) > keyW-1 {
 			key = string([]rune(key)[:keyW-1])
 		}
-		line(fmt.Sprintf("%-*s %7s %7s %7s %7s %7s %7s", keyW-1, key, rate(r.opened, secs), rate(r.closed, secs), rate(r.failed, secs),
-			lifetime(r.p50, r.lifetimes), lifetime(r.p99, r.lifetimes), rate(r.timeWait, secs)))
+		line(fmt.Sprintf("%-*s %6s %7s %6s %6s %6s %6s %5s", keyW-1, key, rate(r.opened, secs), rate(r.closed, secs), rate(r.failed, secs),
+			lifetime(r.p50, r.lifetimes), lifetime(r.p99, r.lifetimes), rate(r.timeWait, secs), pressure(r.ports)))
 	}
 	v := tea.NewView(strings.TrimSuffix(b.String(), "\n"))
 	v.AltScreen = true
@@ -369,7 +389,19 @@ func (m *topModel) View() tea.View {
 }
 
 func rate(n uint64, secs float64) string {
+	if r := float64(n) / secs; r >= 1000 {
+		return fmt.Sprintf("%.0f", r) // six columns up to 999999/s
+	}
 	return fmt.Sprintf("%.1f", float64(n)/secs)
+}
+
+// pressure is a port key's U/C in whole percents, rounded down (99.9% is
+// not exhausted); "-" for no key.
+func pressure(u event.KeyUsage) string {
+	if u.Mechanism == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%d%%", int64(u.Ratio*100+1e-9))
 }
 
 func lifetime(d time.Duration, n uint64) string {
@@ -379,11 +411,13 @@ func lifetime(d time.Duration, n uint64) string {
 	return string(appendDuration(nil, d))
 }
 
-// appendDuration writes 850µs, 12.3ms, 4.50s or 3m20s.
+// appendDuration writes 850µs, 12.3ms, 250ms, 4.50s or 3m20s: six columns.
 func appendDuration(b []byte, d time.Duration) []byte {
 	switch {
 	case d < time.Millisecond:
 		return fmt.Appendf(b, "%dµs", d.Microseconds())
+	case d >= 100*time.Millisecond && d < time.Second:
+		return fmt.Appendf(b, "%.0fms", float64(d)/float64(time.Millisecond))
 	case d < time.Second:
 		return fmt.Appendf(b, "%.1fms", float64(d)/float64(time.Millisecond))
 	case d < time.Minute:

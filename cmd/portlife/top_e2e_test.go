@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/portlife/portlife/internal/kerneltest"
 )
@@ -213,4 +216,88 @@ func TestTopRefusesNonTerminal(t *testing.T) {
 	if strings.Count(msg, "\n") != 1 || !strings.Contains(msg, "trace --summary") {
 		t.Errorf("want one line pointing to trace --summary, got %q", msg)
 	}
+}
+
+// The destination rows show their port key's pressure: in a namespace of
+// the test's own with 100 ports, 37 connections to one destination held
+// open while one more comes and goes (the server closes first, so no
+// TIME_WAIT is left on the client's side): 37% (38% while the extra one is
+// open). A process row has no key: "-".
+func TestTopPressureColumn(t *testing.T) {
+	requireRoot(t)
+	ns := newNetnsThread(t, map[string]string{"ip_local_port_range": "40000 40099", "tcp_tw_reuse": "0"})
+	dst := netip.MustParseAddrPort("127.0.0.1:5000")
+	var ln int
+	if err := ns.do(func() (err error) {
+		if ln, err = tcpListen(dst); err != nil {
+			return err
+		}
+		for range 37 {
+			if _, err := connectTo(dst, false); err != nil { // held until the namespace goes
+				return err
+			}
+			if _, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	churned := make(chan error, 1)
+	go func() {
+		churned <- ns.do(func() error {
+			for {
+				select {
+				case <-stop:
+					return nil
+				case <-time.After(20 * time.Millisecond):
+				}
+				c, err := connectTo(dst, false)
+				if err != nil {
+					return err
+				}
+				s, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
+				if err != nil {
+					return err
+				}
+				unix.Close(s) // the server's FIN first
+				unix.Close(c)
+			}
+		})
+	}()
+	t.Cleanup(func() {
+		close(stop)
+		if err := <-churned; err != nil {
+			t.Error(err)
+		}
+	})
+
+	tm := newTmux(t, 80, 24, fmt.Sprintf("%s top --pid %d --interval 500ms", binary, os.Getpid()))
+	comm, _ := os.ReadFile("/proc/self/comm")
+	ourComm := strings.TrimSpace(string(comm))
+	tm.waitFor("our process's row, without a pressure", func(p string) bool {
+		for _, r := range rows(p) {
+			if f := strings.Fields(r); strings.HasPrefix(r, ourComm) && f[len(f)-1] == "-" {
+				return strings.Contains(p, "PRESS")
+			}
+		}
+		return false
+	})
+	tm.keys("d")
+	tm.waitFor("the destination at 37%", func(p string) bool {
+		for _, r := range rows(p) {
+			if f := strings.Fields(r); strings.HasPrefix(r, "tcp out "+dst.String()) && f[len(f)-1] == "37%" {
+				return true
+			}
+		}
+		return false
+	})
+	tm.keys("p")
+	tm.waitFor("sorted by pressure, the pressed destination first", func(p string) bool {
+		r := rows(p)
+		return strings.Contains(p, "sort: pressure") && len(r) > 0 && strings.HasPrefix(r[0], "tcp out "+dst.String())
+	})
+	tm.keys("q")
 }

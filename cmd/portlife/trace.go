@@ -134,9 +134,10 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	}
 	s := stream.New(primary)
 	sinks.subscribe(s)
-	sums := opts.summary.start(s)
-	ms.serve(t, s, sinks, log)
+	// Accounting first: the summaries and the metrics read its keys.
 	acct, stopAccounting := startAccounting(s, opts.ports, &opts.cfg.Filter, t.KernelCookies(), log)
+	sums := opts.summary.start(s, acct)
+	ms.serve(t, s, sinks, acct, opts.timewait.runs(&opts.cfg.Filter), log)
 	subscribeStore(s, st)
 
 	watchCtx, stopWatching := context.WithCancel(ctx)

@@ -841,6 +841,9 @@ func TestSummary(t *testing.T) {
 	}
 	in := sum
 	in.Direction, in.Local, in.Remote = event.DirectionInbound, netip.MustParseAddrPort("0.0.0.0:8080"), netip.AddrPort{}
+	pressed := sum
+	pressed.Summary = &event.Summary{Keys: 1, Opened: 37, TimeWait: 0,
+		Ports: event.KeyUsage{Mechanism: event.MechanismPerDestination, Used: 47, Capacity: 100, Ratio: 0.47, TimeWait: 10}}
 	other := event.Event{Kind: event.KindSummary, Start: t0, Time: t0.Add(10 * time.Second), Comm: comm("other"),
 		Summary: &event.Summary{Other: true, Keys: 40, Opened: 100, Closed: 100, TimeWait: 5}}
 	for _, tt := range []struct {
@@ -857,6 +860,10 @@ func TestSummary(t *testing.T) {
 			`{"ts":"2024-03-05T11:00:11.123456789Z","event":"summary","start":"2024-03-05T11:00:01.123456789Z","proto":"tcp","comm":"curl","unit":"web.service","direction":"inbound","lport":8080,` +
 				`"opened":10,"closed":9,"failed":3,"failures":{"refused":2,"timeout":1},"lifetimes":8,"lifetime_p50_ms":1.5,"lifetime_p90_ms":20,"lifetime_p99_ms":2000,"under_1s_share":0.75,"tx_bytes":2048,"rx_bytes":4096,"time_wait":9}`,
 			[]string{" summary tcp curl inbound port 8080 unit=web.service opened=10"}},
+		{"outbound, with its port key's pressure", pressed,
+			`{"ts":"2024-03-05T11:00:11.123456789Z","event":"summary","start":"2024-03-05T11:00:01.123456789Z","proto":"tcp","comm":"curl","unit":"web.service","direction":"outbound","raddr":"10.0.0.1","rport":443,` +
+				`"opened":37,"closed":0,"failed":0,"failures":{},"lifetimes":0,"tx_bytes":0,"rx_bytes":0,"time_wait":0,"mechanism":"per_destination","used":47,"capacity":100,"pressure":0.47,"time_wait_ports":10}`,
+			[]string{" time_wait=0 pressure=47% (47/100 per_destination)\n"}},
 		{"other", other,
 			`{"ts":"2024-03-05T11:00:11.123456789Z","event":"summary","start":"2024-03-05T11:00:01.123456789Z","other":true,"keys":40,"opened":100,"closed":100,"failed":0,"failures":{},"lifetimes":0,"tx_bytes":0,"rx_bytes":0,"time_wait":5}`,
 			[]string{" summary other keys=40 opened=100 closed=100 failed=0 tx=0B rx=0B time_wait=5"}},

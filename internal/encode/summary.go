@@ -62,6 +62,14 @@ func (j *JSON) appendSummary(b []byte, e *event.Event) []byte {
 	b = appendUint(b, `,"tx_bytes":`, s.TxBytes)
 	b = appendUint(b, `,"rx_bytes":`, s.RxBytes)
 	b = appendUint(b, `,"time_wait":`, s.TimeWait)
+	if u := &s.Ports; u.Mechanism != 0 {
+		// The port key's fields, named as a pressure event names them.
+		b = appendString(b, `,"mechanism":"`, u.Mechanism.String())
+		b = appendUint(b, `","used":`, uint64(u.Used))
+		b = appendUint(b, `,"capacity":`, uint64(u.Capacity))
+		b = appendFloat(b, `,"pressure":`, u.Ratio)
+		b = appendUint(b, `,"time_wait_ports":`, uint64(u.TimeWait))
+	}
 	return append(b, "}\n"...)
 }
 
@@ -109,5 +117,13 @@ func (t *Text) appendSummary(b []byte, e *event.Event) []byte {
 	b = appendHumanBytes(append(b, " tx="...), s.TxBytes)
 	b = appendHumanBytes(append(b, " rx="...), s.RxBytes)
 	b = strconv.AppendUint(append(b, " time_wait="...), s.TimeWait, 10)
+	if u := &s.Ports; u.Mechanism != 0 {
+		// Whole percents, rounded down (99.9% is not exhausted), past the
+		// float's error: 29/100 is 29%, not 28.999...%.
+		b = strconv.AppendInt(append(b, " pressure="...), int64(u.Ratio*100+1e-9), 10)
+		b = strconv.AppendInt(append(b, "% ("...), int64(u.Used), 10)
+		b = strconv.AppendInt(append(b, '/'), int64(u.Capacity), 10)
+		b = append(append(append(b, ' '), u.Mechanism.String()...), ')')
+	}
 	return append(b, '\n')
 }

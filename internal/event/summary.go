@@ -28,8 +28,21 @@ type Summary struct {
 	TxBytes, RxBytes uint64
 	TimeWait         uint64 // TCP closes that left the port in TIME_WAIT
 
-	// Pressure (the key's port pressure, from port accounting) joins here
-	// once internal/ports publishes it.
+	// Ports is the port pressure, at the end of the interval, of the port
+	// key the row's connections take their local ports from (port
+	// accounting's): outbound rows only, and only while accounting tracks
+	// that key; else its Mechanism is 0.
+	Ports KeyUsage
+}
+
+// KeyUsage is one port key's usage now: U, C and U/C, as a pressure event
+// says them.
+type KeyUsage struct {
+	Mechanism Mechanism // 0: no key known
+	Used      int
+	Capacity  int
+	Ratio     float64
+	TimeWait  int // of Used, the ports waiting in TIME_WAIT
 }
 
 // ReasonCount is how many failures had one reason.

@@ -1,10 +1,13 @@
 package metrics
 
 import (
+	"strconv"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/portlife/portlife/internal/event"
 )
 
 // KernelStats are the tracer's counters (tracer.Stats), read at scrape time.
@@ -28,11 +31,41 @@ type SinkStats struct {
 	Dropped                  map[string]uint64 // by reason
 }
 
-// Sources are read at each scrape; each may be nil.
+// TopKeys bounds the port keys with pressure series of their own: the most
+// pressed, at each scrape. It is the only place an address is a label, so
+// the series stay bounded however many destinations there are.
+const TopKeys = 20
+
+// PortKey is one port key of accounting's (ports.KeyUsage), as labels and
+// values.
+type PortKey struct {
+	Mechanism   string // per_destination, bind_pool, udp
+	NetNS       uint32
+	Local       string // the local address; the wildcard for a bind pool
+	Destination string // per_destination: the remote address and port; else ""
+	Used        int
+	Capacity    int
+	Ratio       float64
+}
+
+// PortStats is port accounting's state, read at scrape time.
+type PortStats struct {
+	Top                         []PortKey // the TopKeys most pressed keys; more are cut
+	Keys                        int       // keys tracked
+	Sockets                     int       // sockets tracked
+	KeysLeftOut, SocketsLeftOut uint64
+}
+
+// Sources are read at each scrape; each func may be nil.
 type Sources struct {
 	Kernel    func() (KernelStats, error)
 	Consumers func() []ConsumerStats
 	Sinks     func() []SinkStats
+	Ports     func() PortStats // nil: port accounting is off
+	// Released says released events come (--released): only then is
+	// portlife_time_wait_released_total exposed, rather than zeros that
+	// would read as "nothing was released".
+	Released bool
 }
 
 // BuildInfo labels portlife_build_info.
@@ -51,6 +84,23 @@ var (
 		"Lifetimes of closed connections whose start was seen, by protocol and direction.", labelsPD, nil)
 	descTimeWait = prometheus.NewDesc("portlife_time_wait_entered_total",
 		"TCP connections closed into TIME_WAIT, by direction.", []string{"direction"}, nil)
+	descReleased = prometheus.NewDesc("portlife_time_wait_released_total",
+		"TIME_WAITs that ended (released events, with --released), by how: expired, reused, killed, overflow.", []string{"how"}, nil)
+	descBBC = prometheus.NewDesc("portlife_connections_bind_before_connect_total",
+		"TCP connections opened whose socket took its port with bind() to port 0 before connect(), so from the bind pool every destination shares; of portlife_connections_opened_total.", labelsPD, nil)
+	labelsKey    = []string{"mechanism", "netns", "local", "destination"}
+	descPressure = prometheus.NewDesc("portlife_port_pressure_ratio",
+		"Port pressure U/C of the "+strconv.Itoa(TopKeys)+" most pressed port keys (mechanism, network namespace inode, local address, and for per_destination the destination).", labelsKey, nil)
+	descPortsUsed = prometheus.NewDesc("portlife_ports_used",
+		"Ports of the ephemeral range a port key holds now (U), TIME_WAIT included, for the "+strconv.Itoa(TopKeys)+" most pressed keys.", labelsKey, nil)
+	descPortsCapacity = prometheus.NewDesc("portlife_ports_capacity",
+		"Ports of the ephemeral range a port key can hold (C), for the "+strconv.Itoa(TopKeys)+" most pressed keys.", labelsKey, nil)
+	descPortKeys = prometheus.NewDesc("portlife_port_keys",
+		"Port keys port accounting tracks now (bounded by --port-keys).", nil, nil)
+	descTrackedSockets = prometheus.NewDesc("portlife_tracked_sockets",
+		"Sockets port accounting tracks now: each holds a port of its namespace's ephemeral range, TIME_WAIT included.", nil, nil)
+	descLeftOut = prometheus.NewDesc("portlife_port_accounting_left_out_total",
+		"Port keys and sockets port accounting could not track (--port-keys or its socket cap was reached), by what.", []string{"what"}, nil)
 	descEvents = prometheus.NewDesc("portlife_events_total",
 		"Events the tracer read from the kernel and wrote to the stream.", nil, nil)
 	descLost = prometheus.NewDesc("portlife_events_lost_total",
@@ -96,7 +146,7 @@ func NewRegistry(c *Counts, src Sources, build BuildInfo) *prometheus.Registry {
 }
 
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descOpened, descClosed, descFailed, descLifetime, descTimeWait, descEvents, descLost, descConsumerFailed, descSinkSent, descSinkQueued, descSinkDropped, descSinkReconnects, descSkipped, descUnnamed, descScrapeErrors} {
+	for _, d := range []*prometheus.Desc{descOpened, descClosed, descFailed, descLifetime, descTimeWait, descReleased, descBBC, descPressure, descPortsUsed, descPortsCapacity, descPortKeys, descTrackedSockets, descLeftOut, descEvents, descLost, descConsumerFailed, descSinkSent, descSinkQueued, descSinkDropped, descSinkReconnects, descSkipped, descUnnamed, descScrapeErrors} {
 		ch <- d
 	}
 }
@@ -123,6 +173,19 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for d, dir := range directions {
 		ch <- prometheus.MustNewConstMetric(descTimeWait, prometheus.CounterValue, float64(s.timeWait[d]), dir.String())
+		// The flag is TCP's alone.
+		ch <- prometheus.MustNewConstMetric(descBBC, prometheus.CounterValue, float64(s.bbc[d]), event.ProtoTCP.String(), dir.String())
+	}
+	if c.src.Released {
+		for i, how := range releases {
+			if how == event.ReleaseUnknown && s.released[i] == 0 {
+				continue
+			}
+			ch <- prometheus.MustNewConstMetric(descReleased, prometheus.CounterValue, float64(s.released[i]), how.String())
+		}
+	}
+	if c.src.Ports != nil {
+		collectPorts(ch, c.src.Ports())
 	}
 	if c.src.Kernel != nil {
 		k, err := c.src.Kernel()
@@ -159,4 +222,20 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descSinkReconnects, prometheus.CounterValue, float64(ss.Reconnects), ss.Name)
 		}
 	}
+}
+
+func collectPorts(ch chan<- prometheus.Metric, p PortStats) {
+	for i, k := range p.Top {
+		if i == TopKeys {
+			break
+		}
+		lv := []string{k.Mechanism, strconv.FormatUint(uint64(k.NetNS), 10), k.Local, k.Destination}
+		ch <- prometheus.MustNewConstMetric(descPressure, prometheus.GaugeValue, k.Ratio, lv...)
+		ch <- prometheus.MustNewConstMetric(descPortsUsed, prometheus.GaugeValue, float64(k.Used), lv...)
+		ch <- prometheus.MustNewConstMetric(descPortsCapacity, prometheus.GaugeValue, float64(k.Capacity), lv...)
+	}
+	ch <- prometheus.MustNewConstMetric(descPortKeys, prometheus.GaugeValue, float64(p.Keys))
+	ch <- prometheus.MustNewConstMetric(descTrackedSockets, prometheus.GaugeValue, float64(p.Sockets))
+	ch <- prometheus.MustNewConstMetric(descLeftOut, prometheus.CounterValue, float64(p.KeysLeftOut), "keys")
+	ch <- prometheus.MustNewConstMetric(descLeftOut, prometheus.CounterValue, float64(p.SocketsLeftOut), "sockets")
 }

@@ -34,6 +34,8 @@ func TestDashboardUsesServedMetrics(t *testing.T) {
 	reg := NewRegistry(c, Sources{
 		Kernel:    func() (KernelStats, error) { return KernelStats{}, nil },
 		Consumers: func() []ConsumerStats { return []ConsumerStats{{Name: "metrics"}} },
+		Ports:     func() PortStats { return PortStats{Top: []PortKey{{Mechanism: "per_destination"}}} },
+		Released:  true,
 	}, BuildInfo{})
 	families, err := reg.Gather()
 	if err != nil {

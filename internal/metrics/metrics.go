@@ -72,13 +72,18 @@ type Counts struct {
 	failed   map[failKey]uint64
 	lifetime [len(protos)][len(directions)]histogram
 	timeWait [len(directions)]uint64 // TCP closes into TIME_WAIT
+	released [len(releases)]uint64   // released events, by how
+	bbc      [len(directions)]uint64 // TCP opens after bind() to port 0
 }
+
+// releases index released: how a TIME_WAIT ended.
+var releases = [...]event.Release{event.ReleaseUnknown, event.ReleaseExpired, event.ReleaseReused, event.ReleaseKilled, event.ReleaseOverflow}
 
 // NewCounts returns empty counts.
 func NewCounts() *Counts { return &Counts{failed: make(map[failKey]uint64)} }
 
-// Write counts e. Derived kinds (summaries) are not counted: they are not
-// connections.
+// Write counts e. Of the derived kinds, released events are counted (by
+// how); summaries and pressure events are not: they are not connections.
 func (c *Counts) Write(e *event.Event) error {
 	p, ok := protoIndex(e.Proto)
 	d := int(e.Direction)
@@ -90,6 +95,13 @@ func (c *Counts) Write(e *event.Event) error {
 	switch e.Kind {
 	case event.KindOpen:
 		c.opened[p][d]++
+		if e.BindBeforeConnect {
+			c.bbc[d]++
+		}
+	case event.KindReleased:
+		if int(e.Release) < len(releases) {
+			c.released[e.Release]++
+		}
 	case event.KindClose:
 		c.closed[p][d]++
 		if !e.Start.IsZero() {
@@ -112,6 +124,7 @@ func (c *Counts) snapshot() (s countsSnapshot) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s.opened, s.closed, s.lifetime, s.timeWait = c.opened, c.closed, c.lifetime, c.timeWait
+	s.released, s.bbc = c.released, c.bbc
 	s.failed = make(map[failKey]uint64, len(c.failed))
 	for k, v := range c.failed {
 		s.failed[k] = v
@@ -124,4 +137,6 @@ type countsSnapshot struct {
 	failed         map[failKey]uint64
 	lifetime       [len(protos)][len(directions)]histogram
 	timeWait       [len(directions)]uint64
+	released       [len(releases)]uint64
+	bbc            [len(directions)]uint64
 }

@@ -75,3 +75,31 @@ func TestCountsNoAllocs(t *testing.T) {
 		t.Errorf("Write allocates %v times per event", n)
 	}
 }
+
+// Only the TopKeys most pressed keys get series, however many accounting
+// hands over; released series only with --released.
+func TestPortSeriesBounded(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		keys     int
+		released bool
+		want     int // series of portlife_port_pressure_ratio
+	}{
+		{"fewer keys than the bound", 3, false, 3},
+		{"more keys than the bound", 3 * TopKeys, true, TopKeys},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var p PortStats
+			for i := range tt.keys {
+				p.Top = append(p.Top, PortKey{Mechanism: "per_destination", Destination: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(i+1)).String(), Used: i, Capacity: 100})
+			}
+			reg := NewRegistry(NewCounts(), Sources{Ports: func() PortStats { return p }, Released: tt.released}, BuildInfo{})
+			if n := testutil.CollectAndCount(reg, "portlife_port_pressure_ratio"); n != tt.want {
+				t.Errorf("%d pressure series, want %d", n, tt.want)
+			}
+			if n, want := testutil.CollectAndCount(reg, "portlife_time_wait_released_total"), map[bool]int{false: 0, true: 4}[tt.released]; n != want {
+				t.Errorf("%d released series, want %d", n, want)
+			}
+		})
+	}
+}

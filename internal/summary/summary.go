@@ -30,6 +30,10 @@ type Config struct {
 	// Key groups events into rows; nil is KeyOf, (process, destination).
 	// ProcessKey and DestinationKey group by one side alone, as top does.
 	Key func(*event.Event) Key
+	// Usage reads the port key an outbound connection takes its port from
+	// (port accounting's ports.Accountant.UsageOf); each outbound row
+	// carries it, as it stands when the interval ends. nil: none.
+	Usage func(netns uint32, family int, proto event.Proto, bindBeforeConnect bool, local netip.Addr, remote netip.AddrPort) (event.KeyUsage, bool)
 }
 
 // Defaults for Config.
@@ -99,11 +103,22 @@ type entry struct {
 	tx, rx                 uint64
 	timeWait               uint64
 	keys                   uint32
+	// The port key of the row's latest outbound event: its namespace, and
+	// how and from which local address it took its port.
+	netns  uint32
+	family int
+	local  netip.Addr
+	bbc    bool
 }
 
 func (x *entry) churn() uint64 { return x.opened + x.closed + x.failed }
 
 func (x *entry) add(e *event.Event) {
+	// A connect that failed before choosing a local address keeps the one
+	// an earlier connection of the row had.
+	if l := e.Local.Addr(); e.Direction == event.DirectionOutbound && (x.family == 0 || l.IsValid() && !l.IsUnspecified()) {
+		x.netns, x.family, x.local, x.bbc = e.NetNS, e.Family, l, e.BindBeforeConnect
+	}
 	switch e.Kind {
 	case event.KindOpen:
 		x.opened++
@@ -315,6 +330,9 @@ func (s *Summarizer) publish(now time.Time, last bool) {
 		if i < s.cfg.TopN {
 			e := event.Event{Kind: event.KindSummary, Time: now, Start: s.start, Summary: r.x.summary(false)}
 			r.k.fill(&e)
+			if s.cfg.Usage != nil && r.k.Direction == event.DirectionOutbound && r.x.family != 0 {
+				e.Summary.Ports, _ = s.cfg.Usage(r.x.netns, r.x.family, r.k.Proto, r.x.bbc, r.x.local, r.k.Dest)
+			}
 			s.send(&e)
 		} else {
 			other.merge(r.x)
