@@ -225,10 +225,10 @@ func TestTopRefusesNonTerminal(t *testing.T) {
 // open). A process row has no key: "-".
 func TestTopPressureColumn(t *testing.T) {
 	requireRoot(t)
-	ns := newNetnsThread(t, map[string]string{"ip_local_port_range": "40000 40099", "tcp_tw_reuse": "0"})
+	ns := kerneltest.NewNetns(t, map[string]string{"ip_local_port_range": "40000 40099", "tcp_tw_reuse": "0"})
 	dst := netip.MustParseAddrPort("127.0.0.1:5000")
 	var ln int
-	if err := ns.do(func() (err error) {
+	if err := ns.Do(func() (err error) {
 		if ln, err = tcpListen(dst); err != nil {
 			return err
 		}
@@ -247,7 +247,7 @@ func TestTopPressureColumn(t *testing.T) {
 	stop := make(chan struct{})
 	churned := make(chan error, 1)
 	go func() {
-		churned <- ns.do(func() error {
+		churned <- ns.Do(func() error {
 			for {
 				select {
 				case <-stop:

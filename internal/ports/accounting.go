@@ -210,9 +210,9 @@ func New(cfg Config) *Accountant {
 		cfg.Dump = Dump
 	}
 	return &Accountant{
-		cfg:     cfg,
-		netns:   map[uint32]*netnsState{},
-		keys:    map[keyID]*key{},
+		cfg:   cfg,
+		netns: map[uint32]*netnsState{},
+		keys:  map[keyID]*key{},
 	}
 }
 

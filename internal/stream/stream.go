@@ -57,7 +57,7 @@ func New(primary Consumer) *Stream { return &Stream{primary: primary} }
 type subscriber struct {
 	name  string
 	c     Consumer
-	sel   Selector // nil: every event
+	sel   Selector         // nil: every event
 	queue chan event.Event // bounded: events are copied in, never allocated
 	flush chan struct{}    // a flush request, coalesced
 	// ev holds the event being written. A local would escape to the heap
