@@ -118,6 +118,14 @@ static __always_inline void on_established(struct sock *sk)
 
 	if (!c || (c->phase != PHASE_CONNECTING && c->phase != PHASE_HANDSHAKE))
 		return;
+	/*
+	 * With GAP_SOCKET_COOKIE a child's cookie is 0 at LISTEN -> SYN_RECV
+	 * (the clone resets it), so begin() took its address; tcp_child_cookie
+	 * gave it the kernel's own just before this transition. No event
+	 * carried the address.
+	 */
+	if (c->phase == PHASE_HANDSHAKE && (cfg.gaps & GAP_SOCKET_COOKIE))
+		c->e.cookie = sk_cookie(sk);
 	read_tuple(sk, &c->e);
 	if (!tuple_wanted(sk, &c->e)) {
 		conn_forget(sk);
@@ -347,6 +355,21 @@ static __always_inline int tcp_destroyed(struct sock *sk)
 		conn_forget(sk);
 	}
 	return 0;
+}
+
+/*
+ * sockops, attached only with GAP_SOCKET_COOKIE. An accepted child is a
+ * clone of its listener, and the clone resets the cookie to 0, so no
+ * socket() gave it one (give_cookie). The kernel calls this with
+ * BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB before it moves the child from
+ * SYN_RECV to ESTABLISHED, where on_established reads the cookie that
+ * asking here gave it. Returns 1, as every sockops program should.
+ */
+static __always_inline int tcp_child_cookie(struct bpf_sock_ops *ctx)
+{
+	if (ctx->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		bpf_get_socket_cookie(ctx);
+	return 1;
 }
 
 #endif /* __PORTLIFE_TCP_BPF_H */
