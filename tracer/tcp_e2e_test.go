@@ -329,7 +329,8 @@ func TestTCPConnectRefused(t *testing.T) {
 }
 
 // A connection opened before the tracer started is still reported when it
-// closes, with its owner from /proc and its direction from the listener.
+// closes, with its owner from /proc, its direction from the listener, and
+// the cookie sock_diag shows.
 func TestTCPPreExisting(t *testing.T) {
 	requireRoot(t)
 	ln := listen(t, tcpFamilies[0]) // open while tracing starts: it tells the direction
@@ -337,6 +338,9 @@ func TestTCPPreExisting(t *testing.T) {
 	p := connectTo(t, tcpFamilies[0], ln)
 
 	r := startTracer(t, event.Filter{})
+	// No one asked for these sockets' cookies before the tracer adopted
+	// them: asked now, they are the ones the tracer must have read.
+	outCookie, inCookie := connCookie(t, p.client), connCookie(t, p.server)
 	p.echo(t)
 	closeFirst(t, p.client, p.server, false)
 
@@ -354,10 +358,12 @@ func TestTCPPreExisting(t *testing.T) {
 		check(t, key, "comm", e.Comm.String(), ownComm(t))
 		switch e.Local {
 		case p.local:
+			check(t, key, "cookie", e.Cookie, outCookie)
 			check(t, key, "direction", e.Direction, event.DirectionOutbound)
 			check(t, key, "closed by", e.ClosedBy, event.ClosedByLocal)
 			check(t, key, "time wait", e.TimeWait, true)
 		case p.remote:
+			check(t, key, "cookie", e.Cookie, inCookie)
 			check(t, key, "direction", e.Direction, event.DirectionInbound)
 			check(t, key, "closed by", e.ClosedBy, event.ClosedByRemote)
 		default:
