@@ -119,12 +119,14 @@ static __always_inline void on_established(struct sock *sk)
 	if (!c || (c->phase != PHASE_CONNECTING && c->phase != PHASE_HANDSHAKE))
 		return;
 	/*
-	 * With GAP_SOCKET_COOKIE a child's cookie is 0 at LISTEN -> SYN_RECV
-	 * (the clone resets it), so begin() took its address; tcp_child_cookie
-	 * gave it the kernel's own just before this transition. No event
-	 * carried the address.
+	 * A child's cookie at LISTEN -> SYN_RECV is not its own yet: the clone
+	 * copies the listener's, and only after that transition does
+	 * inet_csk_clone_lock() set the request's (Linux 6.1 has events carry
+	 * the listener's cookie otherwise). With GAP_SOCKET_COOKIE it may be 0,
+	 * and tcp_child_cookie gave the child the kernel's own just before
+	 * this transition. No event carried the earlier one.
 	 */
-	if (c->phase == PHASE_HANDSHAKE && (cfg.gaps & GAP_SOCKET_COOKIE))
+	if (c->phase == PHASE_HANDSHAKE)
 		c->e.cookie = sk_cookie(sk);
 	read_tuple(sk, &c->e);
 	if (!tuple_wanted(sk, &c->e)) {
