@@ -152,9 +152,11 @@ static __always_inline void conn_forget(void *sk)
 /*
  * The socket's cookie, the same in every event of one socket. Where tracing
  * programs may not ask for it (GAP_SOCKET_COOKIE, Linux 5.10 and 5.11), the
- * cookie the kernel already gave the socket, or else its address: unique
- * among the sockets alive, and read once per lifetime, so open and close
- * agree.
+ * cookie the kernel already gave the socket: the programs below give every
+ * TCP socket its cookie before its first state change (give_cookie,
+ * tcp_child_cookie). Else, for a socket they missed (one from before
+ * tracing, or made by the kernel itself), its address: unique among the
+ * sockets alive, and read once per lifetime, so open and close agree.
  */
 static __always_inline __u64 sk_cookie(struct sock *sk)
 {
@@ -164,6 +166,20 @@ static __always_inline __u64 sk_cookie(struct sock *sk)
 		return bpf_get_socket_cookie(sk);
 	cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
 	return cookie ? cookie : (__u64)sk;
+}
+
+/*
+ * cgroup/sock_create, attached only with GAP_SOCKET_COOKIE: cgroup socket
+ * programs may ask for a cookie on Linux 5.10, and asking makes the kernel
+ * give the socket the cookie that sock_diag and SO_COOKIE will show, which
+ * sk_cookie then reads. socket() runs this before connect() or listen()
+ * can change the socket's state. Returns 1: the socket is allowed.
+ */
+static __always_inline int give_cookie(struct bpf_sock *ctx)
+{
+	if (ctx->protocol == IPPROTO_TCP)
+		bpf_get_socket_cookie(ctx);
+	return 1;
 }
 
 /*

@@ -63,6 +63,14 @@ struct bpf_sock {
 	__s32 rx_queue_mapping;
 };
 
+/* Only op is read; the rest of the context is not declared. */
+struct bpf_sock_ops {
+	__u32 op;
+};
+enum {
+	BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB = 5,
+};
+
 struct bpf_sock_addr {
 	__u32 user_family;
 	__u32 user_ip4;

@@ -71,6 +71,20 @@ int BPF_PROG(tcp_read_data, struct sock *sk)
 	return tcp_reader(sk);
 }
 
+/* Cookies before Linux 5.12: an accepted child gets the kernel's (tcp_child_cookie). */
+SEC("sockops")
+int tcp_accepted(struct bpf_sock_ops *ctx)
+{
+	return tcp_child_cookie(ctx);
+}
+
+/* Cookies before Linux 5.12: every new TCP socket gets the kernel's (give_cookie). */
+SEC("cgroup/sock_create")
+int sock_cookie(struct bpf_sock *ctx)
+{
+	return give_cookie(ctx);
+}
+
 /* UDP */
 
 SEC("cgroup/bind4")

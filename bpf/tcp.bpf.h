@@ -118,6 +118,16 @@ static __always_inline void on_established(struct sock *sk)
 
 	if (!c || (c->phase != PHASE_CONNECTING && c->phase != PHASE_HANDSHAKE))
 		return;
+	/*
+	 * A child's cookie at LISTEN -> SYN_RECV is not its own yet: the clone
+	 * copies the listener's, and only after that transition does
+	 * inet_csk_clone_lock() set the request's (Linux 6.1 has events carry
+	 * the listener's cookie otherwise). With GAP_SOCKET_COOKIE it may be 0,
+	 * and tcp_child_cookie gave the child the kernel's own just before
+	 * this transition. No event carried the earlier one.
+	 */
+	if (c->phase == PHASE_HANDSHAKE)
+		c->e.cookie = sk_cookie(sk);
 	read_tuple(sk, &c->e);
 	if (!tuple_wanted(sk, &c->e)) {
 		conn_forget(sk);
@@ -347,6 +357,21 @@ static __always_inline int tcp_destroyed(struct sock *sk)
 		conn_forget(sk);
 	}
 	return 0;
+}
+
+/*
+ * sockops, attached only with GAP_SOCKET_COOKIE. An accepted child is a
+ * clone of its listener, and the clone resets the cookie to 0, so no
+ * socket() gave it one (give_cookie). The kernel calls this with
+ * BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB before it moves the child from
+ * SYN_RECV to ESTABLISHED, where on_established reads the cookie that
+ * asking here gave it. Returns 1, as every sockops program should.
+ */
+static __always_inline int tcp_child_cookie(struct bpf_sock_ops *ctx)
+{
+	if (ctx->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		bpf_get_socket_cookie(ctx);
+	return 1;
 }
 
 #endif /* __PORTLIFE_TCP_BPF_H */

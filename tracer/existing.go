@@ -56,6 +56,9 @@ func (t *Tracer) adoptExisting() error {
 			zap.Uint64("sockets", lost), zap.Int("netns", len(unreachable)))
 	}
 
+	if !t.KernelCookies() && t.cfg.Filter.WantsProto(event.ProtoTCP) {
+		t.giveCookies(namespaces)
+	}
 	batches := found.batches(int(t.objs.FdOwners.MaxEntries()))
 	listeners := found.listeners()
 	for _, b := range batches {

@@ -43,7 +43,7 @@ func (f kernelFeatures) missing() []fallback {
 	}
 	if f.gaps&portlifeKernelGapGAP_SOCKET_COOKIE != 0 {
 		out = append(out, fallback{"socket cookies in tracing programs (Linux 5.12)",
-			"a TCP socket's cookie is its kernel address when the kernel gave it no cookie: unique among the sockets alive, not forever"})
+			"TCP sockets get the kernel's cookie from cgroup/sock_create and sockops programs, and those from before start from a sock_diag listing; one they all missed (made by the kernel itself, or before start and in no table yet) is named by its kernel address: unique among the sockets alive, not forever"})
 	}
 	if f.gaps&portlifeKernelGapGAP_TASK_STORAGE != 0 {
 		out = append(out, fallback{"task storage in tracepoint programs (Linux 5.11)",
@@ -192,7 +192,9 @@ func (f kernelFeatures) adapt(spec *ebpf.CollectionSpec, maxSockets uint32) {
 	}
 }
 
-// KernelCookies reports whether events carry the kernel's socket cookies,
-// the ones sock_diag and SO_COOKIE show. Before Linux 5.12 a TCP socket's
-// may be its address instead (GAP_SOCKET_COOKIE).
+// KernelCookies reports whether every event carries the kernel's socket
+// cookie, the one sock_diag and SO_COOKIE show. Before Linux 5.12
+// (GAP_SOCKET_COOKIE) nearly all do, by way of the cgroup/sock_create and
+// sockops programs and a sock_diag listing at start (giveCookies), but a
+// TCP socket they all missed carries its address instead.
 func (t *Tracer) KernelCookies() bool { return t.features.gaps&portlifeKernelGapGAP_SOCKET_COOKIE == 0 }

@@ -85,8 +85,9 @@ func TestStateHookSkipped(t *testing.T) {
 // withoutStateHook runs f with the TCP state hook detached.
 func (r *running) withoutStateHook(t *testing.T, f func()) {
 	t.Helper()
+	i := r.stateHook(t)
 	r.mu.Lock()
-	err := r.links[0].Close() // the first hook: sock:inet_sock_set_state
+	err := r.links[i].Close()
 	r.mu.Unlock()
 	if err != nil {
 		t.Fatal(err)
@@ -97,10 +98,27 @@ func (r *running) withoutStateHook(t *testing.T, f func()) {
 			t.Fatalf("attaching the state hook again: %v", err)
 		}
 		r.mu.Lock()
-		r.links[0] = l
+		r.links[i] = l
 		r.mu.Unlock()
 	}()
 	f()
+}
+
+// stateHook is the index of sock:inet_sock_set_state's link: after those of
+// the hooks attached before it (before Linux 5.12, the cookie hooks).
+func (r *running) stateHook(t *testing.T) int {
+	t.Helper()
+	i := 0
+	for _, h := range r.hooks() {
+		if h.name == "sock:inet_sock_set_state" {
+			return i
+		}
+		if h.wanted {
+			i++
+		}
+	}
+	t.Fatal("no sock:inet_sock_set_state hook")
+	return 0
 }
 
 // waitState waits up to 10s for the socket to reach a TCP state.

@@ -253,6 +253,8 @@ const (
 	portlifeProgConnectEnter     = "connect_enter"
 	portlifeProgConnectExit      = "connect_exit"
 	portlifeProgFindOwners       = "find_owners"
+	portlifeProgSockCookie       = "sock_cookie"
+	portlifeProgTcpAccepted      = "tcp_accepted"
 	portlifeProgTcpDestroy       = "tcp_destroy"
 	portlifeProgTcpExisting      = "tcp_existing"
 	portlifeProgTcpRead          = "tcp_read"
@@ -336,6 +338,8 @@ type portlifeProgramSpecs struct {
 	ConnectEnter *ebpf.ProgramSpec `ebpf:"connect_enter"`
 	ConnectExit  *ebpf.ProgramSpec `ebpf:"connect_exit"`
 	FindOwners   *ebpf.ProgramSpec `ebpf:"find_owners"`
+	SockCookie   *ebpf.ProgramSpec `ebpf:"sock_cookie"`
+	TcpAccepted  *ebpf.ProgramSpec `ebpf:"tcp_accepted"`
 	TcpDestroy   *ebpf.ProgramSpec `ebpf:"tcp_destroy"`
 	TcpExisting  *ebpf.ProgramSpec `ebpf:"tcp_existing"`
 	TcpRead      *ebpf.ProgramSpec `ebpf:"tcp_read"`
@@ -477,6 +481,8 @@ type portlifePrograms struct {
 	ConnectEnter *ebpf.Program `ebpf:"connect_enter"`
 	ConnectExit  *ebpf.Program `ebpf:"connect_exit"`
 	FindOwners   *ebpf.Program `ebpf:"find_owners"`
+	SockCookie   *ebpf.Program `ebpf:"sock_cookie"`
+	TcpAccepted  *ebpf.Program `ebpf:"tcp_accepted"`
 	TcpDestroy   *ebpf.Program `ebpf:"tcp_destroy"`
 	TcpExisting  *ebpf.Program `ebpf:"tcp_existing"`
 	TcpRead      *ebpf.Program `ebpf:"tcp_read"`
@@ -505,6 +511,8 @@ func (p *portlifePrograms) Close() error {
 		p.ConnectEnter,
 		p.ConnectExit,
 		p.FindOwners,
+		p.SockCookie,
+		p.TcpAccepted,
 		p.TcpDestroy,
 		p.TcpExisting,
 		p.TcpRead,

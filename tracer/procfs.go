@@ -51,11 +51,14 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
-// findCgroupRoot finds the cgroup v2 root for the UDP hooks, mounting one
-// under /run/portlife if the host has none.
+// findCgroupRoot finds the cgroup v2 root for the cgroup hooks (UDP's, and
+// before Linux 5.12 TCP's cookies), mounting one under /run/portlife if the
+// host has none.
 func (t *Tracer) findCgroupRoot() error {
 	root, err := cgroup2Mount("/proc/mounts")
-	if err != nil || root != "" || !t.cfg.Filter.WantsProto(event.ProtoUDP) {
+	f := &t.cfg.Filter
+	hooks := f.WantsProto(event.ProtoUDP) || f.WantsProto(event.ProtoTCP) && !t.KernelCookies()
+	if err != nil || root != "" || !hooks {
 		t.cgroupRoot = root
 		return err
 	}
@@ -73,7 +76,7 @@ func (t *Tracer) findCgroupRoot() error {
 	if err := unix.Mount("cgroup2", dir, "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("no cgroup v2 mount, and mounting one at %s: %w", dir, err)
 	}
-	t.log.Info("mounted cgroup v2 for the UDP hooks", zap.String("path", dir))
+	t.log.Info("mounted cgroup v2 for the cgroup hooks", zap.String("path", dir))
 	t.cgroupRoot, t.ownMount = dir, dir
 	return nil
 }

@@ -100,6 +100,25 @@ func connectTo(t *testing.T, fam tcpFamily, ln net.Listener) pair {
 	return p
 }
 
+// connCookie is c's socket cookie (SO_COOKIE), which the kernel gives the
+// socket now if it had none.
+func connCookie(t *testing.T, c *net.TCPConn) uint64 {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v uint64
+	var gerr error
+	if err := raw.Control(func(fd uintptr) { v, gerr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE) }); err != nil {
+		t.Fatal(err)
+	}
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	return v
+}
+
 func socketFamily(t *testing.T, c *net.TCPConn) int {
 	raw, err := c.SyscallConn()
 	if err != nil {
@@ -200,6 +219,10 @@ func TestTCPLifetimes(t *testing.T) {
 			t.Run(fam.name+"/"+sc.name, func(t *testing.T) {
 				before := time.Now()
 				p := connect(t, fam)
+				// Asked after the tracer read them: before Linux 5.12 the
+				// tracer cannot ask, and asking gives a socket that has
+				// none its cookie.
+				outCookie, inCookie := connCookie(t, p.client), connCookie(t, p.server)
 				p.echo(t)
 				sc.end(t, p)
 				after := time.Now()
@@ -218,10 +241,12 @@ func TestTCPLifetimes(t *testing.T) {
 					seen[key] = true
 
 					out := e.Direction == event.DirectionOutbound
-					wantLocal, wantRemote, wantSource := p.local, p.remote, event.PIDSourceConnect
+					wantLocal, wantRemote, wantSource, wantCookie := p.local, p.remote, event.PIDSourceConnect, outCookie
 					if !out {
-						wantLocal, wantRemote, wantSource = p.remote, p.local, event.PIDSourceListener
+						wantLocal, wantRemote, wantSource, wantCookie = p.remote, p.local, event.PIDSourceListener, inCookie
 					}
+					// The cookie sock_diag and SO_COOKIE show, on every kernel.
+					check(t, key, "cookie", e.Cookie, wantCookie)
 					check(t, key, "local", e.Local, wantLocal)
 					check(t, key, "remote", e.Remote, wantRemote)
 					check(t, key, "pid", e.PID, pid)
@@ -304,7 +329,8 @@ func TestTCPConnectRefused(t *testing.T) {
 }
 
 // A connection opened before the tracer started is still reported when it
-// closes, with its owner from /proc and its direction from the listener.
+// closes, with its owner from /proc, its direction from the listener, and
+// the cookie sock_diag shows.
 func TestTCPPreExisting(t *testing.T) {
 	requireRoot(t)
 	ln := listen(t, tcpFamilies[0]) // open while tracing starts: it tells the direction
@@ -312,6 +338,9 @@ func TestTCPPreExisting(t *testing.T) {
 	p := connectTo(t, tcpFamilies[0], ln)
 
 	r := startTracer(t, event.Filter{})
+	// No one asked for these sockets' cookies before the tracer adopted
+	// them: asked now, they are the ones the tracer must have read.
+	outCookie, inCookie := connCookie(t, p.client), connCookie(t, p.server)
 	p.echo(t)
 	closeFirst(t, p.client, p.server, false)
 
@@ -329,10 +358,12 @@ func TestTCPPreExisting(t *testing.T) {
 		check(t, key, "comm", e.Comm.String(), ownComm(t))
 		switch e.Local {
 		case p.local:
+			check(t, key, "cookie", e.Cookie, outCookie)
 			check(t, key, "direction", e.Direction, event.DirectionOutbound)
 			check(t, key, "closed by", e.ClosedBy, event.ClosedByLocal)
 			check(t, key, "time wait", e.TimeWait, true)
 		case p.remote:
+			check(t, key, "cookie", e.Cookie, inCookie)
 			check(t, key, "direction", e.Direction, event.DirectionInbound)
 			check(t, key, "closed by", e.ClosedBy, event.ClosedByRemote)
 		default:

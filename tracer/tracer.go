@@ -284,6 +284,12 @@ func (t *Tracer) hooks() []hook {
 	connects := f.WantsKind(event.KindConnectFailed) || udp && !t.features.datagramHooks() && f.WantsKind(event.KindOpen)
 	binds := f.WantsKind(event.KindBindFailed)
 	return []hook{
+		// Before Linux 5.12 (GAP_SOCKET_COOKIE): every TCP socket gets the
+		// kernel's cookie before sk_cookie reads it, so events carry the
+		// cookie sock_diag and SO_COOKIE show. First, so that the TCP hooks
+		// see no new socket that these have missed.
+		{"cgroup/sock_create", p.SockCookie, attachCgroup, ebpf.AttachCGroupInetSockCreate, tcp && !t.KernelCookies()},
+		{"sockops", p.TcpAccepted, attachCgroup, ebpf.AttachCGroupSockOps, tcp && !t.KernelCookies()},
 		{"sock:inet_sock_set_state", p.TcpState, attachTracing, 0, tcp},
 		{"tcp:tcp_send_reset", p.TcpRstSent, attachTracing, 0, tcp},
 		{"tcp:tcp_receive_reset", p.TcpRstRecv, attachTracing, 0, tcp},

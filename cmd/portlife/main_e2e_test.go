@@ -642,7 +642,7 @@ func TestOwnCgroupMountRemoved(t *testing.T) {
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS} // with private propagation
 	p.cmd.Stdout = &p.stdout
 	p.begin(t)
-	if !strings.Contains(p.stderr.String(), "mounted cgroup v2 for the UDP hooks") {
+	if !strings.Contains(p.stderr.String(), "mounted cgroup v2 for the cgroup hooks") {
 		t.Fatalf("portlife did not mount cgroup v2: the test does not test what it says; stderr:\n%s", p.stderr.String())
 	}
 
