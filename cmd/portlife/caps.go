@@ -24,8 +24,12 @@ import (
 //   - CAP_DAC_READ_SEARCH: the reader names cgroups by id
 //     (open_by_handle_at);
 //   - CAP_DAC_OVERRIDE: sinks and the store reopen files (rotation, SIGHUP)
-//     in directories that root may not own.
-var keptOnceAttached = []cap.Value{cap.SYS_ADMIN, cap.SYS_PTRACE, cap.DAC_READ_SEARCH, cap.DAC_OVERRIDE}
+//     in directories that root may not own;
+//   - CAP_BPF: reading the loss counters and the programs' run counts is a
+//     bpf() call, which kernels before 6.5 refuse without it (or
+//     CAP_SYS_ADMIN) while unprivileged eBPF is disabled, as distributions
+//     set it.
+var keptOnceAttached = []cap.Value{cap.SYS_ADMIN, cap.SYS_PTRACE, cap.DAC_READ_SEARCH, cap.DAC_OVERRIDE, cap.BPF}
 
 // dropCapabilities keeps, of the capabilities portlife holds, only those it
 // uses once attached, in every thread (libcap's psx), and out of the

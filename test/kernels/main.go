@@ -42,7 +42,7 @@ const defaultKernels = "5.10,6.1,6.12,6.18,7"
 // an OpenTelemetry Collector) that a busybox guest has not. What they test
 // is portlife's user space, the same on every kernel: make test runs them
 // on the host.
-const hostToolTests = "^(TestTopInTmux|TestMetricsMatchEvents|TestMetricsCardinalityBounded|TestSyslogToRsyslog|TestSyslogRsyslogRestart|TestOTLPSink|TestFileSinkDiskFull)$"
+const hostToolTests = "^(TestTopInTmux|TestTopPressureColumn|TestMetricsMatchEvents|TestMetricsCardinalityBounded|TestMetricsPortsAndReleased|TestSyslogToRsyslog|TestSyslogRsyslogRestart|TestOTLPSink|TestFileSinkDiskFull)$"
 
 type options struct {
 	kernels        []string
