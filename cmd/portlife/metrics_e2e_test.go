@@ -278,42 +278,13 @@ func TestMetricsCardinalityBounded(t *testing.T) {
 func TestMetricsPortsAndReleased(t *testing.T) {
 	requireRoot(t)
 	ns := kerneltest.NewNetns(t, map[string]string{"ip_local_port_range": "40000 40099", "tcp_tw_reuse": "0", "tcp_max_tw_buckets": "0"})
-	dst1, dst2 := netip.MustParseAddrPort("127.0.0.1:5000"), netip.MustParseAddrPort("127.0.0.2:5000")
-	var ln1, ln2 int
-	if err := ns.Do(func() (err error) {
-		if ln1, err = tcpListen(dst1); err != nil {
-			return err
-		}
-		ln2, err = tcpListen(dst2)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	dst1, dst2, ln1, ln2 := twoListeners(t, ns)
 	port := freePort(t)
 	// The scrapes are this process's too, outside the namespace: --netns
 	// leaves them out.
 	p := start(t, "--output", "json", "--netns", fmt.Sprint(ns.Inode), "--flush-interval", "10ms", "--released", "--released-interval", "200ms", "--metrics-addr", strconv.Itoa(port))
 	const closed, held, bound = 5, 20, 3
-	if err := ns.Do(func() error {
-		for range closed {
-			if err := timeWait(ln1, dst1, false); err != nil {
-				return err
-			}
-		}
-		for i := range held + bound {
-			dst, ln, bindFirst := dst1, ln1, false
-			if i >= held {
-				dst, ln, bindFirst = dst2, ln2, true
-			}
-			if _, err := connectTo(dst, bindFirst); err != nil { // held until the namespace goes
-				return err
-			}
-			if _, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
+	if err := ns.Do(func() error { return pressWorkload(ln1, ln2, dst1, dst2, closed, held, bound) }); err != nil {
 		t.Fatal(err)
 	}
 	inode := fmt.Sprintf(`netns="%d"`, ns.Inode)

@@ -199,14 +199,11 @@ func wantThresholds(t *testing.T, got []jsonEvent, failed time.Time, thresholds 
 	}
 }
 
-func TestPressurePerDestination(t *testing.T) {
-	requireRoot(t)
-	// 100 ports, TIME_WAIT not reusable: 20 connections a second to one
-	// destination, closed by us, exhaust it in 5 s; a second destination,
-	// used at 5 a second meanwhile, stays near 25%.
-	ns := kerneltest.NewNetns(t, map[string]string{"ip_local_port_range": "40000 40099", "tcp_tw_reuse": "0"})
-	dst1, dst2 := netip.MustParseAddrPort("127.0.0.1:5000"), netip.MustParseAddrPort("127.0.0.2:5000")
-	var ln1, ln2 int
+// twoListeners listens in ns on two destinations, 127.0.0.1:5000 and
+// 127.0.0.2:5000.
+func twoListeners(t *testing.T, ns *kerneltest.Netns) (dst1, dst2 netip.AddrPort, ln1, ln2 int) {
+	t.Helper()
+	dst1, dst2 = netip.MustParseAddrPort("127.0.0.1:5000"), netip.MustParseAddrPort("127.0.0.2:5000")
 	if err := ns.Do(func() (err error) {
 		if ln1, err = tcpListen(dst1); err != nil {
 			return err
@@ -216,6 +213,41 @@ func TestPressurePerDestination(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	return dst1, dst2, ln1, ln2
+}
+
+// pressWorkload, run in the listeners' namespace, leaves closed
+// connections to dst1 in TIME_WAIT (our side closes first), holds held more
+// to dst1 open, and bound ones to dst2 that took their port with bind(0)
+// first; both ends of the open ones are held until the namespace goes.
+func pressWorkload(ln1, ln2 int, dst1, dst2 netip.AddrPort, closed, held, bound int) error {
+	for range closed {
+		if err := timeWait(ln1, dst1, false); err != nil {
+			return err
+		}
+	}
+	for i := range held + bound {
+		dst, ln, bindFirst := dst1, ln1, false
+		if i >= held {
+			dst, ln, bindFirst = dst2, ln2, true
+		}
+		if _, err := connectTo(dst, bindFirst); err != nil {
+			return err
+		}
+		if _, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func TestPressurePerDestination(t *testing.T) {
+	requireRoot(t)
+	// 100 ports, TIME_WAIT not reusable: 20 connections a second to one
+	// destination, closed by us, exhaust it in 5 s; a second destination,
+	// used at 5 a second meanwhile, stays near 25%.
+	ns := kerneltest.NewNetns(t, map[string]string{"ip_local_port_range": "40000 40099", "tcp_tw_reuse": "0"})
+	dst1, dst2, ln1, ln2 := twoListeners(t, ns)
 
 	// Reconciling with the kernel every second meanwhile must change none
 	// of it: the events and the kernel agree.

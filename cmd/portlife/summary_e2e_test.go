@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -268,40 +267,10 @@ func TestSummaryOnly(t *testing.T) {
 func TestSummaryPortPressure(t *testing.T) {
 	requireRoot(t)
 	ns := kerneltest.NewNetns(t, map[string]string{"ip_local_port_range": "40000 40099", "tcp_tw_reuse": "0"})
-	dst1, dst2 := netip.MustParseAddrPort("127.0.0.1:5000"), netip.MustParseAddrPort("127.0.0.2:5000")
-	var ln1, ln2 int
-	if err := ns.Do(func() (err error) {
-		if ln1, err = tcpListen(dst1); err != nil {
-			return err
-		}
-		ln2, err = tcpListen(dst2)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	dst1, dst2, ln1, ln2 := twoListeners(t, ns)
 	p := start(t, "--output", "json", "--pid", fmt.Sprint(os.Getpid()), "--flush-interval", "10ms", "--summary", "1h")
 	const closed, held, bound = 10, 27, 3
-	if err := ns.Do(func() error {
-		for range closed {
-			if err := timeWait(ln1, dst1, false); err != nil {
-				return err
-			}
-		}
-		for i := range held + bound {
-			dst, ln, bindFirst := dst1, ln1, false
-			if i >= held {
-				dst, ln, bindFirst = dst2, ln2, true
-			}
-			// Held until the namespace goes, both ends.
-			if _, err := connectTo(dst, bindFirst); err != nil {
-				return err
-			}
-			if _, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
+	if err := ns.Do(func() error { return pressWorkload(ln1, ln2, dst1, dst2, closed, held, bound) }); err != nil {
 		t.Fatal(err)
 	}
 	if err := waitTimeWait(ns, 40000, 40099, closed); err != nil {
