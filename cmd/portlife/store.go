@@ -13,9 +13,11 @@ import (
 	"github.com/portlife/portlife/internal/stream"
 )
 
-// storeQueue is the store's queue, in events (about 300 bytes each): a few
-// seconds of a heavy churn while a commit waits for the disk.
-const storeQueue = 16384
+// storeQueue is the store's queue, in events (about 300 bytes each): a
+// second or more of a heavy churn (5,000 connections/s traced on both
+// sides is 20,000 events/s) while a commit or a checkpoint waits for the
+// disk.
+const storeQueue = 32 << 10
 
 // storeOptions is `trace --store` and its budget.
 type storeOptions struct {

@@ -102,6 +102,8 @@ type Writer struct {
 	now  func() time.Time
 
 	pending       []event.Event // copies: the stream reuses what it passes
+	plan          []rowPlan     // per pending event: what its statements may skip
+	openAt        map[uint64]int
 	lastCommit    time.Time
 	lastRetention time.Time
 	pageSize      int64
@@ -144,7 +146,8 @@ func Open(ctx context.Context, cfg Config) (*Writer, error) {
 	// truncate it: a batch must stay a small part of the budget, at most a
 	// row (a few hundred bytes, and a page in each index) per 16 KiB of it.
 	cfg.BatchSize = int(min(int64(cfg.BatchSize), max(16, cfg.MaxSize>>14)))
-	w := &Writer{cfg: cfg, db: db, lock: lock, now: cfg.Now, pending: make([]event.Event, 0, cfg.BatchSize)}
+	w := &Writer{cfg: cfg, db: db, lock: lock, now: cfg.Now, pending: make([]event.Event, 0, cfg.BatchSize),
+		openAt: make(map[uint64]int)}
 	if w.now == nil {
 		w.now = time.Now
 	}
@@ -298,8 +301,9 @@ func (w *Writer) writeBatch(ctx context.Context) error {
 		}
 	}
 	var written uint64
+	w.planBatch()
 	for i := range w.pending {
-		ok, err := st.apply(ctx, &w.pending[i])
+		ok, err := st.apply(ctx, &w.pending[i], w.plan[i])
 		if err != nil {
 			return err
 		}
@@ -330,6 +334,45 @@ const (
 		WHERE sock_cookie = ? AND release_provisional = 1`
 )
 
+// rowPlan says which of an event's statements a batch can do without.
+type rowPlan uint8
+
+const (
+	rowNormal rowPlan = iota
+	// rowSuperseded: an open whose close is in the same batch; the close's
+	// row replaces it, so it is not written.
+	rowSuperseded
+	// rowNoOpenRow: a close whose open was superseded: there is no open row
+	// to delete.
+	rowNoOpenRow
+)
+
+// planBatch pairs each open with its close in the same batch, by cookie.
+// Most churned connections open and close within one flush interval, so
+// their lifetime costs one INSERT rather than an INSERT, a DELETE and a
+// second INSERT. Only sockets new since tracing started are paired: their
+// cookies cannot have a row from before; a socket found again after a
+// restart (PreExisting) may have one, and keeps every statement.
+func (w *Writer) planBatch() {
+	clear(w.openAt)
+	w.plan = append(w.plan[:0], make([]rowPlan, len(w.pending))...)
+	for i := range w.pending {
+		e := &w.pending[i]
+		if e.Cookie == 0 || e.PreExisting {
+			continue
+		}
+		switch e.Kind {
+		case event.KindOpen:
+			w.openAt[e.Cookie] = i
+		case event.KindClose, event.KindConnectFailed, event.KindBindFailed:
+			if j, ok := w.openAt[e.Cookie]; ok {
+				w.plan[j], w.plan[i] = rowSuperseded, rowNoOpenRow
+				delete(w.openAt, e.Cookie)
+			}
+		}
+	}
+}
+
 // stmts are one batch's prepared statements.
 type stmts struct{ insert, reopen, replaceOpen, released *sql.Stmt }
 
@@ -352,10 +395,14 @@ func (s *stmts) close() {
 // until its socket's close replaces it, matched by the socket's cookie,
 // which the kernel never reuses while the host runs. An open for a socket
 // that already has its row (found again after a restart) keeps that row.
-func (s *stmts) apply(ctx context.Context, e *event.Event) (bool, error) {
+func (s *stmts) apply(ctx context.Context, e *event.Event, plan rowPlan) (bool, error) {
 	switch e.Kind {
 	case event.KindOpen:
-		if e.Cookie != 0 {
+		if plan == rowSuperseded {
+			return false, nil
+		}
+		// Only a socket from before tracing can have its row already.
+		if e.Cookie != 0 && e.PreExisting {
 			res, err := s.reopen.ExecContext(ctx, int64(e.Cookie))
 			if err != nil {
 				return false, err
@@ -365,7 +412,7 @@ func (s *stmts) apply(ctx context.Context, e *event.Event) (bool, error) {
 			}
 		}
 	case event.KindClose, event.KindConnectFailed, event.KindBindFailed:
-		if e.Cookie != 0 {
+		if e.Cookie != 0 && plan != rowNoOpenRow {
 			if _, err := s.replaceOpen.ExecContext(ctx, int64(e.Cookie)); err != nil {
 				return false, err
 			}

@@ -296,6 +296,54 @@ func TestRestartEndsOpenRows(t *testing.T) {
 	}
 }
 
+// Each lifetime ends as one row whichever batches its open and close fall
+// in: an open and its close in one batch are written as the close alone,
+// and a socket found again after a restart replaces the open row it had.
+func TestOneRowPerLifetime(t *testing.T) {
+	open1 := tcp(event.KindOpen, 1, 40000, t0, t0, "curl")
+	close1 := tcp(event.KindClose, 1, 40000, t0, t0.Add(time.Second), "curl")
+	found := open1
+	found.PreExisting = true
+	foundClose := close1
+	foundClose.PreExisting = true
+	tests := []struct {
+		name    string
+		batches [][]event.Event
+		want    []string // the rows of cookie 1, oldest first
+	}{
+		{"open and close in one batch", [][]event.Event{{open1, close1}}, []string{"close"}},
+		{"open and close in two batches", [][]event.Event{{open1}, {close1}}, []string{"close"}},
+		{"open, still open", [][]event.Event{{open1}}, []string{"open"}},
+		{"found again and closed in one batch", [][]event.Event{{open1}, {found, foundClose}}, []string{"close"}},
+		{"close without its open", [][]event.Event{{close1}}, []string{"close"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := open(t, testConfig(t, &clock{t0}))
+			defer w.Close()
+			for _, b := range tt.batches {
+				write(t, w, b...)
+			}
+			rows, err := w.db.Query("SELECT event FROM lifetimes WHERE sock_cookie = 1 ORDER BY id")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rows.Close()
+			var got []string
+			for rows.Next() {
+				var kind string
+				if err := rows.Scan(&kind); err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, kind)
+			}
+			if !equal(got, tt.want) {
+				t.Errorf("rows %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
 // Rows past the age are deleted, and counted.
 func TestRetentionByAge(t *testing.T) {
 	c := &clock{t0}
