@@ -253,7 +253,7 @@ func newLogWatch(r interface{ Read([]byte) (int, error) }) *logWatch {
 				}
 				l.mu.Unlock()
 			}
-			if entry.Msg != "tracing started" && entry.Msg != "events lost" && entry.Msg != "tracing stopped" {
+			if entry.Msg != "tracing started" {
 				fmt.Fprintln(os.Stderr, line)
 			}
 		}
