@@ -235,6 +235,7 @@ struct file {
 };
 
 struct sock;
+struct msghdr; /* an argument of the UDP functions' fexit programs, never read */
 
 struct socket {
 	socket_state state;

@@ -58,19 +58,6 @@ int BPF_PROG(tcp_destroy, struct sock *sk)
 	return tcp_destroyed(sk);
 }
 
-SEC("tp_btf/sock_recv_length")
-int BPF_PROG(tcp_read, struct sock *sk, int ret, int flags)
-{
-	return tcp_reader(sk);
-}
-
-/* Before Linux 6.3: reads that copied data (see tcp_reader). */
-SEC("tp_btf/tcp_rcv_space_adjust")
-int BPF_PROG(tcp_read_data, struct sock *sk)
-{
-	return tcp_reader(sk);
-}
-
 /* Cookies before Linux 5.12: an accepted child gets the kernel's (tcp_child_cookie). */
 SEC("sockops")
 int tcp_accepted(struct bpf_sock_ops *ctx)
@@ -145,6 +132,60 @@ SEC("tp_btf/sock_recv_length")
 int BPF_PROG(udp_recvd, struct sock *sk, int ret, int flags)
 {
 	return udp_datagram_received(sk, ret, flags);
+}
+
+/*
+ * Where the kernel runs fexit programs: UDP's own send and receive
+ * functions in place of the two tracepoints above, which run for every
+ * send and receive on the host, TCP included.
+ */
+SEC("fexit/udp_sendmsg")
+int BPF_PROG(udp_tx4, struct sock *sk, struct msghdr *msg, unsigned long len, int ret)
+{
+	/* udpv6_sendmsg hands a send to a v4-mapped peer to udp_sendmsg: counted there. */
+	if (sk->__sk_common.skc_family == AF_INET6)
+		return 0;
+	return udp_datagram_sent(sk, ret);
+}
+
+SEC("fexit/udpv6_sendmsg")
+int BPF_PROG(udp_tx6, struct sock *sk, struct msghdr *msg, unsigned long len, int ret)
+{
+	return udp_datagram_sent(sk, ret);
+}
+
+/*
+ * udp_recvmsg(sk, msg, len, noblock, flags, addr_len) lost noblock in Linux
+ * 5.19 and addr_len in 6.18: user space reads how many arguments this
+ * kernel's takes from its BTF, and the verifier keeps only that shape's
+ * loads (udp_recvmsg_args is read-only).
+ */
+const volatile __u8 udp_recvmsg_args = 5;
+
+static __always_inline int udp_recvmsg_returned(unsigned long long *ctx)
+{
+	struct sock *sk = (struct sock *)ctx[0];
+
+	switch (udp_recvmsg_args) {
+	case 4:
+		return udp_datagram_received(sk, (int)ctx[4], (int)ctx[3]);
+	case 5:
+		return udp_datagram_received(sk, (int)ctx[5], (int)ctx[3]);
+	default:
+		return udp_datagram_received(sk, (int)ctx[6], (int)ctx[4]);
+	}
+}
+
+SEC("fexit/udp_recvmsg")
+int udp_rx4(unsigned long long *ctx)
+{
+	return udp_recvmsg_returned(ctx);
+}
+
+SEC("fexit/udpv6_recvmsg")
+int udp_rx6(unsigned long long *ctx)
+{
+	return udp_recvmsg_returned(ctx);
 }
 
 SEC("cgroup/sock_release")

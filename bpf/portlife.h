@@ -28,11 +28,11 @@ enum pid_source {
 	PID_SOURCE_UNKNOWN = 0,
 	PID_SOURCE_CONNECT = 1,  /* the task that called connect() */
 	PID_SOURCE_LISTENER = 2, /* the task that called listen() on the parent socket */
-	PID_SOURCE_CLOSE = 3,    /* the task that called close() or shutdown() */
+	PID_SOURCE_CLOSE = 3,    /* the task that called close() or shutdown(); for an accepted connection, one outside the listener's process */
 	PID_SOURCE_SOCKET = 4,   /* UDP: the task that created, bound or first used it */
 	PID_SOURCE_FD_OWNER = 5, /* a process holding the socket's fd when tracing started */
 	PID_SOURCE_BIND = 6,     /* the task that called bind() */
-	PID_SOURCE_READER = 7,   /* an accepted connection: the first task outside the listener's process to read it */
+	/* 7 was PID_SOURCE_READER: an accepted connection's owner now comes from its close (PID_SOURCE_CLOSE) */
 	PID_SOURCE_LISTENER_FD_OWNER = 8, /* accepted by a listener from before tracing: its fd owner */
 };
 

@@ -107,7 +107,7 @@ static __always_inline void on_child(struct sock *sk)
 		conn_forget(sk);
 		return;
 	}
-	owner.listener_pid = owner.pid; /* kept when a worker takes it over (tcp_reader) */
+	owner.listener_pid = owner.pid; /* kept when a worker takes it over (on_owner_closing) */
 	begin(c, sk, &owner, DIRECTION_INBOUND, PHASE_HANDSHAKE);
 }
 
@@ -139,6 +139,32 @@ static __always_inline void on_established(struct sock *sk)
 	emit(sk, &c->e, EVENT_OPEN);
 }
 
+/*
+ * The process closing or shutting down a connection it holds. A socket
+ * from before tracing has no owner yet: this is it. An accepted
+ * connection is named after the listener until now; the process that
+ * ends it is the one that served it: under a prefork server a worker,
+ * where listen() named the master; under a server whose master accepts
+ * and forks (postgres), the child. It becomes the owner, and listener_pid
+ * keeps the listener's. A server that serves its own connections keeps
+ * its listener's name. Learned here, from a transition every connection
+ * makes anyway, rather than from a hook on each read, which would run a
+ * program for every TCP read on the host. What that misses: a connection
+ * a process aborts (SO_LINGER 0, or unread data, goes straight to CLOSE)
+ * and one the peer resets keep the listener's name.
+ */
+static __always_inline void on_owner_closing(struct conn *c)
+{
+	if (c->e.pid_source == PID_SOURCE_UNKNOWN) {
+		set_owner(&c->e, PID_SOURCE_CLOSE);
+		return;
+	}
+	if (c->e.direction != DIRECTION_INBOUND || (c->e.flags & EVENT_F_PRE_EXISTING) ||
+	    bpf_get_current_pid_tgid() >> 32 == c->e.pid)
+		return;
+	set_owner(&c->e, PID_SOURCE_CLOSE);
+}
+
 /* Into FIN_WAIT1, CLOSE_WAIT or LAST_ACK. */
 static __always_inline void on_closing(struct sock *sk, int oldstate, int newstate)
 {
@@ -153,12 +179,11 @@ static __always_inline void on_closing(struct sock *sk, int oldstate, int newsta
 			c->e.closed_by = CLOSED_BY_REMOTE;
 	}
 	/*
-	 * A socket from before tracing has no owner yet. FIN_WAIT1 and LAST_ACK
-	 * are entered only by close() or shutdown(), in the owner's context.
+	 * FIN_WAIT1 and LAST_ACK are entered only by close() or shutdown(), in
+	 * the context of the process that holds the socket.
 	 */
-	if (c->e.pid_source == PID_SOURCE_UNKNOWN &&
-	    (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK))
-		set_owner(&c->e, PID_SOURCE_CLOSE);
+	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK)
+		on_owner_closing(c);
 }
 
 /* -> CLOSE: the port is released. */
@@ -242,37 +267,6 @@ static __always_inline int tcp_state_changed(struct sock *sk, int oldstate, int 
 		break;
 	}
 	/* FIN_WAIT2 and CLOSING tell nothing new: no lookup for them. */
-	return 0;
-}
-
-/*
- * sock:sock_recv_length on a TCP socket. The first process other than the
- * listener's to read an accepted connection is the one that serves it:
- * under a prefork server a worker, where listen() named the master; under
- * a server whose master accepts and forks (postgres), the child. It
- * becomes the owner, and listener_pid keeps the listener's. A server that
- * serves its own connections keeps its listener's name. Reads alone: every
- * server reads what it serves, and servers send more often than they read,
- * so this looks up fewer sockets than watching both. Inbound sockets
- * adopted at start keep the owner /proc showed. Before Linux 6.3, which
- * has no sock_recv_length, tcp_rcv_space_adjust stands in: it runs in the
- * reader's context too, but only for a read that copied data, so a server
- * that only writes and then reads the end of the stream keeps its
- * listener's name.
- */
-static __always_inline int tcp_reader(struct sock *sk)
-{
-	struct conn *c;
-
-	if (sk->sk_protocol != IPPROTO_TCP)
-		return 0;
-	c = conn_of(sk, false);
-	if (!c || c->e.direction != DIRECTION_INBOUND || c->e.pid_source == PID_SOURCE_READER ||
-	    (c->e.flags & EVENT_F_PRE_EXISTING) || (c->phase != PHASE_OPEN && c->phase != PHASE_HANDSHAKE))
-		return 0;
-	if (bpf_get_current_pid_tgid() >> 32 == c->e.pid)
-		return 0; /* the listener's own process */
-	set_owner(&c->e, PID_SOURCE_READER);
 	return 0;
 }
 

@@ -2,9 +2,10 @@
 /*
  * UDP lifetimes. There is no state tracepoint: the cgroup socket hooks on
  * the cgroup v2 root see bind and unconnected sends with their addresses,
- * and the release of every socket; the sock_send_length and
- * sock_recv_length tracepoints count each datagram and show the peer of a
- * connected socket. Every cgroup program returns 1: portlife observes and
+ * and the release of every socket; fexit programs on UDP's own send and
+ * receive functions, or where the kernel cannot attach them the
+ * sock_send_length and sock_recv_length tracepoints, count each datagram
+ * and show the peer of a connected socket. Every cgroup program returns 1: portlife observes and
  * never refuses a syscall.
  *
  * A socket's open waits until its remote end is known: the peer connect()
@@ -417,7 +418,7 @@ static __always_inline __u32 udp_segments(struct sock *sk, int len)
 	return ((__u32)len + gso - 1) / gso;
 }
 
-/* sock:sock_send_length: every send, connected or not. */
+/* A send returned ret (sock:sock_send_length, or fexit on udp_sendmsg): connected or not. */
 static __always_inline int udp_datagram_sent(struct sock *sk, int ret)
 {
 	struct conn *c;
@@ -439,7 +440,7 @@ static __always_inline int udp_datagram_sent(struct sock *sk, int ret)
 	return 0;
 }
 
-/* sock:sock_recv_length: every datagram received; a peek is not a receive. */
+/* A receive returned ret (sock:sock_recv_length, or fexit on udp_recvmsg); a peek is not a receive. */
 static __always_inline int udp_datagram_received(struct sock *sk, int ret, int flags)
 {
 	struct conn *c;

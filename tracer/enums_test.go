@@ -40,7 +40,6 @@ func TestEnumsMatchKernel(t *testing.T) {
 			"PID_SOURCE_SOCKET":            uint64(event.PIDSourceSocket),
 			"PID_SOURCE_FD_OWNER":          uint64(event.PIDSourceFDOwner),
 			"PID_SOURCE_BIND":              uint64(event.PIDSourceBind),
-			"PID_SOURCE_READER":            uint64(event.PIDSourceReader),
 			"PID_SOURCE_LISTENER_FD_OWNER": uint64(event.PIDSourceListenerFDOwner),
 		}},
 		{"closed_by", map[string]uint64{

@@ -47,11 +47,9 @@ func checkKernel() error {
 
 // requiredTracepoints are the BTF tracepoints portlife cannot do without;
 // Linux 5.10 has them all. (sock_send_length and sock_recv_length, from
-// 6.3, are used where they exist: features.go; tcp_rcv_space_adjust stands
-// in for the second where they do not.)
+// 6.3, are used where they exist: features.go.)
 var requiredTracepoints = []string{
 	"inet_sock_set_state", "tcp_send_reset", "tcp_receive_reset", "tcp_destroy_sock",
-	"tcp_rcv_space_adjust",
 }
 
 // hasCapabilities reports whether this process may load and attach tracing

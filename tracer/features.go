@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,12 +21,30 @@ type kernelFeatures struct {
 	// gaps are the kernel side's fallbacks (enum kernel_gap), which the
 	// verifier prunes to the path this kernel takes.
 	gaps portlifeKernelGap
+	// udpFexit: fexit programs attach to UDP's send and receive functions
+	// (udp_sendmsg, udpv6_sendmsg, udp_recvmsg, udpv6_recvmsg). Where they
+	// do, they count datagrams in place of the datagram tracepoints, which
+	// run a program for every send and receive on the host, TCP included.
+	// Distribution kernels have them; a kernel built without ftrace's
+	// trampolines does not.
+	udpFexit bool
+	// recvArgs: how many arguments udp_recvmsg takes here (6 before Linux
+	// 5.19, 5 before 6.18, 4 since), so where its fexit programs find
+	// flags and the return.
+	recvArgs uint8
+	// noFexit is why udpFexit is false, where it was probed.
+	noFexit string
 }
 
-// datagramHooks: sock:sock_send_length and sock:sock_recv_length (Linux
-// 6.3), which count UDP datagrams, show a connected UDP socket's peer as it
-// sends, and show who reads an accepted TCP connection.
+// datagramHooks: something counts UDP datagrams and shows a connected UDP
+// socket's peer as it sends: the fexit programs on UDP's functions, or
+// the sock:sock_send_length and sock:sock_recv_length tracepoints (Linux
+// 6.3).
 func (f kernelFeatures) datagramHooks() bool { return f.gaps&portlifeKernelGapGAP_DATAGRAM_HOOKS == 0 }
+
+// datagramTracepoints: the tracepoints count datagrams, where the fexit
+// programs cannot.
+func (f kernelFeatures) datagramTracepoints() bool { return f.datagramHooks() && !f.udpFexit }
 
 // fallback is one feature a kernel may lack, what portlife does without it,
 // and what that costs the user.
@@ -53,10 +72,13 @@ func (f kernelFeatures) missing() []fallback {
 		out = append(out, fallback{"bpf_sock_from_file (Linux 5.11)",
 			"none: sockets that existed at start are found by their inode type"})
 	}
+	if f.datagramTracepoints() {
+		out = append(out, fallback{"fexit programs on udp_sendmsg and udp_recvmsg (" + f.noFexit + ")",
+			"UDP datagrams are counted by the sock_send_length and sock_recv_length tracepoints, which run a program for every send and receive on the host, TCP's included (tens of nanoseconds each)"})
+	}
 	if !f.datagramHooks() {
-		out = append(out, fallback{"the sock_send_length and sock_recv_length tracepoints (Linux 6.3)",
-			"UDP events carry no datagram or byte counts; a connected UDP socket's open comes from connect()'s return (with the syscall tracepoints; without them, its close alone); " +
-				"an accepted TCP connection is named after the process that first read data from it, not one that only wrote"})
+		out = append(out, fallback{"fexit programs on udp_sendmsg and udp_recvmsg with socket storage (Linux 5.12), and the sock_send_length and sock_recv_length tracepoints (Linux 6.3)",
+			"UDP events carry no datagram or byte counts; a connected UDP socket's open comes from connect()'s return (with the syscall tracepoints; without them, its close alone)"})
 	}
 	return out
 }
@@ -72,9 +94,10 @@ var everyGap = kernelFeatures{
 // probeFeatures asks the running kernel what it has.
 func probeFeatures(kernel *btf.Spec) (kernelFeatures, error) {
 	var f kernelFeatures
+	tracepoints := true
 	for _, tp := range []string{"sock_send_length", "sock_recv_length"} {
 		if _, err := kernel.AnyTypeByName("btf_trace_" + tp); err != nil {
-			f.gaps |= portlifeKernelGapGAP_DATAGRAM_HOOKS
+			tracepoints = false
 		}
 	}
 	for _, p := range []struct {
@@ -103,7 +126,67 @@ func probeFeatures(kernel *btf.Spec) (kernelFeatures, error) {
 			return f, fmt.Errorf("probing %v in tracepoint programs: %w", fn, err)
 		}
 	}
+	// The datagram handlers use socket storage and cookies, which tracing
+	// programs have from Linux 5.12: before that, no datagram counts.
+	if f.gaps&(portlifeKernelGapGAP_SK_STORAGE|portlifeKernelGapGAP_SOCKET_COOKIE) == 0 {
+		var err error
+		f.recvArgs, err = probeUDPFexit(kernel)
+		f.udpFexit = err == nil
+		if err != nil {
+			f.noFexit = err.Error()
+		}
+	}
+	if !tracepoints && !f.udpFexit {
+		f.gaps |= portlifeKernelGapGAP_DATAGRAM_HOOKS
+	}
 	return f, nil
+}
+
+// probeUDPFexit reports whether fexit programs attach to UDP's send and
+// receive functions here, and how many arguments udp_recvmsg takes; if
+// not, why not, for the start-up line. It attaches an empty program to
+// udp_sendmsg for a moment: a kernel without ftrace's trampolines loads
+// fexit programs but cannot attach them. Any failure means no: the
+// tracepoints stand in.
+func probeUDPFexit(kernel *btf.Spec) (recvArgs uint8, err error) {
+	args := map[string]int{}
+	for _, name := range []string{"udp_sendmsg", "udpv6_sendmsg", "udp_recvmsg", "udpv6_recvmsg"} {
+		var fn *btf.Func
+		if err := kernel.TypeByName(name, &fn); err != nil {
+			return 0, fmt.Errorf("finding %s: %w", name, err) // IPv6 as a module, say
+		}
+		proto, ok := fn.Type.(*btf.FuncProto)
+		if !ok {
+			return 0, fmt.Errorf("%s is not a function", name)
+		}
+		args[name] = len(proto.Params)
+	}
+	// The shapes the programs know: 3 arguments to send; 4 to 6 to
+	// receive (bpf/portlife.bpf.c).
+	recv := args["udp_recvmsg"]
+	if args["udp_sendmsg"] != 3 || args["udpv6_sendmsg"] != 3 || recv != args["udpv6_recvmsg"] || recv < 4 || recv > 6 {
+		return 0, fmt.Errorf("unknown shapes: %v arguments", args)
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.Tracing,
+		AttachType:   ebpf.AttachTraceFExit,
+		AttachTo:     "udp_sendmsg",
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		if errors.Is(err, unix.EPERM) {
+			err = unix.EPERM // as root too: not the memlock limit cilium/ebpf suggests
+		}
+		return 0, fmt.Errorf("loading: %w", err)
+	}
+	defer prog.Close()
+	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+	if err != nil {
+		return 0, fmt.Errorf("attaching: %w", err)
+	}
+	l.Close()
+	return uint8(recv), nil
 }
 
 // tracingHelper reports whether tracing programs may call fn: it loads one
@@ -184,11 +267,19 @@ func (f kernelFeatures) adapt(spec *ebpf.CollectionSpec, maxSockets uint32) {
 	}
 	if !f.datagramHooks() {
 		spec.Maps["udp_opened"].MaxEntries = maxConnectedUDP
-		for _, name := range []string{"udp_sent", "udp_recvd", "tcp_read"} {
-			p := spec.Programs[name]
-			p.Type, p.AttachType, p.AttachTo = ebpf.SocketFilter, ebpf.AttachNone, ""
-			p.Instructions = asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
-		}
+	}
+	// Of the programs that count datagrams, only those that attach here load.
+	unused := []string{"udp_tx4", "udp_tx6", "udp_rx4", "udp_rx6"}
+	switch {
+	case f.udpFexit:
+		unused = []string{"udp_sent", "udp_recvd"}
+	case !f.datagramTracepoints():
+		unused = append(unused, "udp_sent", "udp_recvd")
+	}
+	for _, name := range unused {
+		p := spec.Programs[name]
+		p.Type, p.AttachType, p.AttachTo = ebpf.SocketFilter, ebpf.AttachNone, ""
+		p.Instructions = asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
 	}
 }
 

@@ -199,7 +199,6 @@ const (
 	portlifePidSourcePID_SOURCE_SOCKET            portlifePidSource = 4
 	portlifePidSourcePID_SOURCE_FD_OWNER          portlifePidSource = 5
 	portlifePidSourcePID_SOURCE_BIND              portlifePidSource = 6
-	portlifePidSourcePID_SOURCE_READER            portlifePidSource = 7
 	portlifePidSourcePID_SOURCE_LISTENER_FD_OWNER portlifePidSource = 8
 )
 
@@ -257,8 +256,6 @@ const (
 	portlifeProgTcpAccepted      = "tcp_accepted"
 	portlifeProgTcpDestroy       = "tcp_destroy"
 	portlifeProgTcpExisting      = "tcp_existing"
-	portlifeProgTcpRead          = "tcp_read"
-	portlifeProgTcpReadData      = "tcp_read_data"
 	portlifeProgTcpRstRecv       = "tcp_rst_recv"
 	portlifeProgTcpRstSent       = "tcp_rst_sent"
 	portlifeProgTcpState         = "tcp_state"
@@ -271,15 +268,20 @@ const (
 	portlifeProgUdpExisting      = "udp_existing"
 	portlifeProgUdpRecvd         = "udp_recvd"
 	portlifeProgUdpRelease       = "udp_release"
+	portlifeProgUdpRx4           = "udp_rx4"
+	portlifeProgUdpRx6           = "udp_rx6"
 	portlifeProgUdpSend4         = "udp_send4"
 	portlifeProgUdpSend6         = "udp_send6"
 	portlifeProgUdpSent          = "udp_sent"
+	portlifeProgUdpTx4           = "udp_tx4"
+	portlifeProgUdpTx6           = "udp_tx6"
 	portlifeVarAdoptBatch        = "adopt_batch"
 	portlifeVarAdoptTcpSockets   = "adopt_tcp_sockets"
 	portlifeVarAdoptUdpSockets   = "adopt_udp_sockets"
 	portlifeVarBlankCall         = "blank_call"
 	portlifeVarBlankConn         = "blank_conn"
 	portlifeVarCfg               = "cfg"
+	portlifeVarUdpRecvmsgArgs    = "udp_recvmsg_args"
 	portlifeVarUnusedClosedBy    = "unused_closed_by"
 	portlifeVarUnusedDirection   = "unused_direction"
 	portlifeVarUnusedDropReason  = "unused_drop_reason"
@@ -342,8 +344,6 @@ type portlifeProgramSpecs struct {
 	TcpAccepted  *ebpf.ProgramSpec `ebpf:"tcp_accepted"`
 	TcpDestroy   *ebpf.ProgramSpec `ebpf:"tcp_destroy"`
 	TcpExisting  *ebpf.ProgramSpec `ebpf:"tcp_existing"`
-	TcpRead      *ebpf.ProgramSpec `ebpf:"tcp_read"`
-	TcpReadData  *ebpf.ProgramSpec `ebpf:"tcp_read_data"`
 	TcpRstRecv   *ebpf.ProgramSpec `ebpf:"tcp_rst_recv"`
 	TcpRstSent   *ebpf.ProgramSpec `ebpf:"tcp_rst_sent"`
 	TcpState     *ebpf.ProgramSpec `ebpf:"tcp_state"`
@@ -356,9 +356,13 @@ type portlifeProgramSpecs struct {
 	UdpExisting  *ebpf.ProgramSpec `ebpf:"udp_existing"`
 	UdpRecvd     *ebpf.ProgramSpec `ebpf:"udp_recvd"`
 	UdpRelease   *ebpf.ProgramSpec `ebpf:"udp_release"`
+	UdpRx4       *ebpf.ProgramSpec `ebpf:"udp_rx4"`
+	UdpRx6       *ebpf.ProgramSpec `ebpf:"udp_rx6"`
 	UdpSend4     *ebpf.ProgramSpec `ebpf:"udp_send4"`
 	UdpSend6     *ebpf.ProgramSpec `ebpf:"udp_send6"`
 	UdpSent      *ebpf.ProgramSpec `ebpf:"udp_sent"`
+	UdpTx4       *ebpf.ProgramSpec `ebpf:"udp_tx4"`
+	UdpTx6       *ebpf.ProgramSpec `ebpf:"udp_tx6"`
 }
 
 // portlifeMapSpecs contains maps before they are loaded into the kernel.
@@ -389,6 +393,7 @@ type portlifeVariableSpecs struct {
 	BlankCall         *ebpf.VariableSpec `ebpf:"blank_call"`
 	BlankConn         *ebpf.VariableSpec `ebpf:"blank_conn"`
 	Cfg               *ebpf.VariableSpec `ebpf:"cfg"`
+	UdpRecvmsgArgs    *ebpf.VariableSpec `ebpf:"udp_recvmsg_args"`
 	UnusedClosedBy    *ebpf.VariableSpec `ebpf:"unused_closed_by"`
 	UnusedDirection   *ebpf.VariableSpec `ebpf:"unused_direction"`
 	UnusedDropReason  *ebpf.VariableSpec `ebpf:"unused_drop_reason"`
@@ -461,6 +466,7 @@ type portlifeVariables struct {
 	BlankCall         *ebpf.Variable `ebpf:"blank_call"`
 	BlankConn         *ebpf.Variable `ebpf:"blank_conn"`
 	Cfg               *ebpf.Variable `ebpf:"cfg"`
+	UdpRecvmsgArgs    *ebpf.Variable `ebpf:"udp_recvmsg_args"`
 	UnusedClosedBy    *ebpf.Variable `ebpf:"unused_closed_by"`
 	UnusedDirection   *ebpf.Variable `ebpf:"unused_direction"`
 	UnusedDropReason  *ebpf.Variable `ebpf:"unused_drop_reason"`
@@ -485,8 +491,6 @@ type portlifePrograms struct {
 	TcpAccepted  *ebpf.Program `ebpf:"tcp_accepted"`
 	TcpDestroy   *ebpf.Program `ebpf:"tcp_destroy"`
 	TcpExisting  *ebpf.Program `ebpf:"tcp_existing"`
-	TcpRead      *ebpf.Program `ebpf:"tcp_read"`
-	TcpReadData  *ebpf.Program `ebpf:"tcp_read_data"`
 	TcpRstRecv   *ebpf.Program `ebpf:"tcp_rst_recv"`
 	TcpRstSent   *ebpf.Program `ebpf:"tcp_rst_sent"`
 	TcpState     *ebpf.Program `ebpf:"tcp_state"`
@@ -499,9 +503,13 @@ type portlifePrograms struct {
 	UdpExisting  *ebpf.Program `ebpf:"udp_existing"`
 	UdpRecvd     *ebpf.Program `ebpf:"udp_recvd"`
 	UdpRelease   *ebpf.Program `ebpf:"udp_release"`
+	UdpRx4       *ebpf.Program `ebpf:"udp_rx4"`
+	UdpRx6       *ebpf.Program `ebpf:"udp_rx6"`
 	UdpSend4     *ebpf.Program `ebpf:"udp_send4"`
 	UdpSend6     *ebpf.Program `ebpf:"udp_send6"`
 	UdpSent      *ebpf.Program `ebpf:"udp_sent"`
+	UdpTx4       *ebpf.Program `ebpf:"udp_tx4"`
+	UdpTx6       *ebpf.Program `ebpf:"udp_tx6"`
 }
 
 func (p *portlifePrograms) Close() error {
@@ -515,8 +523,6 @@ func (p *portlifePrograms) Close() error {
 		p.TcpAccepted,
 		p.TcpDestroy,
 		p.TcpExisting,
-		p.TcpRead,
-		p.TcpReadData,
 		p.TcpRstRecv,
 		p.TcpRstSent,
 		p.TcpState,
@@ -529,9 +535,13 @@ func (p *portlifePrograms) Close() error {
 		p.UdpExisting,
 		p.UdpRecvd,
 		p.UdpRelease,
+		p.UdpRx4,
+		p.UdpRx6,
 		p.UdpSend4,
 		p.UdpSend6,
 		p.UdpSent,
+		p.UdpTx4,
+		p.UdpTx6,
 	)
 }
 

@@ -19,7 +19,7 @@ import (
 
 // Under a prefork server the process that serves a connection is not the
 // one that called listen(). Each accepted connection's close names the
-// process that first read or wrote it, with listener_pid the master's;
+// process that closed it, with listener_pid the master's;
 // its open, sent at the handshake before anyone accepted it, names the
 // master. Two shapes: workers that each accept from the master's listening
 // socket (nginx, apache, gunicorn), and a master that accepts and hands
@@ -92,7 +92,7 @@ func TestPreforkServerNamesTheWorker(t *testing.T) {
 				case event.KindClose:
 					check(t, key, "pid", e.PID, served[e.Remote.Port()])
 					check(t, key, "comm", e.Comm.String(), "pl-worker")
-					check(t, key, "pid source", e.PIDSource, event.PIDSourceReader)
+					check(t, key, "pid source", e.PIDSource, event.PIDSourceClose)
 					if e.TxBytes == 0 || e.RxBytes == 0 {
 						t.Errorf("%s: tx %d, rx %d bytes: the worker served it", key, e.TxBytes, e.RxBytes)
 					}
@@ -196,8 +196,7 @@ func preforkWorker() error {
 		return err
 	}
 	f.Close()
-	// A request first, as servers read one: the read names the worker on
-	// every kernel (before Linux 6.3 only a read that copies data does).
+	// A request first, as servers read one.
 	if _, err := bufio.NewReader(conn).ReadString('\n'); err != nil {
 		return err
 	}

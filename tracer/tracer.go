@@ -247,6 +247,11 @@ func configure(spec *ebpf.CollectionSpec, cfg *Config, feat kernelFeatures, wake
 	if err := spec.Variables["cfg"].Set(kcfg); err != nil {
 		return fmt.Errorf("setting the filter: %w", err)
 	}
+	if feat.udpFexit {
+		if err := spec.Variables["udp_recvmsg_args"].Set(feat.recvArgs); err != nil {
+			return fmt.Errorf("setting udp_recvmsg_args: %w", err)
+		}
+	}
 	for name, proto := range map[string]event.Proto{"adopt_tcp_sockets": event.ProtoTCP, "adopt_udp_sockets": event.ProtoUDP} {
 		if err := spec.Variables[name].Set(cfg.Filter.WantsProto(proto)); err != nil {
 			return fmt.Errorf("setting %s: %w", name, err)
@@ -294,9 +299,6 @@ func (t *Tracer) hooks() []hook {
 		{"tcp:tcp_send_reset", p.TcpRstSent, attachTracing, 0, tcp},
 		{"tcp:tcp_receive_reset", p.TcpRstRecv, attachTracing, 0, tcp},
 		{"tcp:tcp_destroy_sock", p.TcpDestroy, attachTracing, 0, tcp},
-		// Who serves an accepted connection shows in its close alone.
-		{"sock:sock_recv_length (TCP)", p.TcpRead, attachTracing, 0, tcp && f.WantsKind(event.KindClose) && t.features.datagramHooks()},
-		{"tcp:tcp_rcv_space_adjust", p.TcpReadData, attachTracing, 0, tcp && f.WantsKind(event.KindClose) && !t.features.datagramHooks()},
 		{"cgroup/bind4", p.UdpBind4, attachCgroup, ebpf.AttachCGroupInet4Bind, udp},
 		{"cgroup/bind6", p.UdpBind6, attachCgroup, ebpf.AttachCGroupInet6Bind, udp},
 		// Only where no datagram hook sees a connected socket's peer.
@@ -306,8 +308,12 @@ func (t *Tracer) hooks() []hook {
 		{"cgroup/post_bind6", p.UdpBound6, attachCgroup, ebpf.AttachCGroupInet6PostBind, udp},
 		{"cgroup/sendmsg4", p.UdpSend4, attachCgroup, ebpf.AttachCGroupUDP4Sendmsg, udp},
 		{"cgroup/sendmsg6", p.UdpSend6, attachCgroup, ebpf.AttachCGroupUDP6Sendmsg, udp},
-		{"sock:sock_send_length", p.UdpSent, attachTracing, 0, udp && t.features.datagramHooks()},
-		{"sock:sock_recv_length", p.UdpRecvd, attachTracing, 0, udp && t.features.datagramHooks()},
+		{"sock:sock_send_length", p.UdpSent, attachTracing, 0, udp && t.features.datagramTracepoints()},
+		{"sock:sock_recv_length", p.UdpRecvd, attachTracing, 0, udp && t.features.datagramTracepoints()},
+		{"fexit:udp_sendmsg", p.UdpTx4, attachTracing, 0, udp && t.features.udpFexit},
+		{"fexit:udpv6_sendmsg", p.UdpTx6, attachTracing, 0, udp && t.features.udpFexit},
+		{"fexit:udp_recvmsg", p.UdpRx4, attachTracing, 0, udp && t.features.udpFexit},
+		{"fexit:udpv6_recvmsg", p.UdpRx6, attachTracing, 0, udp && t.features.udpFexit},
 		{"cgroup/sock_release", p.UdpRelease, attachCgroup, ebpf.AttachCgroupInetSockRelease, udp},
 		// Each exit before its entry, and after the TCP hooks (a TCP connect
 		// hands its call over at SYN_SENT): every call an entry records is

@@ -358,8 +358,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 var programNames = map[string]bool{
 	"tcp_state": true, "tcp_rst_sent": true, "tcp_rst_recv": true, "tcp_destroy": true, "tcp_existing": true,
 	"udp_bind4": true, "udp_bind6": true,
-	"udp_send4": true, "udp_send6": true, "udp_recv4": true, "udp_recv6": true, "udp_release": true,
-	"tcp_read":      true,
+	"udp_send4": true, "udp_send6": true, "udp_sent": true, "udp_recvd": true, "udp_release": true,
+	"udp_tx4": true, "udp_tx6": true, "udp_rx4": true, "udp_rx6": true,
 	"connect_enter": true, "connect_exit": true, "bind_enter": true, "bind_exit": true,
 }
 

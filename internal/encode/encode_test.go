@@ -308,13 +308,13 @@ func TestJSON(t *testing.T) {
 			name: "an accepted connection served by a worker names the listener too",
 			ev: func() event.Event {
 				e := tcpClose()
-				e.Direction, e.PIDSource, e.PID, e.ListenerPID = event.DirectionInbound, event.PIDSourceReader, 301, 300
+				e.Direction, e.PIDSource, e.PID, e.ListenerPID = event.DirectionInbound, event.PIDSourceClose, 301, 300
 				return e
 			},
 			wantKeys: keys("listener_pid", "start", "duration_ms", "tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "retransmits", "closed_by", "reset", "time_wait"),
 			want: map[string]any{
 				"pid":          num("301"),
-				"pid_source":   "reader",
+				"pid_source":   "close",
 				"listener_pid": num("300"),
 				"direction":    "inbound",
 			},
@@ -645,7 +645,7 @@ func TestTextNotes(t *testing.T) {
 		}, "address_in_use"},
 		{"a worker's close names the listener", func() event.Event {
 			e := tcpClose()
-			e.Reset, e.PIDSource, e.ListenerPID = false, event.PIDSourceReader, 300
+			e.Reset, e.PIDSource, e.ListenerPID = false, event.PIDSourceClose, 300
 			return e
 		}, "closed_by=remote listener=300"},
 		{"unknown pid is noted", func() event.Event {

@@ -141,7 +141,7 @@ func appendNotes(b []byte, e *event.Event) []byte {
 			if e.TimeWait {
 				b = append(b, " time_wait"...)
 			}
-			if e.PIDSource == event.PIDSourceReader && e.ListenerPID != 0 {
+			if e.ListenerPID != 0 && e.PID != e.ListenerPID {
 				// A worker served it: name the listener too.
 				b = append(b, " listener="...)
 				b = strconv.AppendUint(b, uint64(e.ListenerPID), 10)

@@ -117,7 +117,6 @@ const (
 	PIDSourceSocket   PIDSource = 4
 	PIDSourceFDOwner  PIDSource = 5
 	PIDSourceBind     PIDSource = 6
-	PIDSourceReader   PIDSource = 7
 	// PIDSourceListenerFDOwner: accepted by a listener that existed before
 	// tracing, whose fd owner it names.
 	PIDSourceListenerFDOwner PIDSource = 8
@@ -131,7 +130,6 @@ var pidSourceNames = [...]string{
 	PIDSourceSocket:          "socket",
 	PIDSourceFDOwner:         "fd_owner",
 	PIDSourceBind:            "bind",
-	PIDSourceReader:          "reader",
 	PIDSourceListenerFDOwner: "listener_fd_owner",
 }
 
@@ -208,8 +206,8 @@ type Event struct {
 	NetNS       uint32
 	PIDSource   PIDSource
 	// ListenerPID is, for an accepted TCP connection, the process that
-	// called listen(): the owner of its open, and kept when the process that
-	// first read from it becomes the owner (PIDSourceReader). 0 if unknown.
+	// called listen(): the owner of its open, and kept when another process
+	// that closed it becomes the owner (PIDSourceClose). 0 if unknown.
 	ListenerPID uint32
 
 	Local     netip.AddrPort

@@ -2,6 +2,8 @@ package kerneltest
 
 import (
 	"fmt"
+	"net"
+	"testing"
 
 	"golang.org/x/sys/unix"
 )
@@ -81,4 +83,27 @@ func CloseFirst(ln int, port uint16, src *unix.SockaddrInet4) (uint16, error) {
 		return 0, fmt.Errorf("client read: %d, %v", n, err)
 	}
 	return uint16(sa.(*unix.SockaddrInet4).Port), nil
+}
+
+// TCPPair is one established loopback TCP connection: the client's end
+// and the server's. The listener is closed once the server's end is
+// accepted; both ends are closed when the test ends.
+func TCPPair(t testing.TB) (client, server net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	return client, server
 }

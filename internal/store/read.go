@@ -285,7 +285,7 @@ func (r *row) event(e *event.Event) error {
 
 var (
 	pidSources = []event.PIDSource{event.PIDSourceUnknown, event.PIDSourceConnect, event.PIDSourceListener, event.PIDSourceClose,
-		event.PIDSourceSocket, event.PIDSourceFDOwner, event.PIDSourceBind, event.PIDSourceReader, event.PIDSourceListenerFDOwner}
+		event.PIDSourceSocket, event.PIDSourceFDOwner, event.PIDSourceBind, event.PIDSourceListenerFDOwner}
 	directions = []event.Direction{event.DirectionUnknown, event.DirectionOutbound, event.DirectionInbound}
 	closedBys  = []event.ClosedBy{event.ClosedByUnknown, event.ClosedByLocal, event.ClosedByRemote}
 )

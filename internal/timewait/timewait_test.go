@@ -96,7 +96,7 @@ func TestReleasedRepeatsTheClose(t *testing.T) {
 		Kind: event.KindClose, Proto: event.ProtoTCP, Family: 6,
 		Time: time.Unix(100, 5), Start: time.Unix(90, 0), Established: time.Unix(91, 0),
 		PID: 1, TID: 2, UID: 3, Comm: comm, Thread: thread, CgroupID: 4, NetNS: 5,
-		PIDSource: event.PIDSourceReader, ListenerPID: 6,
+		PIDSource: event.PIDSourceClose, ListenerPID: 6,
 		Local: netip.MustParseAddrPort("[2001:db8::1]:40000"), Remote: netip.MustParseAddrPort("[2001:db8::2]:443"),
 		Direction: event.DirectionOutbound, Ephemeral: true, Cookie: 7, PreExisting: true,
 		TxBytes: 8, RxBytes: 9, TimeWait: true, ClosedBy: event.ClosedByLocal,
