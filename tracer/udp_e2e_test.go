@@ -275,13 +275,30 @@ func TestUDPQueryBurst(t *testing.T) {
 	}
 	got := r.events.waitFor(t, queries, isQuery)
 	seen := map[uint16]int{}
+	var short []string // sockets a skipped program run may have left uncounted
 	for _, e := range got {
 		counted := r.requireCounted(t, &e)
-		if e.Remote.Port() != sport || counted && (e.TxPackets != 1 || e.RxPackets != 1) || !e.Connected {
+		switch {
+		case e.Remote.Port() != sport || counted && (e.TxPackets > 1 || e.RxPackets > 1) || !e.Connected:
 			t.Errorf("query socket %v: remote %v, %d sent, %d received, connected %v; want the server, 1, 1, true",
 				e.Local, e.Remote, e.TxPackets, e.RxPackets, e.Connected)
+		case counted && (e.TxPackets < 1 || e.RxPackets < 1):
+			short = append(short, fmt.Sprintf("%v: %d sent, %d received", e.Local, e.TxPackets, e.RxPackets))
 		}
 		seen[e.Local.Port()]++
+	}
+	// A datagram the kernel's recursion guard kept a program from seeing
+	// is not counted, but the skipped run is: each short socket needs one.
+	if len(short) > 0 {
+		s, err := r.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.SkippedRuns < uint64(len(short)) {
+			t.Errorf("%d query sockets counted short, but %d skipped program runs counted: %v", len(short), s.SkippedRuns, short)
+		} else {
+			t.Logf("%d query sockets counted short, covered by %d skipped program runs: %v", len(short), s.SkippedRuns, short)
+		}
 	}
 	for port, n := range truth {
 		if seen[port] != n {
