@@ -12,6 +12,7 @@ import (
 	"strings"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -123,6 +124,38 @@ func progStatByID(id uint32) (progStat, error) {
 		return progStat{}, fmt.Errorf("fd for prog %d is not a program", id)
 	}
 	return p, nil
+}
+
+// hookCost is what one of the tracer's programs ran during a run.
+type hookCost struct {
+	Runs      uint64 `json:"runs"`
+	RunTimeNs uint64 `json:"run_time_ns"`
+}
+
+// hookDeltas is progDelta per program, by the name the kernel keeps for it
+// (programs of one name are summed).
+func hookDeltas(before, after map[uint32]progStat) map[string]hookCost {
+	out := map[string]hookCost{}
+	for id, a := range after {
+		b := before[id]
+		if a.RunCnt <= b.RunCnt {
+			continue
+		}
+		name := fmt.Sprintf("prog %d", id)
+		if p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id)); err == nil {
+			if info, err := p.Info(); err == nil {
+				name = info.Name
+			}
+			p.Close()
+		}
+		h := out[name]
+		h.Runs += a.RunCnt - b.RunCnt
+		if a.RunTimeNs > b.RunTimeNs {
+			h.RunTimeNs += a.RunTimeNs - b.RunTimeNs
+		}
+		out[name] = h
+	}
+	return out
 }
 
 // progDelta sums run time and count over programs between two samples.

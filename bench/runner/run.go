@@ -105,6 +105,8 @@ type runResult struct {
 	BPFRunCnt    metric `json:"bpf_run_cnt"`
 	BPFUsPerConn metric `json:"bpf_us_per_conn"`
 	BPFNsPerRun  metric `json:"bpf_ns_per_run"`
+	// Hooks is the tracer's run count and time per program (bpf_stats).
+	Hooks map[string]hookCost `json:"hooks,omitempty"`
 
 	// Found counts pair with ground truth (right port and pid); AnyPID
 	// counts ignore the pid, so found < anypid means misattribution.
@@ -359,6 +361,7 @@ func (tp *tracedProc) finish(res *runResult) error {
 	if len(progs1) > 0 {
 		rt, rc := progDelta(tp.progs0, progs1)
 		res.BPFRunTimeNs, res.BPFRunCnt = metric(rt), metric(rc)
+		res.Hooks = hookDeltas(tp.progs0, progs1)
 	}
 
 	stopErr := tp.c.stop(syscall.SIGINT, 30*time.Second)

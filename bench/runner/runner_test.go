@@ -674,3 +674,42 @@ func TestDataPathTable(t *testing.T) {
 		t.Errorf("a data path table without a data path run:\n%s", b.String())
 	}
 }
+
+// The hooks table gives each program's runs per connection (per round trip
+// on the data path) and time per run, as medians over a group's runs.
+func TestWriteHooks(t *testing.T) {
+	run := func(conns int, dataPath bool, runs, ns uint64) *runResult {
+		r := newResult(config{Name: "c", DataPath: dataPath}, "portlife", 0)
+		r.DataPath = dataPath
+		if dataPath {
+			r.RoundTrips = int64(conns)
+		} else {
+			r.Conns = conns
+		}
+		r.Hooks = map[string]hookCost{"tcp_state": {Runs: runs, RunTimeNs: ns}}
+		return r
+	}
+	tests := []struct {
+		name string
+		runs []*runResult
+		want string
+	}{
+		{"per connection", []*runResult{run(1000, false, 6000, 1_800_000), run(1000, false, 6000, 2_400_000)},
+			"c  portlife  tcp_state  6.00  300/350/400"},
+		{"per round trip", []*runResult{run(500, true, 1000, 50_000)}, "c  portlife  tcp_state  2.00  50"},
+		{"no bpf_stats", []*runResult{newResult(config{Name: "c"}, "portlife", 0)}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b strings.Builder
+			writeHooks(&b, groupResults(tt.runs))
+			var got string
+			if lines := strings.Split(strings.TrimSpace(b.String()), "\n"); len(lines) == 3 {
+				got = strings.Join(strings.Fields(lines[2]), "  ")
+			}
+			if want := strings.Join(strings.Fields(tt.want), "  "); got != want {
+				t.Errorf("got %q, want %q in:\n%s", got, want, b.String())
+			}
+		})
+	}
+}

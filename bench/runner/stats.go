@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -166,6 +167,42 @@ func printTable(w io.Writer, results []*runResult) {
 		fmt.Fprintln(w, "\noutputs:")
 		writeTable(w, outs, outputColumns)
 	}
+	writeHooks(w, groupResults(results))
+}
+
+// writeHooks breaks the BPF time down by program, where bpf_stats counted
+// it: each program's runs per connection (or per round trip on the data
+// path) and its time per run, medians over the runs.
+func writeHooks(w io.Writer, groups []*resultGroup) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	header := false
+	for _, g := range groups {
+		names := map[string]bool{}
+		for _, r := range g.runs {
+			for name := range r.Hooks {
+				names[name] = true
+			}
+		}
+		for _, name := range slices.Sorted(maps.Keys(names)) {
+			var perUnit, nsPerRun []metric
+			for _, r := range g.runs {
+				h := r.Hooks[name]
+				unit := float64(r.Conns)
+				if r.DataPath {
+					unit = float64(r.RoundTrips)
+				}
+				perUnit = append(perUnit, ratio(float64(h.Runs), unit))
+				nsPerRun = append(nsPerRun, ratio(float64(h.RunTimeNs), float64(h.Runs)))
+			}
+			if !header {
+				fmt.Fprintln(w, "\nhooks (bpf_stats; runs per connection, or per round trip on the data path):")
+				fmt.Fprintln(tw, "config\ttracer\tprogram\truns/unit\tns/run\t")
+				header = true
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t\n", g.config, g.tracer, name, summarize(perUnit).format(2), summarize(nsPerRun).format(0))
+		}
+	}
+	tw.Flush()
 }
 
 func writeTable(w io.Writer, groups []*resultGroup, columns []column) {
