@@ -5,8 +5,8 @@
  * and the release of every socket; fexit programs on UDP's own send and
  * receive functions, or where the kernel cannot attach them the
  * sock_send_length and sock_recv_length tracepoints, count each datagram
- * and show the peer of a connected socket. Every cgroup program returns 1: portlife observes and
- * never refuses a syscall.
+ * and show the peer of a connected socket. Every cgroup program returns
+ * 1: portlife observes and never refuses a syscall.
  *
  * A socket's open waits until its remote end is known: the peer connect()
  * fixed, or the first destination it sent to, seen with its first datagram.

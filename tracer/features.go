@@ -135,6 +135,8 @@ func probeFeatures(kernel *btf.Spec) (kernelFeatures, error) {
 		if err != nil {
 			f.noFexit = err.Error()
 		}
+	} else {
+		f.noFexit = "tracing programs lack socket storage or cookies"
 	}
 	if !tracepoints && !f.udpFexit {
 		f.gaps |= portlifeKernelGapGAP_DATAGRAM_HOOKS

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -355,7 +356,9 @@ const (
 // restart (PreExisting) may have one, and keeps every statement.
 func (w *Writer) planBatch() {
 	clear(w.openAt)
-	w.plan = append(w.plan[:0], make([]rowPlan, len(w.pending))...)
+	n := len(w.pending)
+	w.plan = slices.Grow(w.plan[:0], n)[:n] // reused: no allocation per batch
+	clear(w.plan)
 	for i := range w.pending {
 		e := &w.pending[i]
 		if e.Cookie == 0 || e.PreExisting {
