@@ -111,11 +111,41 @@ static __always_inline void on_child(struct sock *sk)
 	begin(c, sk, &owner, DIRECTION_INBOUND, PHASE_HANDSHAKE);
 }
 
+/*
+ * The entry of a connection whose move into SYN_SENT or SYN_RECV the kernel
+ * skipped (Stats.SkippedRuns counts the run), made at ESTABLISHED so that
+ * the lifetime is not lost with it. A child of a traced listener gets its
+ * listener's owner, as on_child would have given it. An outbound one is
+ * made in the softirq that took the SYN-ACK, where its caller is unknown:
+ * it opens with pid_source unknown, and its close() names the owner
+ * (on_owner_closing). Filters on the owner cannot pass an unknown one.
+ */
+static __always_inline struct conn *missed_opening(struct sock *sk, int oldstate)
+{
+	struct event owner = {};
+	struct conn *c;
+
+	if (oldstate == TCP_SYN_RECV) {
+		on_child(sk);
+		return conn_of(sk, false);
+	}
+	owner.direction = DIRECTION_OUTBOUND;
+	if (oldstate != TCP_SYN_SENT || cfg.pid || cfg.match_comm || !owner_wanted(&owner))
+		return 0;
+	c = conn_of(sk, true);
+	if (!c)
+		return 0;
+	begin(c, sk, &owner, DIRECTION_OUTBOUND, PHASE_CONNECTING);
+	return c;
+}
+
 /* SYN_SENT or SYN_RECV -> ESTABLISHED: both ports are known now. */
-static __always_inline void on_established(struct sock *sk)
+static __always_inline void on_established(struct sock *sk, int oldstate)
 {
 	struct conn *c = conn_of(sk, false);
 
+	if (!c || c->phase == PHASE_LISTENER)
+		c = missed_opening(sk, oldstate);
 	if (!c || (c->phase != PHASE_CONNECTING && c->phase != PHASE_HANDSHAKE))
 		return;
 	/*
@@ -255,7 +285,7 @@ static __always_inline int tcp_state_changed(struct sock *sk, int oldstate, int 
 			on_child(sk);
 		break;
 	case TCP_ESTABLISHED:
-		on_established(sk);
+		on_established(sk, oldstate);
 		break;
 	case TCP_CLOSE:
 		on_close(sk, oldstate);

@@ -167,6 +167,30 @@ func (r *running) requireCounted(t *testing.T, e *event.Event) bool {
 	return r.features.datagramHooks()
 }
 
+// waitCounted waits, as waitFor does, until n events match, and returns
+// them and how many are missing. Short of n, the test goes on only if the
+// kernel counted skipped program runs (Stats.SkippedRuns) that cover the
+// shortfall: a run the kernel skipped (a tracepoint that fired on a CPU
+// where the program was running already) is the one way an event may be
+// missing, and one skipped run costs at most both events of one lifetime.
+func (r *running) waitCounted(t *testing.T, n int, keep func(*event.Event) bool) ([]event.Event, int) {
+	t.Helper()
+	got, ok := r.events.await(n, keep, 10*time.Second)
+	if ok {
+		return got, 0
+	}
+	s, err := r.Stats()
+	if err != nil {
+		t.Fatalf("Stats: %v", err)
+	}
+	missing := n - len(got)
+	if uint64(missing) > 2*s.SkippedRuns {
+		t.Fatalf("waited 10s for %d matching events, got %d, and only %d skipped program runs counted: lost without a count: %+v", n, len(got), s.SkippedRuns, got)
+	}
+	t.Logf("%d of %d events missing, covered by %d skipped program runs counted", missing, n, s.SkippedRuns)
+	return got, missing
+}
+
 // requireNothingLost fails the test if the kernel side dropped anything.
 func (r *running) requireNothingLost(t *testing.T) {
 	t.Helper()

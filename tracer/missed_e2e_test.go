@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"io"
+	"os"
 	"testing"
 	"time"
 
@@ -78,6 +79,25 @@ func TestStateHookSkipped(t *testing.T) {
 		check(t, "connect_failed", "reason", e.Reason(), "timeout")
 		check(t, "connect_failed", "errno", e.Errno, unix.ETIMEDOUT)
 		check(t, "connect_failed", "pid source", e.PIDSource, event.PIDSourceConnect)
+	})
+	t.Run("connect", func(t *testing.T) {
+		// Unseen: the connect()'s move into SYN_SENT. Its SYN is dropped,
+		// so it is still connecting when the hook is back.
+		var s *stalled
+		r.withoutStateHook(t, func() { s = stallConnect(t) })
+		s.unblock(t) // the retransmitted SYN is answered: ESTABLISHED, seen
+		ofS := func(kind event.Kind) func(*event.Event) bool {
+			return func(e *event.Event) bool { return e.Kind == kind && e.Local == s.local && e.Remote == s.remote }
+		}
+		open := r.events.waitFor(t, 1, ofS(event.KindOpen))[0]
+		check(t, "open", "direction", open.Direction, event.DirectionOutbound)
+		check(t, "open", "pid source", open.PIDSource, event.PIDSourceUnknown)
+		check(t, "open", "pid", open.PID, uint32(0))
+		s.close()
+		closed := r.events.waitFor(t, 1, ofS(event.KindClose))[0]
+		check(t, "close", "pid source", closed.PIDSource, event.PIDSourceClose)
+		check(t, "close", "pid", closed.PID, uint32(os.Getpid()))
+		check(t, "close", "closed by", closed.ClosedBy, event.ClosedByLocal)
 	})
 	r.requireNothingLost(t)
 }

@@ -107,7 +107,7 @@ func TestWorkloadNamesAndFilters(t *testing.T) {
 			}
 			for _, c := range tt.in {
 				h := run(c)
-				got := r.events.waitFor(t, 2*conns, func(e *event.Event) bool {
+				got, _ := r.waitCounted(t, 2*conns, func(e *event.Event) bool {
 					return e.PID == h.pid() && e.Proto == event.ProtoTCP && e.Remote.Port() == uint16(port)
 				})
 				for _, e := range got {

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"runtime/debug"
 	"slices"
 	"text/tabwriter"
 	"time"
@@ -76,12 +75,7 @@ func startAccounting(s *stream.Stream, o portsOptions, f *event.Filter, kernelCo
 	if err != nil {
 		log.Warn("port accounting: some network namespaces' sockets could not be listed; their existing ports are counted from their next event: "+dumpAdvice(err), zap.Error(err))
 	}
-	a.Prime(socks)
-	// The listing is garbage now, and a big one on a client host: 100,000
-	// TIME_WAITs make about 40 MB. Hand it back to the kernel at once
-	// rather than carry it in RSS until the scavenger gets to it.
-	socks = nil
-	debug.FreeOSMemory()
+	a.Prime(socks) // the listing is garbage now: trace hands it back (debug.FreeOSMemory)
 	s.Subscribe("ports", a, accountingQueue)
 	if o.reconcile > 0 && !kernelCookies {
 		// Before Linux 5.12 a TCP socket's cookie in events may be its

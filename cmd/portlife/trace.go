@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -158,6 +159,11 @@ func trace(ctx context.Context, opts options, stdout io.Writer, log *zap.Logger)
 	}()
 
 	sinks.reopenOnHangup(watchCtx, log)
+	// Start-up's garbage is most of the heap it ever had: the kernel's BTF
+	// read for loading, and port accounting's socket listing (100,000
+	// TIME_WAITs make about 40 MB). Hand it back to the kernel now rather
+	// than carry it in RSS until the scavenger gets to it.
+	debug.FreeOSMemory()
 	log.Info("tracing started", zap.String("output", opts.output), zap.Strings("sinks", sinks.names()))
 	runErr := t.Run(ctx, s)
 	stopAccounting()
