@@ -118,7 +118,8 @@ static __always_inline void on_child(struct sock *sk)
  * listener's owner, as on_child would have given it. An outbound one is
  * made in the softirq that took the SYN-ACK, where its caller is unknown:
  * it opens with pid_source unknown, and its close() names the owner
- * (on_owner_closing). Filters on the owner cannot pass an unknown one.
+ * (on_owner_closing). owner_wanted passes no unknown owner (pid 0, no
+ * name) through --pid or --comm.
  */
 static __always_inline struct conn *missed_opening(struct sock *sk, int oldstate)
 {
@@ -130,7 +131,7 @@ static __always_inline struct conn *missed_opening(struct sock *sk, int oldstate
 		return conn_of(sk, false);
 	}
 	owner.direction = DIRECTION_OUTBOUND;
-	if (oldstate != TCP_SYN_SENT || cfg.pid || cfg.match_comm || !owner_wanted(&owner))
+	if (oldstate != TCP_SYN_SENT || !owner_wanted(&owner))
 		return 0;
 	c = conn_of(sk, true);
 	if (!c)
